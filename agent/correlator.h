@@ -1,0 +1,123 @@
+// Turns ring-buffer records into incidents. Pure: no kernel, no clock, no I/O.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "incident.h"
+#include "rstwatch.h"
+
+namespace rstwatch {
+
+// Maps the kernel's raw enum sk_rst_reason value to its name without the
+// "SK_RST_REASON_" prefix (resolved through BTF by the loader); "" if unknown.
+using ResetReasonNamer = std::function<std::string(uint32_t raw)>;
+
+struct CorrelatorOptions {
+    ResetReasonNamer reset_reason_name;  // may be empty: reasons then print as ""
+    uint64_t idle_threshold_ns = 1'000'000'000;
+    // How long a finished connection is remembered to absorb its late records
+    // (out of order, duplicates) and to tie a timewait RST to its connection.
+    uint64_t linger_ns = 120'000'000'000ULL;
+};
+
+struct CorrelatorStats {
+    uint64_t records = 0;
+    uint64_t records_by_type[RW_REC_TYPE_MAX] = {};
+    uint64_t records_lost = 0;      // as reported by on_records_lost()
+    uint64_t malformed = 0;         // records rejected by decode
+    uint64_t unknown_history = 0;   // RSTs on connections that predate rstwatch
+    uint64_t incidents = 0;
+};
+
+struct CorrelatorOutput {
+    std::vector<Incident> incidents;
+    std::vector<Observation> observations;
+    void clear() { incidents.clear(); observations.clear(); }
+};
+
+class Correlator {
+public:
+    explicit Correlator(CorrelatorOptions options);
+
+    // Feeds one record; appends what it completes to `out`.
+    void on_record(const rw_record& record, CorrelatorOutput& out);
+    // Feeds raw ring-buffer bytes: validates size and fields, counts malformed input.
+    void on_raw(const void* data, size_t size, CorrelatorOutput& out);
+    // The kernel dropped `count` records: timelines may have gaps.
+    void on_records_lost(uint64_t count);
+    // Forgets finished connections older than linger (now = CLOCK_MONOTONIC ns).
+    void expire(uint64_t now_ns);
+
+    const CorrelatorStats& stats() const { return stats_; }
+    size_t remembered_connections() const;
+
+private:
+    struct ConnKey {
+        uint64_t sock_id;
+        uint64_t start_ns;
+        bool operator==(const ConnKey&) const = default;
+    };
+    struct ConnKeyHash {
+        size_t operator()(const ConnKey& k) const noexcept {
+            return std::hash<uint64_t>{}(k.sock_id * 0x9E3779B97F4A7C15ULL ^ k.start_ns);
+        }
+    };
+    // (local ip:port, remote ip:port, netns): ties a timewait socket's records
+    // (another sock_id) to the connection they belong to.
+    struct TupleKey {
+        uint8_t saddr[RW_ADDR_LEN] = {};
+        uint8_t daddr[RW_ADDR_LEN] = {};
+        uint16_t sport = 0;
+        uint16_t dport = 0;
+        uint32_t netns = 0;
+        bool operator==(const TupleKey&) const = default;
+    };
+    struct TupleKeyHash {
+        size_t operator()(const TupleKey& k) const noexcept;
+    };
+    struct ConnMemory {
+        uint64_t last_seen_ns = 0;
+        bool incident_client = false;  // an incident was already reported for this observer
+        bool incident_server = false;
+        uint8_t role = RW_ROLE_UNKNOWN;   // only connections with a known role are remembered
+        uint8_t flags = 0;                // RW_F_APP_CLOSED / RW_F_PEER_FIN seen in any snapshot
+        bool observed_peer_fin = false;   // observation already emitted (duplicates)
+        bool observed_own_close = false;
+        uint64_t observed_reuse_write_ns = 0;  // armed_write_ns of the last reuse_idle observation
+        TupleKey tuple;
+    };
+    // What a record resolves to: its remembered connection (null when the role is
+    // unknown) and the role/flags to classify with.
+    struct Resolved {
+        ConnMemory* mem = nullptr;
+        uint8_t role = RW_ROLE_UNKNOWN;
+        uint8_t flags = 0;
+    };
+    // Hard bound on remembered connections (on_raw is fed untrusted input); the
+    // least recently seen quarter is dropped when it is reached.
+    static constexpr size_t kMaxRemembered = 1u << 17;
+
+    Resolved resolve(const rw_record& record);
+    void emit_incident(const rw_record& record, const Resolved& conn, Cause cause,
+                       CorrelatorOutput& out);
+    void emit_observation(const rw_record& record, const Resolved& conn, ObservationKind kind,
+                          double idle_s, CorrelatorOutput& out);
+    void forget(const ConnKey& key);
+    void enforce_capacity();
+
+    CorrelatorOptions options_;
+    CorrelatorStats stats_;
+    std::unordered_map<ConnKey, ConnMemory, ConnKeyHash> conns_;
+    std::unordered_map<TupleKey, ConnKey, TupleKeyHash> by_tuple_;
+};
+
+// Formats an IPv6-or-v4-mapped 16-byte address as text (v4-mapped as dotted quad).
+std::string format_address(const uint8_t addr[RW_ADDR_LEN]);
+// "ESTABLISHED", "CLOSE_WAIT", ... for enum rw_tcp_state; "UNKNOWN(n)" otherwise.
+std::string tcp_state_name(uint8_t state);
+
+}  // namespace rstwatch

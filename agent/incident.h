@@ -1,0 +1,65 @@
+// Incidents and healthy-traffic observations: what the correlator produces from records.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+
+namespace rstwatch {
+
+enum class Cause : uint8_t {
+    write_after_fin,
+    idle_close_race,
+    reset_other,
+    abort_on_close,
+    data_after_close,
+};
+inline constexpr int kCauseCount = 5;
+
+enum class Observer : uint8_t { client, server };
+
+std::string_view to_string(Cause cause);
+std::string_view to_string(Observer observer);
+std::optional<Cause> parse_cause(std::string_view name);
+
+struct Endpoint {
+    std::string ip;  // textual; IPv4 (also v4-mapped) printed as dotted quad
+    uint16_t port = 0;
+    bool operator==(const Endpoint&) const = default;
+};
+
+struct Incident {
+    uint64_t ts_ns = 0;  // CLOCK_MONOTONIC of the decisive record
+    Cause cause = Cause::reset_other;
+    Observer observer = Observer::client;
+    Endpoint client;
+    Endpoint server;
+    uint32_t pid = 0;  // writing process; 0 when unknown
+    std::string comm;  // empty when unknown
+    std::optional<double> idle_before_write_ms;  // idle age at the failing write
+    std::optional<double> write_to_reset_ms;     // failing write -> FIN/RST
+    std::string state;                           // socket state at the decisive record, e.g. "CLOSE_WAIT"
+    std::string reset_reason;                    // kernel sk_rst_reason name without prefix, "" if none
+    uint32_t requests = 0;                       // exchanges the connection carried
+    uint32_t netns = 0;                          // observing socket's network namespace inode
+};
+
+// Idle ages seen in healthy traffic (input for the agent's histograms and timeout inference).
+enum class ObservationKind : uint8_t {
+    reuse_idle,         // the client wrote on a connection idle >= threshold
+    server_idle_close,  // the server side closed a connection idle >= threshold
+    client_idle_close,  // the client side closed a connection idle >= threshold
+};
+
+struct Observation {
+    uint64_t ts_ns = 0;
+    ObservationKind kind = ObservationKind::reuse_idle;
+    Observer observer = Observer::client;  // which socket saw it
+    Endpoint client;
+    Endpoint server;
+    double idle_s = 0;
+    uint32_t netns = 0;
+};
+
+}  // namespace rstwatch

@@ -1,0 +1,73 @@
+// Owns the BPF programs, maps and links for one rstwatch run, and the ring
+// buffer that carries their records. Everything is released in the destructor.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "kernel_features.h"
+#include "write_mode.h"
+
+struct rstwatch_bpf;
+struct ring_buffer;
+
+namespace rstwatch {
+
+struct LoaderOptions {
+    double idle_threshold_s = 1.0;
+    uint32_t ringbuf_bytes = 4U << 20;  // power of two
+    uint32_t max_connections = 131072;  // LRU: oldest forgotten beyond this
+    std::optional<WriteMode> write_mode;  // forced; otherwise probed
+};
+
+// Called for every ring-buffer record, with the raw bytes.
+using RecordSink = std::function<void(const void* data, size_t size)>;
+
+class BpfSession {
+    struct Token {};  // only open() constructs sessions
+
+public:
+    explicit BpfSession(Token) {}
+    // Loads and attaches, choosing the write hook by trying the candidates in order.
+    // Returns nullptr with *error set (one line) when nothing can be attached.
+    // `choice`, if given, receives every write-hook refusal and the mode chosen.
+    static std::unique_ptr<BpfSession> open(const LoaderOptions& options, const KernelFeatures& features,
+                                            RecordSink sink, std::string* error,
+                                            WriteModeChoice* choice = nullptr);
+    ~BpfSession();
+    BpfSession(const BpfSession&) = delete;
+    BpfSession& operator=(const BpfSession&) = delete;
+
+    WriteMode write_mode() const { return write_mode_; }
+    uint32_t idle_threshold_jiffies() const { return idle_threshold_jiffies_; }
+    // Waits up to timeout_ms for records and delivers them; returns the count or -errno.
+    int poll(int timeout_ms);
+    // Records dropped because the ring buffer was full, summed over CPUs.
+    uint64_t lost_records() const;
+    uint64_t track_failures() const;
+
+private:
+    struct SkeletonDeleter {
+        void operator()(rstwatch_bpf* skel) const;
+    };
+    struct RingBufferDeleter {
+        void operator()(ring_buffer* rb) const;
+    };
+
+    uint64_t counter(uint32_t index) const;
+    static int on_ring_record(void* ctx, void* data, size_t size);
+
+    std::unique_ptr<rstwatch_bpf, SkeletonDeleter> skel_;
+    std::unique_ptr<ring_buffer, RingBufferDeleter> ring_;
+    RecordSink sink_;
+    WriteMode write_mode_ = WriteMode::tp_btf;
+    uint32_t idle_threshold_jiffies_ = 0;
+};
+
+// Routes libbpf's own messages into spdlog (debug level: probing failures are expected).
+void route_libbpf_logs();
+
+}  // namespace rstwatch

@@ -1,0 +1,443 @@
+// SPDX-License-Identifier: GPL-2.0 OR BSD-2-Clause
+/*
+ * rstwatch kernel side. Per-socket state lives in `conns`; a record reaches
+ * the ring buffer only for an armed write (after idle, or after the peer's
+ * FIN), a FIN/close on an armed or idle connection, and every RST. An
+ * ordinary write on a busy connection emits nothing.
+ */
+#include "vmlinux.h"
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_endian.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+
+#include "rstwatch.h"
+
+#define AF_INET 2
+#define AF_INET6 10
+#define IPPROTO_TCP 6
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+/* Set by the loader before load. */
+const volatile __u32 idle_threshold_jiffies = 250;
+const volatile __u64 jiffy_ns = 4000000;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 22); /* resized by the loader */
+} events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 131072); /* resized by the loader */
+	__type(key, __u64); /* struct sock * */
+	__type(value, struct rw_conn_snapshot);
+} conns SEC(".maps");
+
+/* A connection's 4-tuple: names it after the full socket became a timewait socket. */
+struct rw_tuple {
+	__u8 saddr[RW_ADDR_LEN];
+	__u8 daddr[RW_ADDR_LEN];
+	__u16 sport;
+	__u16 dport;
+	__u32 netns;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct rw_tuple);
+	__type(value, struct rw_conn_snapshot);
+} timewait_conns SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, RW_CNT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} counters SEC(".maps");
+
+static __always_inline void count(__u32 which)
+{
+	__u64 *value = bpf_map_lookup_elem(&counters, &which);
+
+	if (value)
+		*value += 1;
+}
+
+static __always_inline void v4_mapped(__u8 *out, __u32 addr_be)
+{
+	__builtin_memset(out, 0, 10);
+	out[10] = 0xff;
+	out[11] = 0xff;
+	__builtin_memcpy(out + 12, &addr_be, 4);
+}
+
+/* Addresses and ports of any socket kind (full, timewait, request). For a full socket the
+ * local port comes from inet_sport: moving to CLOSE releases the port (skc_num = 0) before
+ * the state-change tracepoint fires. */
+static __always_inline void read_tuple(const struct sock *sk, bool full, struct rw_tuple *t, __u8 *family)
+{
+	const struct sock_common *skc = &sk->__sk_common;
+	__u16 fam = BPF_CORE_READ(skc, skc_family);
+
+	*family = fam;
+	if (fam == AF_INET) {
+		v4_mapped(t->saddr, BPF_CORE_READ(skc, skc_rcv_saddr));
+		v4_mapped(t->daddr, BPF_CORE_READ(skc, skc_daddr));
+	} else {
+		BPF_CORE_READ_INTO(&t->saddr, skc, skc_v6_rcv_saddr.in6_u.u6_addr8);
+		BPF_CORE_READ_INTO(&t->daddr, skc, skc_v6_daddr.in6_u.u6_addr8);
+	}
+	if (full)
+		t->sport = bpf_ntohs(BPF_CORE_READ((const struct inet_sock *)sk, inet_sport));
+	else
+		t->sport = BPF_CORE_READ(skc, skc_num);
+	t->dport = bpf_ntohs(BPF_CORE_READ(skc, skc_dport));
+	t->netns = BPF_CORE_READ(skc, skc_net.net, ns.inum);
+}
+
+/* Data bytes received: tcp_sock.bytes_received also counts the peer's FIN (one sequence
+ * number), which is no response byte. */
+static __always_inline __u64 data_bytes_received(const struct sock *sk, const struct rw_conn_snapshot *st)
+{
+	__u64 received = BPF_CORE_READ((const struct tcp_sock *)sk, bytes_received);
+
+	if (st && (st->flags & RW_F_PEER_FIN) && received > 0)
+		received--;
+	return received;
+}
+
+/* Jiffies since the connection last sent or received data. */
+static __always_inline __u32 idle_jiffies(const struct sock *sk)
+{
+	const struct tcp_sock *tp = (const void *)sk;
+	const struct inet_connection_sock *icsk = (const void *)sk;
+	__u32 last_send = BPF_CORE_READ(tp, lsndtime);
+	__u32 last_recv = BPF_CORE_READ(icsk, icsk_ack.lrcvtime);
+	__u32 last = (__s32)(last_send - last_recv) > 0 ? last_send : last_recv;
+
+	return (__u32)bpf_jiffies64() - last;
+}
+
+static __always_inline struct rw_conn_snapshot *conn_of(const struct sock *sk)
+{
+	__u64 key = (__u64)sk;
+
+	return bpf_map_lookup_elem(&conns, &key);
+}
+
+/* Emits one record for a socket. `full` = sk is a full TCP socket (not timewait/request).
+ * For state changes, old_state/new_state are the transition (the socket still holds the
+ * old state while the tracepoint runs); otherwise both are 0 and the state is read. */
+static __always_inline void emit(const struct sock *sk, bool full, __u8 type, __u8 old_state, __u8 new_state,
+				 const struct rw_conn_snapshot *snap, __u8 extra_flags, __u32 rst_reason)
+{
+	struct rw_record *r = bpf_ringbuf_reserve(&events, sizeof(*r), 0);
+	struct rw_tuple tuple = {};
+
+	if (!r) {
+		count(RW_CNT_LOST);
+		return;
+	}
+	__builtin_memset(r, 0, sizeof(*r));
+	r->ts_ns = bpf_ktime_get_ns();
+	r->sock_id = (__u64)sk;
+	r->type = type;
+	r->old_state = old_state;
+	r->rst_reason = rst_reason;
+	r->state = new_state ? new_state : BPF_CORE_READ(sk, __sk_common.skc_state);
+	read_tuple(sk, full, &tuple, &r->family);
+	__builtin_memcpy(r->saddr, tuple.saddr, RW_ADDR_LEN);
+	__builtin_memcpy(r->daddr, tuple.daddr, RW_ADDR_LEN);
+	r->sport = tuple.sport;
+	r->dport = tuple.dport;
+	r->netns = tuple.netns;
+	if (full) {
+		const struct tcp_sock *tp = (const void *)sk;
+
+		r->idle_ns = (__u64)idle_jiffies(sk) * jiffy_ns;
+		r->bytes_received = data_bytes_received(sk, snap);
+		r->bytes_acked = BPF_CORE_READ(tp, bytes_acked);
+		r->snd_una = BPF_CORE_READ(tp, snd_una);
+		r->unread_bytes = BPF_CORE_READ(tp, rcv_nxt) - BPF_CORE_READ(tp, copied_seq);
+	}
+	if (type == RW_REC_IDLE_WRITE || type == RW_REC_CLOSE_WAIT_WRITE) {
+		__u64 pid_tgid = bpf_get_current_pid_tgid();
+
+		r->pid = pid_tgid >> 32;
+		r->tid = (__u32)pid_tgid;
+		bpf_get_current_comm(r->comm, sizeof(r->comm));
+	}
+	if (snap)
+		__builtin_memcpy(&r->conn, snap, sizeof(r->conn));
+	r->conn.flags |= extra_flags;
+	bpf_ringbuf_submit(r, 0);
+}
+
+/* ---- application writes ------------------------------------------------ */
+
+static __always_inline void on_write(const struct sock *sk)
+{
+	struct rw_conn_snapshot *st = conn_of(sk);
+	const struct tcp_sock *tp = (const void *)sk;
+	__u64 received;
+	__u8 state;
+	bool in_close_wait;
+
+	if (!st)
+		return; /* no history: connection predates rstwatch, or not TCP */
+
+	received = data_bytes_received(sk, st);
+	/* Data arrived since the last counted write: this write starts a new exchange. */
+	if (!(st->flags & RW_F_WROTE) || (__u32)received != st->exchange_mark) {
+		st->requests++;
+		st->exchange_mark = (__u32)received;
+		st->flags |= RW_F_WROTE;
+	}
+	if (st->role != RW_ROLE_CLIENT)
+		return;
+	if (st->flags & RW_F_ARMED) {
+		/* Answered: a response byte arrived after the armed write. */
+		if ((st->flags & RW_F_WRITE_IN_CLOSE_WAIT) || received == st->armed_bytes_received)
+			return;
+		st->flags &= ~RW_F_ARMED;
+	}
+
+	state = BPF_CORE_READ(sk, __sk_common.skc_state);
+	in_close_wait = state == RW_TCP_CLOSE_WAIT;
+	__u32 idle = idle_jiffies(sk);
+	if (!in_close_wait && idle < idle_threshold_jiffies)
+		return;
+
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+
+	st->flags |= RW_F_ARMED | (in_close_wait ? RW_F_WRITE_IN_CLOSE_WAIT : 0);
+	st->armed_write_ns = bpf_ktime_get_ns();
+	st->armed_idle_ns = (__u64)idle * jiffy_ns;
+	st->armed_bytes_received = received;
+	st->armed_write_seq = BPF_CORE_READ(tp, write_seq);
+	st->armed_state = state;
+	st->writer_pid = pid_tgid >> 32;
+	st->writer_tid = (__u32)pid_tgid;
+	bpf_get_current_comm(st->writer_comm, sizeof(st->writer_comm));
+	emit(sk, true, in_close_wait ? RW_REC_CLOSE_WAIT_WRITE : RW_REC_IDLE_WRITE, 0, 0, st, 0,
+	     RW_RST_REASON_NONE);
+}
+
+/* Preferred: the send-loop tracepoint (Linux >= 6.16). */
+SEC("tp_btf/tcp_sendmsg_locked")
+int BPF_PROG(rw_write_tp, const struct sock *sk, const struct msghdr *msg, const struct sk_buff *skb,
+	     int size_goal)
+{
+	on_write(sk);
+	return 0;
+}
+
+SEC("fentry/tcp_sendmsg")
+int BPF_PROG(rw_write_fentry, struct sock *sk)
+{
+	on_write(sk);
+	return 0;
+}
+
+SEC("kprobe/tcp_sendmsg")
+int BPF_KPROBE(rw_write_kprobe, struct sock *sk)
+{
+	on_write(sk);
+	return 0;
+}
+
+/* ---- state changes ------------------------------------------------------ */
+
+static __always_inline void track_new(const struct sock *sk, __u8 role)
+{
+	struct rw_conn_snapshot fresh = {};
+	__u64 key = (__u64)sk;
+
+	fresh.start_ns = bpf_ktime_get_ns();
+	fresh.role = role;
+	if (bpf_map_update_elem(&conns, &key, &fresh, BPF_ANY))
+		count(RW_CNT_TRACK_FAILED);
+}
+
+SEC("tp_btf/inet_sock_set_state")
+int BPF_PROG(rw_state, const struct sock *sk, int old_state, int new_state)
+{
+	struct rw_conn_snapshot *st;
+	__u32 idle;
+	bool idle_long;
+
+	if (BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
+		return 0;
+	if (new_state == RW_TCP_SYN_SENT) {
+		track_new(sk, RW_ROLE_CLIENT);
+		return 0;
+	}
+	if (old_state == RW_TCP_SYN_RECV && new_state == RW_TCP_ESTABLISHED) {
+		track_new(sk, RW_ROLE_SERVER);
+		return 0;
+	}
+	st = conn_of(sk);
+	if (!st)
+		return 0;
+
+	if (old_state == RW_TCP_ESTABLISHED && new_state == RW_TCP_CLOSE_WAIT) {
+		/* The peer's FIN was processed. */
+		st->flags |= RW_F_PEER_FIN;
+		st->peer_fin_ns = bpf_ktime_get_ns();
+		idle = idle_jiffies(sk);
+		if ((st->flags & RW_F_ARMED) || idle >= idle_threshold_jiffies)
+			emit(sk, true, RW_REC_PEER_FIN, old_state, new_state, st, 0, RW_RST_REASON_NONE);
+		return 0;
+	}
+	if ((old_state == RW_TCP_ESTABLISHED && new_state == RW_TCP_FIN_WAIT1) ||
+	    (old_state == RW_TCP_CLOSE_WAIT && new_state == RW_TCP_LAST_ACK)) {
+		/* Our application closed (or shut down writing). */
+		st->flags |= RW_F_APP_CLOSED;
+		st->app_close_ns = bpf_ktime_get_ns();
+		idle_long = old_state == RW_TCP_ESTABLISHED && idle_jiffies(sk) >= idle_threshold_jiffies;
+		if ((st->flags & RW_F_ARMED) || idle_long)
+			emit(sk, true, RW_REC_OWN_CLOSE, old_state, new_state, st, 0, RW_RST_REASON_NONE);
+		return 0;
+	}
+	if (new_state != RW_TCP_CLOSE)
+		return 0;
+
+	/* Straight to CLOSE without a received RST: an abortive close by the application
+	 * (close() with unread data, SO_LINGER 0), which sends its RST right after this. */
+	if ((old_state == RW_TCP_ESTABLISHED || old_state == RW_TCP_CLOSE_WAIT) &&
+	    !(st->flags & (RW_F_RST_RECEIVED | RW_F_APP_CLOSED))) {
+		st->flags |= RW_F_APP_CLOSED;
+		st->app_close_ns = bpf_ktime_get_ns();
+	}
+	if (st->flags & RW_F_ARMED)
+		emit(sk, true, RW_REC_CLOSED, old_state, new_state, st, 0, RW_RST_REASON_NONE);
+	/* Entering TIME_WAIT after our own close: keep the history under the 4-tuple, so a
+	 * RST that the timewait socket sends for late data is tied to this connection. */
+	if ((old_state == RW_TCP_FIN_WAIT1 || old_state == RW_TCP_FIN_WAIT2 ||
+	     old_state == RW_TCP_CLOSING) &&
+	    (st->role == RW_ROLE_SERVER || (st->flags & RW_F_ARMED))) {
+		struct rw_tuple tuple = {};
+		__u8 family;
+
+		read_tuple(sk, true, &tuple, &family);
+		bpf_map_update_elem(&timewait_conns, &tuple, st, BPF_ANY);
+	}
+	return 0;
+}
+
+SEC("tp_btf/tcp_destroy_sock")
+int BPF_PROG(rw_destroy, const struct sock *sk)
+{
+	__u64 key = (__u64)sk;
+
+	bpf_map_delete_elem(&conns, &key);
+	return 0;
+}
+
+/* ---- resets -------------------------------------------------------------- */
+
+SEC("tp_btf/tcp_receive_reset")
+int BPF_PROG(rw_rst_received, const struct sock *sk)
+{
+	struct rw_conn_snapshot *st = conn_of(sk);
+
+	if (st)
+		st->flags |= RW_F_RST_RECEIVED;
+	emit(sk, true, RW_REC_RST_RECEIVED, 0, 0, st, 0, RW_RST_REASON_NONE);
+	return 0;
+}
+
+/* A RST sent with no socket: take the addresses from the packet it answers. */
+static __always_inline void emit_no_socket(const struct sk_buff *skb, __u32 reason)
+{
+	unsigned char *head = BPF_CORE_READ(skb, head);
+	__u16 network = BPF_CORE_READ(skb, network_header);
+	__u16 transport = BPF_CORE_READ(skb, transport_header);
+	struct rw_record *r;
+	__u8 version = 0;
+	struct tcphdr th = {};
+
+	bpf_probe_read_kernel(&version, 1, head + network);
+	version >>= 4;
+	if (version != 4 && version != 6)
+		return;
+	if (bpf_probe_read_kernel(&th, sizeof(th), head + transport))
+		return;
+	r = bpf_ringbuf_reserve(&events, sizeof(*r), 0);
+	if (!r) {
+		count(RW_CNT_LOST);
+		return;
+	}
+	__builtin_memset(r, 0, sizeof(*r));
+	r->ts_ns = bpf_ktime_get_ns();
+	r->type = RW_REC_RST_SENT;
+	r->rst_reason = reason;
+	r->conn.flags = RW_F_NO_SOCKET;
+	/* The packet came from the peer: its destination is our side. */
+	r->sport = bpf_ntohs(th.dest);
+	r->dport = bpf_ntohs(th.source);
+	if (version == 4) {
+		struct iphdr ip = {};
+
+		bpf_probe_read_kernel(&ip, sizeof(ip), head + network);
+		r->family = AF_INET;
+		v4_mapped(r->saddr, ip.daddr);
+		v4_mapped(r->daddr, ip.saddr);
+	} else {
+		struct ipv6hdr ip6 = {};
+
+		bpf_probe_read_kernel(&ip6, sizeof(ip6), head + network);
+		r->family = AF_INET6;
+		__builtin_memcpy(r->saddr, &ip6.daddr, RW_ADDR_LEN);
+		__builtin_memcpy(r->daddr, &ip6.saddr, RW_ADDR_LEN);
+	}
+	bpf_ringbuf_submit(r, 0);
+}
+
+static __always_inline void on_send_reset(const struct sock *sk, const struct sk_buff *skb, __u32 reason)
+{
+	struct rw_conn_snapshot *st = NULL;
+	__u8 state;
+
+	if (!sk) {
+		if (skb)
+			emit_no_socket(skb, reason);
+		return;
+	}
+	state = BPF_CORE_READ(sk, __sk_common.skc_state);
+	if (state == RW_TCP_TIME_WAIT) {
+		struct rw_tuple tuple = {};
+		__u8 family;
+
+		read_tuple(sk, false, &tuple, &family);
+		emit(sk, false, RW_REC_RST_SENT, 0, 0, bpf_map_lookup_elem(&timewait_conns, &tuple),
+		     RW_F_FROM_TIMEWAIT, reason);
+		return;
+	}
+	if (state == RW_TCP_NEW_SYN_RECV) {
+		emit(sk, false, RW_REC_RST_SENT, 0, 0, NULL, 0, reason);
+		return;
+	}
+	st = conn_of(sk);
+	emit(sk, true, RW_REC_RST_SENT, 0, 0, st, 0, reason);
+}
+
+/* Linux >= 6.10: the reason is the third argument (numbers differ between versions:
+ * the agent names them through the running kernel's BTF). */
+SEC("tp_btf/tcp_send_reset")
+int BPF_PROG(rw_rst_sent, const struct sock *sk, const struct sk_buff *skb, int reason)
+{
+	on_send_reset(sk, skb, (__u32)reason);
+	return 0;
+}
+
+/* Linux < 6.10: no reason, full sockets only. */
+SEC("tp_btf/tcp_send_reset")
+int BPF_PROG(rw_rst_sent_noreason, const struct sock *sk, const struct sk_buff *skb)
+{
+	on_send_reset(sk, skb, RW_RST_REASON_NONE);
+	return 0;
+}
