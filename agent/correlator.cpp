@@ -1,0 +1,383 @@
+// Turns ring-buffer records into incidents and observations. Pure: no kernel, no clock, no I/O.
+#include "correlator.h"
+
+#include <arpa/inet.h>
+#include <sys/socket.h>
+
+#include <algorithm>
+#include <array>
+#include <cstdio>
+#include <cstring>
+
+namespace rstwatch {
+
+namespace {
+
+constexpr std::array<std::string_view, kCauseCount> kCauseNames = {
+    "write_after_fin", "idle_close_race", "reset_other", "abort_on_close", "data_after_close",
+};
+
+bool has(uint8_t flags, unsigned bit) { return (flags & bit) != 0; }
+
+// A fixed-size char array that may lack its terminating NUL.
+std::string bounded_string(const char* s, size_t max) {
+    size_t n = 0;
+    while (n < max && s[n] != '\0') ++n;
+    return std::string(s, n);
+}
+
+bool is_known_role(uint8_t role) { return role == RW_ROLE_CLIENT || role == RW_ROLE_SERVER; }
+
+bool is_after_own_close_state(uint8_t state) {
+    return state == RW_TCP_FIN_WAIT1 || state == RW_TCP_FIN_WAIT2 || state == RW_TCP_CLOSING ||
+           state == RW_TCP_CLOSE;
+}
+
+}  // namespace
+
+std::string_view to_string(Cause cause) {
+    auto i = static_cast<size_t>(cause);
+    return i < kCauseNames.size() ? kCauseNames[i] : std::string_view("unknown");
+}
+
+std::string_view to_string(Observer observer) {
+    return observer == Observer::client ? "client" : "server";
+}
+
+std::optional<Cause> parse_cause(std::string_view name) {
+    for (size_t i = 0; i < kCauseNames.size(); ++i)
+        if (kCauseNames[i] == name) return static_cast<Cause>(i);
+    return std::nullopt;
+}
+
+std::string format_address(const uint8_t addr[RW_ADDR_LEN]) {
+    static constexpr uint8_t kV4MappedPrefix[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+    char buf[INET6_ADDRSTRLEN] = {};
+    if (std::memcmp(addr, kV4MappedPrefix, sizeof(kV4MappedPrefix)) == 0) {
+        std::snprintf(buf, sizeof(buf), "%u.%u.%u.%u", addr[12], addr[13], addr[14], addr[15]);
+        return buf;
+    }
+    if (inet_ntop(AF_INET6, addr, buf, sizeof(buf)) == nullptr) return "?";
+    return buf;
+}
+
+std::string tcp_state_name(uint8_t state) {
+    switch (state) {
+    case RW_TCP_ESTABLISHED: return "ESTABLISHED";
+    case RW_TCP_SYN_SENT: return "SYN_SENT";
+    case RW_TCP_SYN_RECV: return "SYN_RECV";
+    case RW_TCP_FIN_WAIT1: return "FIN_WAIT1";
+    case RW_TCP_FIN_WAIT2: return "FIN_WAIT2";
+    case RW_TCP_TIME_WAIT: return "TIME_WAIT";
+    case RW_TCP_CLOSE: return "CLOSE";
+    case RW_TCP_CLOSE_WAIT: return "CLOSE_WAIT";
+    case RW_TCP_LAST_ACK: return "LAST_ACK";
+    case RW_TCP_LISTEN: return "LISTEN";
+    case RW_TCP_CLOSING: return "CLOSING";
+    case RW_TCP_NEW_SYN_RECV: return "NEW_SYN_RECV";
+    default: return "UNKNOWN(" + std::to_string(state) + ")";
+    }
+}
+
+size_t Correlator::TupleKeyHash::operator()(const TupleKey& k) const noexcept {
+    // FNV-1a over the fields (no padding concerns: hash field by field).
+    uint64_t h = 1469598103934665603ULL;
+    auto mix = [&h](const uint8_t* p, size_t n) {
+        for (size_t i = 0; i < n; ++i) {
+            h ^= p[i];
+            h *= 1099511628211ULL;
+        }
+    };
+    mix(k.saddr, sizeof(k.saddr));
+    mix(k.daddr, sizeof(k.daddr));
+    mix(reinterpret_cast<const uint8_t*>(&k.sport), sizeof(k.sport));
+    mix(reinterpret_cast<const uint8_t*>(&k.dport), sizeof(k.dport));
+    mix(reinterpret_cast<const uint8_t*>(&k.netns), sizeof(k.netns));
+    return static_cast<size_t>(h);
+}
+
+Correlator::Correlator(CorrelatorOptions options) : options_(std::move(options)) {}
+
+size_t Correlator::remembered_connections() const { return conns_.size(); }
+
+void Correlator::on_records_lost(uint64_t count) { stats_.records_lost += count; }
+
+void Correlator::on_raw(const void* data, size_t size, CorrelatorOutput& out) {
+    if (data == nullptr || size != sizeof(rw_record)) {
+        ++stats_.malformed;
+        return;
+    }
+    rw_record record;
+    std::memcpy(&record, data, sizeof(record));  // ring-buffer bytes need not be aligned
+    on_record(record, out);
+}
+
+void Correlator::forget(const ConnKey& key) {
+    auto it = conns_.find(key);
+    if (it == conns_.end()) return;
+    auto t = by_tuple_.find(it->second.tuple);
+    if (t != by_tuple_.end() && t->second == key) by_tuple_.erase(t);
+    conns_.erase(it);
+}
+
+void Correlator::expire(uint64_t now_ns) {
+    std::vector<ConnKey> old;
+    for (const auto& [key, mem] : conns_)
+        if (now_ns > mem.last_seen_ns && now_ns - mem.last_seen_ns > options_.linger_ns)
+            old.push_back(key);
+    for (const auto& key : old) forget(key);
+}
+
+void Correlator::enforce_capacity() {
+    if (conns_.size() < kMaxRemembered) return;
+    std::vector<uint64_t> seen;
+    seen.reserve(conns_.size());
+    for (const auto& [key, mem] : conns_) seen.push_back(mem.last_seen_ns);
+    auto quarter = seen.begin() + static_cast<std::ptrdiff_t>(seen.size() / 4);
+    std::nth_element(seen.begin(), quarter, seen.end());
+    const uint64_t cutoff = *quarter;
+    std::vector<ConnKey> old;
+    for (const auto& [key, mem] : conns_)
+        if (mem.last_seen_ns <= cutoff) old.push_back(key);
+    for (const auto& key : old) forget(key);
+}
+
+Correlator::Resolved Correlator::resolve(const rw_record& r) {
+    Resolved res;
+    const uint64_t start = r.conn.start_ns;
+    const bool timewait = has(r.conn.flags, RW_F_FROM_TIMEWAIT);
+    res.flags = r.conn.flags;
+    if (start != 0 && is_known_role(r.conn.role)) res.role = r.conn.role;
+
+    TupleKey tuple;
+    std::memcpy(tuple.saddr, r.saddr, RW_ADDR_LEN);
+    std::memcpy(tuple.daddr, r.daddr, RW_ADDR_LEN);
+    tuple.sport = r.sport;
+    tuple.dport = r.dport;
+    tuple.netns = r.netns;
+
+    ConnKey key{r.sock_id, start};
+    ConnMemory* mem = nullptr;
+    if (start != 0) {
+        auto it = conns_.find(key);
+        if (it != conns_.end()) mem = &it->second;
+    }
+    if (mem == nullptr) {
+        // Another socket of the same connection (its timewait socket, or the full
+        // socket's late record after the timewait one) is found by 4-tuple: the same
+        // start_ns names the same connection; a timewait record without a snapshot
+        // belongs to the latest connection on that 4-tuple.
+        auto t = by_tuple_.find(tuple);
+        if (t != by_tuple_.end() && ((start != 0 && t->second.start_ns == start) ||
+                                     (start == 0 && timewait))) {
+            auto it = conns_.find(t->second);
+            if (it != conns_.end()) {
+                mem = &it->second;
+                key = t->second;
+            }
+        }
+    }
+    if (mem != nullptr) {
+        if (res.role == RW_ROLE_UNKNOWN) {
+            // Tied timewait record without its own snapshot: history comes from memory.
+            res.role = mem->role;
+            res.flags |= mem->flags & (RW_F_APP_CLOSED | RW_F_PEER_FIN);
+        }
+    } else if (res.role != RW_ROLE_UNKNOWN) {
+        enforce_capacity();
+        auto [it, inserted] = conns_.try_emplace(key);
+        mem = &it->second;
+        mem->role = res.role;
+        mem->tuple = tuple;
+        auto t = by_tuple_.find(tuple);
+        // The newest connection on a 4-tuple owns it (a late record of an older one
+        // must not take it back).
+        if (t == by_tuple_.end() || t->second.start_ns <= start ||
+            conns_.find(t->second) == conns_.end())
+            by_tuple_[tuple] = key;
+    }
+    if (mem != nullptr) {
+        mem->last_seen_ns = std::max<uint64_t>(mem->last_seen_ns, r.ts_ns);
+        if (start != 0) mem->flags |= r.conn.flags & (RW_F_APP_CLOSED | RW_F_PEER_FIN);
+    }
+    res.mem = mem;
+    return res;
+}
+
+namespace {
+
+void fill_endpoints(const rw_record& r, uint8_t role, Endpoint& client, Endpoint& server) {
+    Endpoint local{format_address(r.saddr), r.sport};
+    Endpoint remote{format_address(r.daddr), r.dport};
+    if (role == RW_ROLE_SERVER) {
+        server = std::move(local);
+        client = std::move(remote);
+    } else {
+        client = std::move(local);
+        server = std::move(remote);
+    }
+}
+
+}  // namespace
+
+void Correlator::emit_incident(const rw_record& r, const Resolved& conn, Cause cause,
+                               CorrelatorOutput& out) {
+    if (conn.mem == nullptr || !is_known_role(conn.role)) return;
+    const Observer observer = conn.role == RW_ROLE_CLIENT ? Observer::client : Observer::server;
+    bool& reported =
+        observer == Observer::client ? conn.mem->incident_client : conn.mem->incident_server;
+    if (reported) return;
+    reported = true;
+
+    Incident inc;
+    inc.ts_ns = r.ts_ns;
+    inc.cause = cause;
+    inc.observer = observer;
+    fill_endpoints(r, conn.role, inc.client, inc.server);
+    // The snapshot is only trustworthy when the record carries one (start_ns != 0).
+    const bool armed = r.conn.start_ns != 0 && has(r.conn.flags, RW_F_ARMED);
+    if (armed) {
+        inc.pid = r.conn.writer_pid;
+        inc.comm = bounded_string(r.conn.writer_comm, RW_COMM_LEN);
+        inc.idle_before_write_ms = static_cast<double>(r.conn.armed_idle_ns) / 1e6;
+        if (r.conn.armed_write_ns != 0 && r.ts_ns >= r.conn.armed_write_ns)
+            inc.write_to_reset_ms = static_cast<double>(r.ts_ns - r.conn.armed_write_ns) / 1e6;
+    }
+    inc.state = tcp_state_name(r.state);
+    if (r.rst_reason != RW_RST_REASON_NONE && options_.reset_reason_name)
+        inc.reset_reason = options_.reset_reason_name(r.rst_reason);
+    inc.requests = r.conn.requests;
+    inc.netns = r.netns;
+    ++stats_.incidents;
+    out.incidents.push_back(std::move(inc));
+}
+
+void Correlator::emit_observation(const rw_record& r, const Resolved& conn, ObservationKind kind,
+                                  double idle_s, CorrelatorOutput& out) {
+    if (!is_known_role(conn.role)) return;
+    Observation obs;
+    obs.ts_ns = r.ts_ns;
+    obs.kind = kind;
+    obs.observer = conn.role == RW_ROLE_CLIENT ? Observer::client : Observer::server;
+    fill_endpoints(r, conn.role, obs.client, obs.server);
+    obs.idle_s = idle_s;
+    obs.netns = r.netns;
+    out.observations.push_back(std::move(obs));
+}
+
+void Correlator::on_record(const rw_record& r, CorrelatorOutput& out) {
+    if (r.type < RW_REC_IDLE_WRITE || r.type >= RW_REC_TYPE_MAX ||
+        (r.family != AF_INET && r.family != AF_INET6)) {
+        ++stats_.malformed;
+        return;
+    }
+    ++stats_.records;
+    ++stats_.records_by_type[r.type];
+
+    // A RST answering a packet for no socket: no connection, nothing to classify.
+    if (has(r.conn.flags, RW_F_NO_SOCKET)) return;
+
+    const Resolved conn = resolve(r);
+    const uint8_t role = conn.role;
+    const uint8_t flags = conn.flags;
+    const bool armed = r.conn.start_ns != 0 && has(flags, RW_F_ARMED);
+    const bool write_in_close_wait = armed && has(flags, RW_F_WRITE_IN_CLOSE_WAIT);
+    // An idle write (before any FIN) that got no response byte so far.
+    const bool armed_unanswered = armed && !write_in_close_wait &&
+                                  r.bytes_received == r.conn.armed_bytes_received;
+    const bool idle = r.idle_ns >= options_.idle_threshold_ns;
+    const double idle_s = static_cast<double>(r.idle_ns) / 1e9;
+
+    switch (r.type) {
+    case RW_REC_IDLE_WRITE:
+        if (role == RW_ROLE_CLIENT && conn.mem != nullptr) {
+            const uint64_t write_ns = armed ? r.conn.armed_write_ns : r.ts_ns;
+            if (conn.mem->observed_reuse_write_ns == write_ns) break;  // duplicate
+            conn.mem->observed_reuse_write_ns = write_ns;
+            const double s = armed ? static_cast<double>(r.conn.armed_idle_ns) / 1e9 : idle_s;
+            emit_observation(r, conn, ObservationKind::reuse_idle, s, out);
+        }
+        break;
+
+    case RW_REC_CLOSE_WAIT_WRITE:
+        break;  // decided later by the peer's answer (RST, ack, or nothing)
+
+    case RW_REC_PEER_FIN:
+        if (role == RW_ROLE_CLIENT && armed_unanswered) {
+            emit_incident(r, conn, Cause::idle_close_race, out);
+        } else if (idle && !armed_unanswered && conn.mem != nullptr &&
+                   !conn.mem->observed_peer_fin) {
+            conn.mem->observed_peer_fin = true;
+            emit_observation(r, conn,
+                             role == RW_ROLE_CLIENT ? ObservationKind::server_idle_close
+                                                    : ObservationKind::client_idle_close,
+                             idle_s, out);
+        }
+        break;
+
+    case RW_REC_OWN_CLOSE:
+        if (r.old_state == RW_TCP_ESTABLISHED && idle && conn.mem != nullptr &&
+            !conn.mem->observed_own_close) {
+            conn.mem->observed_own_close = true;
+            emit_observation(r, conn,
+                             role == RW_ROLE_CLIENT ? ObservationKind::client_idle_close
+                                                    : ObservationKind::server_idle_close,
+                             idle_s, out);
+        }
+        break;
+
+    case RW_REC_CLOSED:
+        // The write after the peer's FIN was never acknowledged: the peer had gone.
+        if (role == RW_ROLE_CLIENT && write_in_close_wait &&
+            static_cast<int32_t>(r.snd_una - r.conn.armed_write_seq) <= 0)
+            emit_incident(r, conn, Cause::write_after_fin, out);
+        break;
+
+    case RW_REC_RST_RECEIVED:
+        if (role == RW_ROLE_CLIENT) {
+            if (write_in_close_wait)
+                emit_incident(r, conn, Cause::write_after_fin, out);
+            else if (armed_unanswered)
+                emit_incident(r, conn, Cause::idle_close_race, out);
+            else
+                emit_incident(r, conn, Cause::reset_other, out);
+        } else if (role == RW_ROLE_SERVER) {
+            // tcp_reset() on a socket we already closed: data arrived after our close.
+            if (has(flags, RW_F_APP_CLOSED) &&
+                (is_after_own_close_state(r.state) || is_after_own_close_state(r.old_state)))
+                emit_incident(r, conn, Cause::data_after_close, out);
+            else
+                emit_incident(r, conn, Cause::reset_other, out);
+        } else {
+            ++stats_.unknown_history;
+        }
+        break;
+
+    case RW_REC_RST_SENT:
+        if (role == RW_ROLE_SERVER) {
+            std::string reason;
+            if (r.rst_reason != RW_RST_REASON_NONE && options_.reset_reason_name)
+                reason = options_.reset_reason_name(r.rst_reason);
+            const bool app_closed = has(flags, RW_F_APP_CLOSED);
+            // Before 6.10 the kernel gives no reason: closing with unread data is the abort.
+            if (reason == "TCP_ABORT_ON_CLOSE" ||
+                (reason.empty() && app_closed && r.unread_bytes > 0))
+                emit_incident(r, conn, Cause::abort_on_close, out);
+            else if (reason == "TCP_ABORT_ON_DATA" || reason == "TCP_TIMEWAIT_SOCKET" ||
+                     (has(flags, RW_F_FROM_TIMEWAIT) && app_closed))
+                emit_incident(r, conn, Cause::data_after_close, out);
+            else
+                emit_incident(r, conn, Cause::reset_other, out);
+        } else if (role == RW_ROLE_CLIENT) {
+            emit_incident(r, conn, Cause::reset_other, out);
+        } else {
+            ++stats_.unknown_history;
+        }
+        break;
+
+    default:
+        break;
+    }
+}
+
+}  // namespace rstwatch

@@ -1,0 +1,1020 @@
+// Correlator tests: synthetic record timelines produced by a small kernel model (Sock)
+// that keeps the live tcp_sock fields and the per-socket snapshot the way the BPF side
+// does, so every expected result is driven by a real sequence of socket events.
+#include <arpa/inet.h>
+#include <gtest/gtest.h>
+#include <sys/socket.h>
+
+#include <algorithm>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "correlator.h"
+
+using namespace rstwatch;
+
+namespace {
+
+constexpr uint64_t kMs = 1'000'000;
+constexpr uint64_t kSec = 1'000'000'000;
+constexpr uint64_t kThreshold = 1 * kSec;
+constexpr uint64_t kLinger = 120 * kSec;
+constexpr uint32_t kNetns = 4026531840u;
+
+// Raw enum sk_rst_reason numbers shift between kernels: the namer resolves them.
+constexpr uint32_t kReasonNotSpecified = 2;
+constexpr uint32_t kReasonAbortOnClose = 17;
+constexpr uint32_t kReasonAbortOnData = 18;
+constexpr uint32_t kReasonTimewaitSocket = 19;
+
+std::string test_reason_name(uint32_t raw) {
+    switch (raw) {
+    case kReasonNotSpecified: return "NOT_SPECIFIED";
+    case kReasonAbortOnClose: return "TCP_ABORT_ON_CLOSE";
+    case kReasonAbortOnData: return "TCP_ABORT_ON_DATA";
+    case kReasonTimewaitSocket: return "TCP_TIMEWAIT_SOCKET";
+    default: return "";
+    }
+}
+
+CorrelatorOptions test_options() {
+    CorrelatorOptions o;
+    o.reset_reason_name = test_reason_name;
+    o.idle_threshold_ns = kThreshold;
+    o.linger_ns = kLinger;
+    return o;
+}
+
+uint8_t set_addr(uint8_t out[RW_ADDR_LEN], const std::string& ip) {
+    std::memset(out, 0, RW_ADDR_LEN);
+    in_addr v4{};
+    if (inet_pton(AF_INET, ip.c_str(), &v4) == 1) {
+        out[10] = 0xff;
+        out[11] = 0xff;
+        std::memcpy(out + 12, &v4, 4);
+        return AF_INET;
+    }
+    EXPECT_EQ(inet_pton(AF_INET6, ip.c_str(), out), 1) << ip;
+    return AF_INET6;
+}
+
+void set_comm(char out[RW_COMM_LEN], const char* comm) {
+    std::memset(out, 0, RW_COMM_LEN);
+    std::strncpy(out, comm, RW_COMM_LEN - 1);
+}
+
+// One socket as the kernel sees it; each event appends the records the BPF side emits.
+class Sock {
+public:
+    Sock(uint8_t role, const std::string& local, uint16_t lport, const std::string& remote,
+         uint16_t rport, uint64_t start_ns, uint64_t sock_id = 0xffff8880'12340000ULL) {
+        base_.sock_id = sock_id;
+        base_.family = set_addr(base_.saddr, local);
+        set_addr(base_.daddr, remote);
+        base_.sport = lport;
+        base_.dport = rport;
+        base_.netns = kNetns;
+        base_.rst_reason = RW_RST_REASON_NONE;
+        base_.conn.start_ns = start_ns;
+        base_.conn.role = start_ns != 0 ? role : uint8_t{RW_ROLE_UNKNOWN};
+        last_data_ns_ = start_ns;
+    }
+
+    std::vector<rw_record> records;
+    uint8_t state() const { return state_; }
+
+    // The application writes `len` bytes (sendmsg runs in its context).
+    Sock& write(uint64_t ts, uint32_t len, uint32_t pid = 4242, const char* comm = "nginx") {
+        const bool in_close_wait = state_ == RW_TCP_CLOSE_WAIT;
+        const bool idle = ts - last_data_ns_ >= kThreshold;
+        if (received_since_write_) ++base_.conn.requests;
+        received_since_write_ = false;
+        bool may_arm = base_.conn.role == RW_ROLE_CLIENT;  // never without history
+        if (armed()) {
+            // An armed write stays armed until a response byte arrives (or forever
+            // after the peer's FIN); once answered, the next write disarms it.
+            if ((base_.conn.flags & RW_F_WRITE_IN_CLOSE_WAIT) ||
+                bytes_received_ == base_.conn.armed_bytes_received)
+                may_arm = false;
+            else
+                base_.conn.flags &= static_cast<uint8_t>(~RW_F_ARMED);
+        }
+        if (may_arm && (idle || in_close_wait)) {
+            auto& c = base_.conn;
+            c.flags |= RW_F_ARMED;
+            if (in_close_wait)
+                c.flags |= RW_F_WRITE_IN_CLOSE_WAIT;
+            else
+                c.flags &= static_cast<uint8_t>(~RW_F_WRITE_IN_CLOSE_WAIT);
+            c.armed_write_ns = ts;
+            c.armed_idle_ns = ts - last_data_ns_;
+            c.armed_bytes_received = bytes_received_;
+            c.armed_write_seq = write_seq_;
+            c.armed_state = state_;
+            c.writer_pid = pid;
+            c.writer_tid = pid;
+            set_comm(c.writer_comm, comm);
+            rw_record r = make(in_close_wait ? RW_REC_CLOSE_WAIT_WRITE : RW_REC_IDLE_WRITE, ts);
+            r.pid = pid;
+            r.tid = pid;
+            set_comm(r.comm, comm);
+            records.push_back(r);
+        }
+        write_seq_ += len;
+        last_data_ns_ = ts;
+        return *this;
+    }
+    // The peer's data arrives and acknowledges everything we sent.
+    Sock& receive(uint64_t ts, uint32_t len, bool app_reads = true) {
+        bytes_received_ += len;
+        if (!app_reads) unread_ += len;
+        snd_una_ = write_seq_;
+        last_data_ns_ = ts;
+        received_since_write_ = true;
+        return *this;
+    }
+    // The peer acknowledges our data without sending any.
+    Sock& ack() {
+        snd_una_ = write_seq_;
+        return *this;
+    }
+    // The peer's FIN is processed.
+    Sock& peer_fin(uint64_t ts) {
+        if (state_ == RW_TCP_ESTABLISHED) {
+            base_.conn.flags |= RW_F_PEER_FIN;
+            base_.conn.peer_fin_ns = ts;
+            transition(ts, RW_TCP_CLOSE_WAIT, RW_REC_PEER_FIN,
+                       armed() || ts - last_data_ns_ >= kThreshold);
+        } else if (state_ == RW_TCP_FIN_WAIT2) {
+            // The full socket closes; a timewait socket takes over (see timewait_*).
+            base_.conn.flags |= RW_F_PEER_FIN;
+            transition(ts, RW_TCP_CLOSE, RW_REC_CLOSED, armed());
+        }
+        return *this;
+    }
+    // The application closes the socket (FIN).
+    Sock& own_close(uint64_t ts) {
+        base_.conn.flags |= RW_F_APP_CLOSED;
+        base_.conn.app_close_ns = ts;
+        const uint8_t next = state_ == RW_TCP_CLOSE_WAIT ? RW_TCP_LAST_ACK : RW_TCP_FIN_WAIT1;
+        transition(ts, next, RW_REC_OWN_CLOSE, armed() || ts - last_data_ns_ >= kThreshold);
+        return *this;
+    }
+    // The peer acknowledges our FIN (and so all our data).
+    Sock& our_fin_acked(uint64_t ts) {
+        snd_una_ = write_seq_ + 1;
+        if (state_ == RW_TCP_FIN_WAIT1)
+            state_ = RW_TCP_FIN_WAIT2;
+        else if (state_ == RW_TCP_LAST_ACK)
+            transition(ts, RW_TCP_CLOSE, RW_REC_CLOSED, armed());
+        return *this;
+    }
+    // Retransmissions gave up: the socket dies without an answer.
+    Sock& retransmit_timeout(uint64_t ts) {
+        transition(ts, RW_TCP_CLOSE, RW_REC_CLOSED, armed());
+        return *this;
+    }
+    // The application closes with unread data: the kernel sends RST instead of FIN.
+    Sock& abort_close(uint64_t ts, uint32_t reason) {
+        base_.conn.flags |= RW_F_APP_CLOSED;
+        base_.conn.app_close_ns = ts;
+        const uint8_t old = state_;
+        state_ = RW_TCP_CLOSE;  // tcp_close() sets CLOSE before sending the active reset
+        rw_record r = make(RW_REC_RST_SENT, ts);
+        r.old_state = old;
+        r.rst_reason = reason;
+        records.push_back(r);
+        if (armed()) records.push_back(make(RW_REC_CLOSED, ts));
+        return *this;
+    }
+    // tcp_send_reset on this (full) socket, state unchanged.
+    Sock& rst_sent(uint64_t ts, uint32_t reason) {
+        rw_record r = make(RW_REC_RST_SENT, ts);
+        r.rst_reason = reason;
+        records.push_back(r);
+        return *this;
+    }
+    // tcp_reset(): tcp_receive_reset in the current state, then the socket closes.
+    Sock& rst_received(uint64_t ts) {
+        records.push_back(make(RW_REC_RST_RECEIVED, ts));
+        transition(ts, RW_TCP_CLOSE, RW_REC_CLOSED, armed());
+        return *this;
+    }
+    // The timewait socket left behind answers a late segment with RST.
+    Sock& timewait_rst_sent(uint64_t ts, uint64_t tw_sock_id, uint32_t reason,
+                            bool with_snapshot = true) {
+        rw_record r = make(RW_REC_RST_SENT, ts);
+        r.sock_id = tw_sock_id;
+        r.state = RW_TCP_TIME_WAIT;
+        r.old_state = 0;
+        r.bytes_received = r.bytes_acked = 0;
+        r.unread_bytes = 0;
+        r.idle_ns = 0;
+        if (!with_snapshot) r.conn = rw_conn_snapshot{};
+        r.conn.flags |= RW_F_FROM_TIMEWAIT;
+        r.rst_reason = reason;
+        records.push_back(r);
+        return *this;
+    }
+
+private:
+    bool armed() const { return (base_.conn.flags & RW_F_ARMED) != 0; }
+    bool no_history() const { return base_.conn.start_ns == 0; }
+
+    void transition(uint64_t ts, uint8_t next, uint8_t type, bool emit) {
+        const uint8_t old = state_;
+        state_ = next;
+        if (!emit || no_history()) return;
+        rw_record r = make(type, ts);
+        r.old_state = old;
+        records.push_back(r);
+    }
+
+    rw_record make(uint8_t type, uint64_t ts) const {
+        rw_record r = base_;
+        r.type = type;
+        r.ts_ns = ts;
+        r.idle_ns = ts - last_data_ns_;
+        r.state = state_;
+        r.bytes_received = bytes_received_;
+        r.bytes_acked = snd_una_ - 1000;
+        r.snd_una = snd_una_;
+        r.unread_bytes = unread_;
+        // Softirq context: whoever was interrupted. Never the writer.
+        r.pid = 17;
+        r.tid = 17;
+        set_comm(r.comm, "ksoftirqd/1");
+        if (no_history()) r.conn = rw_conn_snapshot{};  // no per-socket entry in the map
+        return r;
+    }
+
+    rw_record base_{};
+    uint8_t state_ = RW_TCP_ESTABLISHED;
+    uint64_t last_data_ns_ = 0;
+    uint64_t bytes_received_ = 0;
+    uint32_t write_seq_ = 1000;
+    uint32_t snd_una_ = 1000;
+    uint32_t unread_ = 0;
+    bool received_since_write_ = true;
+};
+
+rw_record no_socket_rst(uint64_t ts) {
+    rw_record r{};
+    r.type = RW_REC_RST_SENT;
+    r.ts_ns = ts;
+    r.family = set_addr(r.saddr, "10.0.0.2");
+    set_addr(r.daddr, "10.0.0.1");
+    r.sport = 8080;
+    r.dport = 40000;
+    r.rst_reason = kReasonNotSpecified;
+    r.conn.flags = RW_F_NO_SOCKET;
+    return r;
+}
+
+struct Harness {
+    Correlator c{test_options()};
+    CorrelatorOutput out;
+    void feed(const std::vector<rw_record>& records) {
+        for (const auto& r : records) c.on_record(r, out);
+    }
+};
+
+std::vector<rw_record> without(std::vector<rw_record> v, uint8_t type) {
+    v.erase(std::remove_if(v.begin(), v.end(), [&](const rw_record& r) { return r.type == type; }),
+            v.end());
+    return v;
+}
+
+size_t count_type(const std::vector<rw_record>& v, uint8_t type) {
+    return static_cast<size_t>(
+        std::count_if(v.begin(), v.end(), [&](const rw_record& r) { return r.type == type; }));
+}
+
+// nginx (client) -> upstream (server) timelines.
+constexpr uint64_t T0 = 1000 * kSec;  // connection start
+const char* kProxyIp = "10.244.1.5";
+const char* kUpstreamIp = "10.244.2.7";
+constexpr uint16_t kProxyPort = 43210;
+constexpr uint16_t kUpstreamPort = 8080;
+
+Sock proxy_socket(uint64_t start = T0, uint64_t sock_id = 0xffff8880'aaaa0000ULL) {
+    return Sock(RW_ROLE_CLIENT, kProxyIp, kProxyPort, kUpstreamIp, kUpstreamPort, start, sock_id);
+}
+Sock upstream_socket(uint64_t start = T0, uint64_t sock_id = 0xffff8880'bbbb0000ULL) {
+    return Sock(RW_ROLE_SERVER, kUpstreamIp, kUpstreamPort, kProxyIp, kProxyPort, start, sock_id);
+}
+
+// One complete request/response exchange at `ts` (not idle: no record).
+void exchange(Sock& s, uint64_t ts) { s.write(ts, 300).receive(ts + 5 * kMs, 1200); }
+void serve(Sock& s, uint64_t ts) { s.receive(ts, 300).write(ts + 4 * kMs, 1200, 99, "java"); }
+
+}  // namespace
+
+// ---------------------------------------------------------------- client causes
+
+TEST(CorrelatorClient, WriteAfterFinViaRst) {
+    Sock s = proxy_socket();
+    exchange(s, T0 + 10 * kMs);
+    const uint64_t last = T0 + 15 * kMs;
+    s.peer_fin(last + 2 * kSec);                   // upstream idle-closes: CLOSE_WAIT
+    s.write(last + 2 * kSec + 1 * kMs, 300);       // nginx reuses the pooled connection
+    s.rst_received(last + 2 * kSec + 2 * kMs);     // upstream answers with RST
+    ASSERT_EQ(count_type(s.records, RW_REC_CLOSE_WAIT_WRITE), 1u);
+
+    Harness h;
+    h.feed(s.records);
+    ASSERT_EQ(h.out.incidents.size(), 1u);
+    const Incident& inc = h.out.incidents[0];
+    EXPECT_EQ(inc.cause, Cause::write_after_fin);
+    EXPECT_EQ(inc.observer, Observer::client);
+    EXPECT_EQ(inc.ts_ns, last + 2 * kSec + 2 * kMs);
+    EXPECT_EQ(inc.client, (Endpoint{kProxyIp, kProxyPort}));
+    EXPECT_EQ(inc.server, (Endpoint{kUpstreamIp, kUpstreamPort}));
+    EXPECT_EQ(inc.pid, 4242u);
+    EXPECT_EQ(inc.comm, "nginx");
+    ASSERT_TRUE(inc.idle_before_write_ms);
+    EXPECT_DOUBLE_EQ(*inc.idle_before_write_ms, 2001.0);
+    ASSERT_TRUE(inc.write_to_reset_ms);
+    EXPECT_DOUBLE_EQ(*inc.write_to_reset_ms, 1.0);
+    EXPECT_EQ(inc.state, "CLOSE_WAIT");
+    EXPECT_EQ(inc.reset_reason, "");
+    EXPECT_EQ(inc.requests, 2u);
+    EXPECT_EQ(inc.netns, kNetns);
+    // The upstream's idle close is also a healthy-traffic observation.
+    ASSERT_EQ(h.out.observations.size(), 1u);
+    EXPECT_EQ(h.out.observations[0].kind, ObservationKind::server_idle_close);
+    EXPECT_DOUBLE_EQ(h.out.observations[0].idle_s, 2.0);
+    EXPECT_EQ(h.c.stats().incidents, 1u);
+}
+
+TEST(CorrelatorClient, WriteAfterFinViaClosedUnacked) {
+    Sock s = proxy_socket();
+    exchange(s, T0 + 10 * kMs);
+    const uint64_t last = T0 + 15 * kMs;
+    s.peer_fin(last + 3 * kSec);
+    s.write(last + 3 * kSec + 1 * kMs, 300);
+    s.own_close(last + 3 * kSec + 20 * kMs);            // nginx gives up: LAST_ACK
+    s.retransmit_timeout(last + 3 * kSec + 900 * kMs);  // never acknowledged, no RST seen
+    ASSERT_EQ(count_type(s.records, RW_REC_RST_RECEIVED), 0u);
+
+    Harness h;
+    h.feed(s.records);
+    ASSERT_EQ(h.out.incidents.size(), 1u);
+    EXPECT_EQ(h.out.incidents[0].cause, Cause::write_after_fin);
+    EXPECT_EQ(h.out.incidents[0].state, "CLOSE");
+    EXPECT_DOUBLE_EQ(*h.out.incidents[0].write_to_reset_ms, 899.0);
+}
+
+TEST(CorrelatorClient, IdleCloseRaceViaFin) {
+    Sock s = proxy_socket();
+    exchange(s, T0 + 10 * kMs);
+    const uint64_t last = T0 + 15 * kMs;
+    s.write(last + 2 * kSec, 300);  // idle reuse, ESTABLISHED
+    s.peer_fin(last + 2 * kSec + 500'000);  // FIN crosses the request: no response byte
+    s.rst_received(last + 2 * kSec + 700'000);
+
+    Harness h;
+    h.feed(s.records);
+    ASSERT_EQ(h.out.incidents.size(), 1u);
+    const Incident& inc = h.out.incidents[0];
+    EXPECT_EQ(inc.cause, Cause::idle_close_race);
+    EXPECT_EQ(inc.ts_ns, last + 2 * kSec + 500'000);
+    EXPECT_EQ(inc.state, "CLOSE_WAIT");
+    EXPECT_DOUBLE_EQ(*inc.idle_before_write_ms, 2000.0);
+    EXPECT_DOUBLE_EQ(*inc.write_to_reset_ms, 0.5);
+    EXPECT_EQ(inc.pid, 4242u);
+    EXPECT_EQ(inc.comm, "nginx");
+    ASSERT_EQ(h.out.observations.size(), 1u);
+    EXPECT_EQ(h.out.observations[0].kind, ObservationKind::reuse_idle);
+    EXPECT_EQ(h.out.observations[0].observer, Observer::client);
+    EXPECT_DOUBLE_EQ(h.out.observations[0].idle_s, 2.0);
+}
+
+TEST(CorrelatorClient, IdleCloseRaceViaRst) {
+    Sock s = proxy_socket();
+    exchange(s, T0 + 10 * kMs);
+    const uint64_t last = T0 + 15 * kMs;
+    s.write(last + 2 * kSec, 300);
+    s.rst_received(last + 2 * kSec + 300'000);  // "104: Connection reset by peer"
+
+    Harness h;
+    h.feed(s.records);
+    ASSERT_EQ(h.out.incidents.size(), 1u);
+    EXPECT_EQ(h.out.incidents[0].cause, Cause::idle_close_race);
+    EXPECT_EQ(h.out.incidents[0].state, "ESTABLISHED");
+    EXPECT_DOUBLE_EQ(*h.out.incidents[0].write_to_reset_ms, 0.3);
+}
+
+TEST(CorrelatorClient, ResetOtherOnBusyConnection) {
+    Sock s = proxy_socket();
+    exchange(s, T0 + 10 * kMs);
+    s.write(T0 + 20 * kMs, 300);      // not idle: nothing armed
+    s.rst_received(T0 + 25 * kMs);
+
+    Harness h;
+    h.feed(s.records);
+    ASSERT_EQ(h.out.incidents.size(), 1u);
+    const Incident& inc = h.out.incidents[0];
+    EXPECT_EQ(inc.cause, Cause::reset_other);
+    EXPECT_EQ(inc.pid, 0u);  // never the softirq's task
+    EXPECT_EQ(inc.comm, "");
+    EXPECT_FALSE(inc.idle_before_write_ms);
+    EXPECT_FALSE(inc.write_to_reset_ms);
+}
+
+TEST(CorrelatorClient, ResetAfterAnsweredIdleWriteIsResetOther) {
+    Sock s = proxy_socket();
+    exchange(s, T0 + 10 * kMs);
+    s.write(T0 + 3 * kSec, 300);           // idle reuse
+    s.receive(T0 + 3 * kSec + 4 * kMs, 1200);  // answered
+    s.rst_received(T0 + 3 * kSec + 50 * kMs);
+
+    Harness h;
+    h.feed(s.records);
+    ASSERT_EQ(h.out.incidents.size(), 1u);
+    EXPECT_EQ(h.out.incidents[0].cause, Cause::reset_other);
+}
+
+TEST(CorrelatorClient, LaterBusyWriteDisarmsAnsweredIdleWrite) {
+    Sock s = proxy_socket();
+    exchange(s, T0 + 10 * kMs);
+    s.write(T0 + 3 * kSec, 300).receive(T0 + 3 * kSec + 4 * kMs, 1200);  // idle reuse, answered
+    s.write(T0 + 3 * kSec + 10 * kMs, 300);  // busy: disarms, no record
+    s.rst_received(T0 + 3 * kSec + 12 * kMs);
+    ASSERT_EQ(count_type(s.records, RW_REC_CLOSED), 0u);
+
+    Harness h;
+    h.feed(s.records);
+    ASSERT_EQ(h.out.incidents.size(), 1u);
+    EXPECT_EQ(h.out.incidents[0].cause, Cause::reset_other);
+    EXPECT_EQ(h.out.incidents[0].pid, 0u);
+    EXPECT_FALSE(h.out.incidents[0].write_to_reset_ms);
+    EXPECT_EQ(h.out.incidents[0].requests, 3u);
+}
+
+TEST(CorrelatorClient, WriteAfterFinOnAnUnansweredIdleWriteStaysIdleCloseRace) {
+    // The idle write got no answer, the FIN came, nginx wrote again: the kernel keeps
+    // the first arming (no new record); the race is what failed.
+    Sock s = proxy_socket();
+    exchange(s, T0 + 10 * kMs);
+    s.write(T0 + 3 * kSec, 300);
+    s.peer_fin(T0 + 3 * kSec + kMs);
+    s.write(T0 + 3 * kSec + 2 * kMs, 300);
+    s.rst_received(T0 + 3 * kSec + 3 * kMs);
+    ASSERT_EQ(count_type(s.records, RW_REC_CLOSE_WAIT_WRITE), 0u);
+
+    Harness h;
+    h.feed(without(s.records, RW_REC_PEER_FIN));  // even if the FIN record was lost
+    ASSERT_EQ(h.out.incidents.size(), 1u);
+    EXPECT_EQ(h.out.incidents[0].cause, Cause::idle_close_race);
+    EXPECT_EQ(h.out.incidents[0].state, "CLOSE_WAIT");
+}
+
+TEST(CorrelatorClient, RstSentByClientIsResetOther) {
+    Sock s = proxy_socket();
+    exchange(s, T0 + 10 * kMs);
+    s.abort_close(T0 + 30 * kMs, kReasonAbortOnClose);
+
+    Harness h;
+    h.feed(s.records);
+    ASSERT_EQ(h.out.incidents.size(), 1u);
+    EXPECT_EQ(h.out.incidents[0].cause, Cause::reset_other);
+    EXPECT_EQ(h.out.incidents[0].observer, Observer::client);
+    EXPECT_EQ(h.out.incidents[0].reset_reason, "TCP_ABORT_ON_CLOSE");
+}
+
+// ---------------------------------------------------------------- server causes
+
+TEST(CorrelatorServer, AbortOnCloseWithReason) {
+    Sock s = upstream_socket();
+    serve(s, T0 + 10 * kMs);
+    // Idle timeout fires just as the next request lands unread.
+    s.receive(T0 + 2 * kSec, 300, /*app_reads=*/false);
+    s.abort_close(T0 + 2 * kSec + 100'000, kReasonAbortOnClose);
+
+    Harness h;
+    h.feed(s.records);
+    ASSERT_EQ(h.out.incidents.size(), 1u);
+    const Incident& inc = h.out.incidents[0];
+    EXPECT_EQ(inc.cause, Cause::abort_on_close);
+    EXPECT_EQ(inc.observer, Observer::server);
+    EXPECT_EQ(inc.server, (Endpoint{kUpstreamIp, kUpstreamPort}));
+    EXPECT_EQ(inc.client, (Endpoint{kProxyIp, kProxyPort}));
+    EXPECT_EQ(inc.state, "CLOSE");
+    EXPECT_EQ(inc.reset_reason, "TCP_ABORT_ON_CLOSE");
+    EXPECT_EQ(inc.pid, 0u);
+    EXPECT_FALSE(inc.write_to_reset_ms);
+}
+
+TEST(CorrelatorServer, AbortOnCloseWithoutReasonPre610) {
+    for (bool with_namer : {true, false}) {
+        Sock s = upstream_socket();
+        serve(s, T0 + 10 * kMs);
+        s.receive(T0 + 2 * kSec, 300, /*app_reads=*/false);
+        s.abort_close(T0 + 2 * kSec + 100'000, RW_RST_REASON_NONE);
+
+        CorrelatorOptions o = test_options();
+        if (!with_namer) o.reset_reason_name = nullptr;
+        Correlator c(o);
+        CorrelatorOutput out;
+        for (const auto& r : s.records) c.on_record(r, out);
+        ASSERT_EQ(out.incidents.size(), 1u);
+        EXPECT_EQ(out.incidents[0].cause, Cause::abort_on_close);
+        EXPECT_EQ(out.incidents[0].reset_reason, "");
+    }
+}
+
+TEST(CorrelatorServer, RstWithoutReasonAndNothingUnreadIsResetOther) {
+    Sock s = upstream_socket();
+    serve(s, T0 + 10 * kMs);
+    s.abort_close(T0 + 2 * kSec, RW_RST_REASON_NONE);  // SO_LINGER 0 style abort
+
+    Harness h;
+    h.feed(s.records);
+    ASSERT_EQ(h.out.incidents.size(), 1u);
+    EXPECT_EQ(h.out.incidents[0].cause, Cause::reset_other);
+}
+
+TEST(CorrelatorServer, DataAfterCloseViaRstReceivedInFinWait2) {
+    Sock s = upstream_socket();
+    serve(s, T0 + 10 * kMs);
+    const uint64_t last = T0 + 14 * kMs;
+    s.own_close(last + 2 * kSec);  // idle timeout: FIN_WAIT1
+    s.our_fin_acked(last + 2 * kSec + 100'000);  // FIN_WAIT2
+    ASSERT_EQ(s.state(), RW_TCP_FIN_WAIT2);
+    s.rst_received(last + 2 * kSec + 200'000);  // request arrives: abort on data
+
+    Harness h;
+    h.feed(s.records);
+    ASSERT_EQ(h.out.incidents.size(), 1u);
+    EXPECT_EQ(h.out.incidents[0].cause, Cause::data_after_close);
+    EXPECT_EQ(h.out.incidents[0].observer, Observer::server);
+    EXPECT_EQ(h.out.incidents[0].state, "FIN_WAIT2");
+    ASSERT_EQ(h.out.observations.size(), 1u);
+    EXPECT_EQ(h.out.observations[0].kind, ObservationKind::server_idle_close);
+    EXPECT_EQ(h.out.observations[0].observer, Observer::server);
+    EXPECT_DOUBLE_EQ(h.out.observations[0].idle_s, 2.0);
+}
+
+TEST(CorrelatorServer, DataAfterCloseViaAbortOnDataReasonPlusReset) {
+    Sock s = upstream_socket();
+    serve(s, T0 + 10 * kMs);
+    s.own_close(T0 + 3 * kSec);
+    s.our_fin_acked(T0 + 3 * kSec + 100'000);
+    s.rst_sent(T0 + 3 * kSec + 200'000, kReasonAbortOnData);
+    s.rst_received(T0 + 3 * kSec + 200'000);
+
+    Harness h;
+    h.feed(s.records);
+    ASSERT_EQ(h.out.incidents.size(), 1u);  // both records name the same event
+    EXPECT_EQ(h.out.incidents[0].cause, Cause::data_after_close);
+    EXPECT_EQ(h.out.incidents[0].reset_reason, "TCP_ABORT_ON_DATA");
+}
+
+TEST(CorrelatorServer, DataAfterCloseViaTimewaitRst) {
+    Sock s = upstream_socket();
+    serve(s, T0 + 10 * kMs);
+    s.own_close(T0 + 2 * kSec);
+    s.our_fin_acked(T0 + 2 * kSec + 100'000);
+    s.peer_fin(T0 + 2 * kSec + 200'000);  // full socket -> CLOSE, timewait takes over
+    s.timewait_rst_sent(T0 + 2 * kSec + 300'000, 0xffff8880'cccc0000ULL, kReasonTimewaitSocket);
+
+    Harness h;
+    h.feed(s.records);
+    ASSERT_EQ(h.out.incidents.size(), 1u);
+    const Incident& inc = h.out.incidents[0];
+    EXPECT_EQ(inc.cause, Cause::data_after_close);
+    EXPECT_EQ(inc.state, "TIME_WAIT");
+    EXPECT_EQ(inc.reset_reason, "TCP_TIMEWAIT_SOCKET");
+    EXPECT_EQ(inc.server, (Endpoint{kUpstreamIp, kUpstreamPort}));
+}
+
+TEST(CorrelatorServer, TimewaitRstWithoutSnapshotTiedByFourTuple) {
+    // Pre-6.10 style: no reason, and the timewait record carries no snapshot: the role
+    // and the app close come from the remembered connection with the same 4-tuple.
+    Sock s = upstream_socket();
+    serve(s, T0 + 10 * kMs);
+    s.own_close(T0 + 2 * kSec);
+    s.our_fin_acked(T0 + 2 * kSec + 100'000);
+    s.peer_fin(T0 + 2 * kSec + 200'000);
+    s.timewait_rst_sent(T0 + 2 * kSec + 300'000, 0xffff8880'cccc0000ULL, RW_RST_REASON_NONE,
+                        /*with_snapshot=*/false);
+
+    Harness h;
+    h.feed(s.records);
+    ASSERT_EQ(h.out.incidents.size(), 1u);
+    EXPECT_EQ(h.out.incidents[0].cause, Cause::data_after_close);
+    EXPECT_EQ(h.out.incidents[0].observer, Observer::server);
+    EXPECT_EQ(h.c.stats().unknown_history, 0u);
+
+    // Without the earlier records there is nothing to tie it to: no invented cause.
+    Harness fresh;
+    fresh.feed({s.records.back()});
+    EXPECT_TRUE(fresh.out.incidents.empty());
+    EXPECT_EQ(fresh.c.stats().unknown_history, 1u);
+}
+
+TEST(CorrelatorServer, TimewaitRecordsOfAReportedConnectionAddNothing) {
+    for (bool with_snapshot : {true, false}) {
+        Sock s = upstream_socket();
+        serve(s, T0 + 10 * kMs);
+        s.own_close(T0 + 2 * kSec);
+        s.our_fin_acked(T0 + 2 * kSec + 100'000);
+        s.rst_sent(T0 + 2 * kSec + 150'000, kReasonAbortOnData);  // reported here
+        s.peer_fin(T0 + 2 * kSec + 200'000);
+        s.timewait_rst_sent(T0 + 2 * kSec + 300'000, 0xffff8880'cccc0000ULL,
+                            kReasonTimewaitSocket, with_snapshot);
+
+        Harness h;
+        h.feed(s.records);
+        ASSERT_EQ(h.out.incidents.size(), 1u) << with_snapshot;
+        EXPECT_EQ(h.out.incidents[0].reset_reason, "TCP_ABORT_ON_DATA");
+
+        // And in the other order (timewait record first, with its snapshot): still one.
+        if (with_snapshot) {
+            Harness rev;
+            std::vector<rw_record> v(s.records.rbegin(), s.records.rend());
+            rev.feed(v);
+            EXPECT_EQ(rev.out.incidents.size(), 1u);
+        }
+    }
+}
+
+TEST(CorrelatorServer, ResetOther) {
+    Sock s = upstream_socket();
+    serve(s, T0 + 10 * kMs);
+    s.rst_received(T0 + 50 * kMs);  // the client aborted an open connection
+    Sock s2 = upstream_socket(T0 + 5 * kSec, 0xffff8880'bbbb1111ULL);
+    serve(s2, T0 + 5 * kSec + 10 * kMs);
+    s2.rst_sent(T0 + 5 * kSec + 20 * kMs, kReasonNotSpecified);
+
+    Harness h;
+    h.feed(s.records);
+    h.feed(s2.records);
+    ASSERT_EQ(h.out.incidents.size(), 2u);
+    EXPECT_EQ(h.out.incidents[0].cause, Cause::reset_other);
+    EXPECT_EQ(h.out.incidents[0].observer, Observer::server);
+    EXPECT_EQ(h.out.incidents[1].cause, Cause::reset_other);
+    EXPECT_EQ(h.out.incidents[1].reset_reason, "NOT_SPECIFIED");
+}
+
+// ---------------------------------------------------------------- negative cases
+
+TEST(CorrelatorNegative, IdleWriteAnsweredThenFinGivesOnlyObservations) {
+    Sock s = proxy_socket();
+    exchange(s, T0 + 10 * kMs);
+    s.write(T0 + 5 * kSec, 300);
+    s.receive(T0 + 5 * kSec + 3 * kMs, 900);
+    s.peer_fin(T0 + 7 * kSec + 3 * kMs);  // upstream idle-closes 2 s later
+    s.own_close(T0 + 7 * kSec + 4 * kMs);
+    s.our_fin_acked(T0 + 7 * kSec + 5 * kMs);
+
+    Harness h;
+    h.feed(s.records);
+    EXPECT_TRUE(h.out.incidents.empty());
+    ASSERT_EQ(h.out.observations.size(), 2u);
+    EXPECT_EQ(h.out.observations[0].kind, ObservationKind::reuse_idle);
+    EXPECT_NEAR(h.out.observations[0].idle_s, 4.985, 1e-9);
+    EXPECT_EQ(h.out.observations[1].kind, ObservationKind::server_idle_close);
+    EXPECT_DOUBLE_EQ(h.out.observations[1].idle_s, 2.0);
+    EXPECT_EQ(h.c.stats().incidents, 0u);
+}
+
+TEST(CorrelatorNegative, HalfCloseAnsweredNormallyIsNoIncident) {
+    Sock s = proxy_socket();
+    exchange(s, T0 + 10 * kMs);
+    s.peer_fin(T0 + 30 * kMs);                 // peer half-closes (not idle: no record)
+    s.write(T0 + 40 * kMs, 300);               // write in CLOSE_WAIT: armed
+    s.receive(T0 + 45 * kMs, 800);             // answered and acknowledged
+    s.own_close(T0 + 50 * kMs);                // LAST_ACK
+    s.our_fin_acked(T0 + 51 * kMs);            // CLOSE: CLOSED record
+    ASSERT_EQ(count_type(s.records, RW_REC_CLOSED), 1u);
+
+    Harness h;
+    h.feed(s.records);
+    EXPECT_TRUE(h.out.incidents.empty());
+    EXPECT_TRUE(h.out.observations.empty());
+}
+
+TEST(CorrelatorNegative, ClientClosingIdleConnectionIsObservation) {
+    Sock s = proxy_socket();
+    exchange(s, T0 + 10 * kMs);
+    s.own_close(T0 + 15 * kMs + 60 * kSec);  // nginx's keepalive_timeout 60 s
+    Harness h;
+    h.feed(s.records);
+    EXPECT_TRUE(h.out.incidents.empty());
+    ASSERT_EQ(h.out.observations.size(), 1u);
+    EXPECT_EQ(h.out.observations[0].kind, ObservationKind::client_idle_close);
+    EXPECT_DOUBLE_EQ(h.out.observations[0].idle_s, 60.0);
+
+    Sock up = upstream_socket();
+    serve(up, T0 + 10 * kMs);
+    up.peer_fin(T0 + 14 * kMs + 60 * kSec);  // the client side closed it, seen by the server
+    Harness h2;
+    h2.feed(up.records);
+    ASSERT_EQ(h2.out.observations.size(), 1u);
+    EXPECT_EQ(h2.out.observations[0].kind, ObservationKind::client_idle_close);
+    EXPECT_EQ(h2.out.observations[0].observer, Observer::server);
+    EXPECT_EQ(h2.out.observations[0].client, (Endpoint{kProxyIp, kProxyPort}));
+}
+
+TEST(CorrelatorNegative, RstOnUnknownHistoryConnection) {
+    Sock s(RW_ROLE_CLIENT, kProxyIp, kProxyPort, kUpstreamIp, kUpstreamPort, /*start_ns=*/0);
+    s.write(T0 + 3 * kSec, 100);  // predates rstwatch: nothing armed, no write record
+    s.rst_received(T0 + 3 * kSec + kMs);  // but every RST is reported
+    ASSERT_EQ(s.records.size(), 1u);
+    Sock srv(RW_ROLE_SERVER, kUpstreamIp, kUpstreamPort, kProxyIp, kProxyPort, 0, 77);
+    srv.receive(T0, 10, false).abort_close(T0 + kMs, kReasonAbortOnClose);
+
+    Harness h;
+    h.feed(s.records);
+    h.feed(srv.records);
+    EXPECT_TRUE(h.out.incidents.empty());
+    EXPECT_TRUE(h.out.observations.empty());
+    EXPECT_EQ(h.c.stats().unknown_history, 2u);
+    EXPECT_EQ(h.c.remembered_connections(), 0u);
+}
+
+TEST(CorrelatorNegative, NoSocketRst) {
+    Harness h;
+    h.feed({no_socket_rst(T0)});
+    EXPECT_TRUE(h.out.incidents.empty());
+    EXPECT_EQ(h.c.stats().records, 1u);
+    EXPECT_EQ(h.c.stats().unknown_history, 0u);
+    EXPECT_EQ(h.c.stats().malformed, 0u);
+}
+
+// ---------------------------------------------------------------- ordering, gaps, dedupe
+
+TEST(CorrelatorRobustness, RstBeforeFinOfSameConnection) {
+    Sock s = proxy_socket();
+    exchange(s, T0 + 10 * kMs);
+    s.write(T0 + 3 * kSec, 300);
+    s.peer_fin(T0 + 3 * kSec + 100'000);
+    s.rst_received(T0 + 3 * kSec + 200'000);
+    std::vector<rw_record> reversed(s.records.rbegin(), s.records.rend());
+
+    Harness h;
+    h.feed(reversed);
+    ASSERT_EQ(h.out.incidents.size(), 1u);
+    EXPECT_EQ(h.out.incidents[0].cause, Cause::idle_close_race);
+    EXPECT_EQ(h.c.stats().incidents, 1u);
+}
+
+TEST(CorrelatorRobustness, DuplicateRecordsGiveOneIncidentAndOneObservation) {
+    Sock s = proxy_socket();
+    exchange(s, T0 + 10 * kMs);
+    s.write(T0 + 3 * kSec, 300);
+    s.rst_received(T0 + 3 * kSec + 200'000);
+    std::vector<rw_record> doubled;
+    for (const auto& r : s.records) {
+        doubled.push_back(r);
+        doubled.push_back(r);
+    }
+    Harness h;
+    h.feed(doubled);
+    EXPECT_EQ(h.out.incidents.size(), 1u);
+    EXPECT_EQ(h.out.observations.size(), 1u);
+    EXPECT_EQ(h.c.stats().records, doubled.size());
+}
+
+TEST(CorrelatorRobustness, LostIdleWriteStillGivesIdleCloseRace) {
+    Sock s = proxy_socket();
+    exchange(s, T0 + 10 * kMs);
+    s.write(T0 + 3 * kSec, 300, 555, "envoy");
+    s.rst_received(T0 + 3 * kSec + 200'000);
+    ASSERT_EQ(count_type(s.records, RW_REC_IDLE_WRITE), 1u);
+
+    Harness h;
+    h.c.on_records_lost(1);
+    h.feed(without(s.records, RW_REC_IDLE_WRITE));
+    ASSERT_EQ(h.out.incidents.size(), 1u);
+    EXPECT_EQ(h.out.incidents[0].cause, Cause::idle_close_race);
+    EXPECT_EQ(h.out.incidents[0].pid, 555u);
+    EXPECT_EQ(h.out.incidents[0].comm, "envoy");
+    EXPECT_TRUE(h.out.observations.empty());
+    EXPECT_EQ(h.c.stats().records_lost, 1u);
+}
+
+TEST(CorrelatorRobustness, LostRecordsDoNotInventACause) {
+    // Healthy idle reuse, answered; later an unrelated RST. The IDLE_WRITE is lost.
+    Sock s = proxy_socket();
+    exchange(s, T0 + 10 * kMs);
+    s.write(T0 + 3 * kSec, 300);
+    s.receive(T0 + 3 * kSec + 2 * kMs, 100);
+    s.rst_received(T0 + 3 * kSec + 40 * kMs);
+
+    Harness h;
+    h.c.on_records_lost(5);
+    h.feed(without(s.records, RW_REC_IDLE_WRITE));
+    ASSERT_EQ(h.out.incidents.size(), 1u);
+    EXPECT_EQ(h.out.incidents[0].cause, Cause::reset_other);
+
+    // Half-close answered normally, the OWN_CLOSE lost: still nothing.
+    Sock hc = proxy_socket(T0, 0xffff8880'dddd0000ULL);
+    exchange(hc, T0 + 10 * kMs);
+    hc.peer_fin(T0 + 30 * kMs).write(T0 + 40 * kMs, 300).receive(T0 + 45 * kMs, 800);
+    hc.own_close(T0 + 50 * kMs).our_fin_acked(T0 + 51 * kMs);
+    Harness h2;
+    h2.c.on_records_lost(1);
+    h2.feed(without(without(hc.records, RW_REC_OWN_CLOSE), RW_REC_CLOSE_WAIT_WRITE));
+    EXPECT_TRUE(h2.out.incidents.empty());
+}
+
+TEST(CorrelatorRobustness, SockIdReusedByNewConnection) {
+    const uint64_t sock_id = 0xffff8880'eeee0000ULL;
+    Sock a = proxy_socket(T0, sock_id);
+    exchange(a, T0 + 10 * kMs);
+    a.write(T0 + 3 * kSec, 300).rst_received(T0 + 3 * kSec + kMs);
+    // Same struct sock reallocated for a new connection (even the same 4-tuple).
+    Sock b = proxy_socket(T0 + 4 * kSec, sock_id);
+    exchange(b, T0 + 4 * kSec + 10 * kMs);
+    b.write(T0 + 7 * kSec, 300).rst_received(T0 + 7 * kSec + kMs);
+
+    Harness h;
+    h.feed(a.records);
+    h.feed(b.records);
+    ASSERT_EQ(h.out.incidents.size(), 2u);
+    EXPECT_EQ(h.out.incidents[0].ts_ns, T0 + 3 * kSec + kMs);
+    EXPECT_EQ(h.out.incidents[1].ts_ns, T0 + 7 * kSec + kMs);
+    EXPECT_EQ(h.c.remembered_connections(), 2u);
+}
+
+TEST(CorrelatorRobustness, DedupeWindowExpiry) {
+    Sock s = proxy_socket();
+    exchange(s, T0 + 10 * kMs);
+    s.write(T0 + 3 * kSec, 300).rst_received(T0 + 3 * kSec + kMs);
+    const rw_record rst = s.records[1];
+    ASSERT_EQ(rst.type, RW_REC_RST_RECEIVED);
+    const uint64_t last = s.records.back().ts_ns;
+
+    Harness h;
+    h.feed(s.records);
+    ASSERT_EQ(h.out.incidents.size(), 1u);
+    EXPECT_EQ(h.c.remembered_connections(), 1u);
+
+    h.c.expire(last + kLinger);  // exactly linger old: still remembered
+    EXPECT_EQ(h.c.remembered_connections(), 1u);
+    h.feed({rst});  // a late duplicate inside the window is absorbed
+    EXPECT_EQ(h.out.incidents.size(), 1u);
+
+    h.c.expire(last + kLinger + 1);
+    EXPECT_EQ(h.c.remembered_connections(), 0u);
+    h.feed({rst});  // after the window the connection is forgotten
+    EXPECT_EQ(h.out.incidents.size(), 2u);
+}
+
+TEST(CorrelatorRobustness, RememberedConnectionsAreBounded) {
+    Harness h;
+    Sock s = proxy_socket();
+    exchange(s, T0 + 10 * kMs);
+    s.write(T0 + 3 * kSec, 300);
+    rw_record r = s.records.at(0);
+    const size_t n = 140'000;
+    for (size_t i = 0; i < n; ++i) {
+        r.sock_id = 0x1000 + i;
+        r.conn.start_ns = T0 - i;  // distinct connections (ports repeat after 65536)
+        r.ts_ns = T0 + i;
+        r.sport = static_cast<uint16_t>(i);
+        h.c.on_record(r, h.out);
+    }
+    EXPECT_LT(h.c.remembered_connections(), n);
+    EXPECT_GT(h.c.remembered_connections(), 0u);
+    EXPECT_EQ(h.out.observations.size(), n);
+}
+
+// ---------------------------------------------------------------- addresses
+
+TEST(CorrelatorAddresses, Ipv6Connection) {
+    Sock s(RW_ROLE_CLIENT, "fd00:10:244::5", 43210, "2001:db8::7", 8443, T0);
+    exchange(s, T0 + 10 * kMs);
+    s.write(T0 + 3 * kSec, 300).rst_received(T0 + 3 * kSec + kMs);
+    Harness h;
+    h.feed(s.records);
+    ASSERT_EQ(h.out.incidents.size(), 1u);
+    EXPECT_EQ(h.out.incidents[0].client, (Endpoint{"fd00:10:244::5", 43210}));
+    EXPECT_EQ(h.out.incidents[0].server, (Endpoint{"2001:db8::7", 8443}));
+}
+
+TEST(CorrelatorAddresses, FormatAddress) {
+    uint8_t a[RW_ADDR_LEN];
+    set_addr(a, "10.1.2.3");
+    EXPECT_EQ(format_address(a), "10.1.2.3");
+    ASSERT_EQ(inet_pton(AF_INET6, "::ffff:192.168.0.255", a), 1);
+    EXPECT_EQ(format_address(a), "192.168.0.255");
+    ASSERT_EQ(inet_pton(AF_INET6, "2001:db8::1", a), 1);
+    EXPECT_EQ(format_address(a), "2001:db8::1");
+    ASSERT_EQ(inet_pton(AF_INET6, "::1", a), 1);
+    EXPECT_EQ(format_address(a), "::1");
+    std::memset(a, 0, sizeof(a));
+    EXPECT_EQ(format_address(a), "::");
+}
+
+TEST(CorrelatorNames, TcpStateName) {
+    EXPECT_EQ(tcp_state_name(RW_TCP_ESTABLISHED), "ESTABLISHED");
+    EXPECT_EQ(tcp_state_name(RW_TCP_CLOSE_WAIT), "CLOSE_WAIT");
+    EXPECT_EQ(tcp_state_name(RW_TCP_FIN_WAIT2), "FIN_WAIT2");
+    EXPECT_EQ(tcp_state_name(RW_TCP_TIME_WAIT), "TIME_WAIT");
+    EXPECT_EQ(tcp_state_name(RW_TCP_NEW_SYN_RECV), "NEW_SYN_RECV");
+    EXPECT_EQ(tcp_state_name(0), "UNKNOWN(0)");
+    EXPECT_EQ(tcp_state_name(200), "UNKNOWN(200)");
+}
+
+TEST(CorrelatorNames, CauseNamesRoundTrip) {
+    for (int i = 0; i < kCauseCount; ++i) {
+        const auto cause = static_cast<Cause>(i);
+        EXPECT_EQ(parse_cause(to_string(cause)), cause);
+    }
+    EXPECT_EQ(to_string(Cause::write_after_fin), "write_after_fin");
+    EXPECT_EQ(to_string(Cause::data_after_close), "data_after_close");
+    EXPECT_EQ(to_string(Observer::client), "client");
+    EXPECT_EQ(to_string(Observer::server), "server");
+    EXPECT_FALSE(parse_cause("nope"));
+    EXPECT_FALSE(parse_cause(""));
+}
+
+// ---------------------------------------------------------------- raw input
+
+TEST(CorrelatorRaw, ValidRecordThroughOnRaw) {
+    Sock s = proxy_socket();
+    exchange(s, T0 + 10 * kMs);
+    s.write(T0 + 3 * kSec, 300).rst_received(T0 + 3 * kSec + kMs);
+    Harness h;
+    for (const auto& r : s.records) {
+        // Unaligned copy, as ring-buffer samples may be.
+        std::vector<unsigned char> buf(sizeof(rw_record) + 1);
+        std::memcpy(buf.data() + 1, &r, sizeof(r));
+        h.c.on_raw(buf.data() + 1, sizeof(rw_record), h.out);
+    }
+    ASSERT_EQ(h.out.incidents.size(), 1u);
+    EXPECT_EQ(h.out.incidents[0].cause, Cause::idle_close_race);
+    EXPECT_EQ(h.c.stats().records, s.records.size());
+    EXPECT_EQ(h.c.stats().records_by_type[RW_REC_IDLE_WRITE], 1u);
+    EXPECT_EQ(h.c.stats().records_by_type[RW_REC_RST_RECEIVED], 1u);
+    EXPECT_EQ(h.c.stats().records_by_type[RW_REC_CLOSED], 1u);
+    EXPECT_EQ(h.c.stats().malformed, 0u);
+}
+
+TEST(CorrelatorRaw, WrongSizesAreMalformed) {
+    Harness h;
+    std::vector<unsigned char> buf(sizeof(rw_record) * 2, 0xab);
+    h.c.on_raw(nullptr, 0, h.out);
+    h.c.on_raw(nullptr, sizeof(rw_record), h.out);
+    h.c.on_raw(buf.data(), 0, h.out);
+    h.c.on_raw(buf.data(), 1, h.out);
+    h.c.on_raw(buf.data(), sizeof(rw_record) - 1, h.out);
+    h.c.on_raw(buf.data(), sizeof(rw_record) + 1, h.out);
+    h.c.on_raw(buf.data(), sizeof(rw_record) * 2, h.out);
+    EXPECT_EQ(h.c.stats().malformed, 7u);
+    EXPECT_EQ(h.c.stats().records, 0u);
+    EXPECT_TRUE(h.out.incidents.empty());
+}
+
+TEST(CorrelatorRaw, BadFieldsAreMalformed) {
+    Sock s = proxy_socket();
+    exchange(s, T0 + 10 * kMs);
+    s.write(T0 + 3 * kSec, 300).rst_received(T0 + 3 * kSec + kMs);
+    const rw_record good = s.records.at(1);
+    Harness h;
+    for (uint8_t type : {uint8_t{0}, uint8_t{RW_REC_TYPE_MAX}, uint8_t{255}}) {
+        rw_record r = good;
+        r.type = type;
+        h.c.on_raw(&r, sizeof(r), h.out);
+    }
+    for (uint8_t family : {uint8_t{0}, uint8_t{1}, uint8_t{7}, uint8_t{255}}) {
+        rw_record r = good;
+        r.family = family;
+        h.c.on_raw(&r, sizeof(r), h.out);
+    }
+    EXPECT_EQ(h.c.stats().malformed, 7u);
+    EXPECT_EQ(h.c.stats().records, 0u);
+    EXPECT_TRUE(h.out.incidents.empty());
+    h.c.on_raw(&good, sizeof(good), h.out);  // still works afterwards
+    EXPECT_EQ(h.out.incidents.size(), 1u);
+}
+
+TEST(CorrelatorRaw, RandomBytesNeverCrash) {
+    Harness h;
+    std::mt19937_64 rng(12345);
+    const int n = 20000;
+    std::vector<unsigned char> buf(sizeof(rw_record));
+    for (int i = 0; i < n; ++i) {
+        for (auto& b : buf) b = static_cast<unsigned char>(rng());
+        if (i % 2 == 0) {  // make half of them pass decoding to reach the classifier
+            rw_record r;
+            std::memcpy(&r, buf.data(), sizeof(r));
+            r.type = static_cast<uint8_t>(1 + rng() % (RW_REC_TYPE_MAX - 1));
+            r.family = (rng() & 1) ? AF_INET : AF_INET6;
+            r.conn.role = static_cast<uint8_t>(rng() % 4);
+            r.conn.flags = static_cast<uint8_t>(rng() & ~RW_F_NO_SOCKET);
+            std::memcpy(buf.data(), &r, sizeof(r));
+        }
+        h.c.on_raw(buf.data(), buf.size(), h.out);
+        if (i % 1000 == 0) h.c.expire(rng());
+    }
+    EXPECT_EQ(h.c.stats().records + h.c.stats().malformed, static_cast<uint64_t>(n));
+    EXPECT_GE(h.c.stats().records, static_cast<uint64_t>(n / 2));
+    EXPECT_EQ(h.c.stats().incidents, h.out.incidents.size());
+}
