@@ -252,6 +252,20 @@ void Correlator::emit_incident(const rw_record& r, const Resolved& conn, Cause c
     out.incidents.push_back(std::move(inc));
 }
 
+void Correlator::emit_reset(const rw_record& r, uint8_t role, CorrelatorOutput& out) {
+    ResetEvent reset;
+    reset.ts_ns = r.ts_ns;
+    reset.sent = r.type == RW_REC_RST_SENT;
+    reset.role_known = is_known_role(role);
+    if (!reset.role_known) {
+        // No history: the side with the lower port is most likely the server (ephemeral ports are high).
+        role = r.sport < r.dport ? RW_ROLE_SERVER : RW_ROLE_CLIENT;
+    }
+    fill_endpoints(r, role, reset.client, reset.server);
+    reset.netns = r.netns;
+    out.resets.push_back(std::move(reset));
+}
+
 void Correlator::emit_observation(const rw_record& r, const Resolved& conn, ObservationKind kind,
                                   double idle_s, CorrelatorOutput& out) {
     if (!is_known_role(conn.role)) return;
@@ -274,10 +288,15 @@ void Correlator::on_record(const rw_record& r, CorrelatorOutput& out) {
     ++stats_.records;
     ++stats_.records_by_type[r.type];
 
+    const bool is_reset = r.type == RW_REC_RST_SENT || r.type == RW_REC_RST_RECEIVED;
     // A RST answering a packet for no socket: no connection, nothing to classify.
-    if (has(r.conn.flags, RW_F_NO_SOCKET)) return;
+    if (has(r.conn.flags, RW_F_NO_SOCKET)) {
+        if (is_reset) emit_reset(r, RW_ROLE_UNKNOWN, out);
+        return;
+    }
 
     const Resolved conn = resolve(r);
+    if (is_reset) emit_reset(r, conn.role, out);
     const uint8_t role = conn.role;
     const uint8_t flags = conn.flags;
     const bool armed = r.conn.start_ns != 0 && has(flags, RW_F_ARMED);

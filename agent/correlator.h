@@ -36,7 +36,12 @@ struct CorrelatorStats {
 struct CorrelatorOutput {
     std::vector<Incident> incidents;
     std::vector<Observation> observations;
-    void clear() { incidents.clear(); observations.clear(); }
+    std::vector<ResetEvent> resets;
+    void clear() {
+        incidents.clear();
+        observations.clear();
+        resets.clear();
+    }
 };
 
 class Correlator {
@@ -104,6 +109,7 @@ private:
     Resolved resolve(const rw_record& record);
     void emit_incident(const rw_record& record, const Resolved& conn, Cause cause,
                        CorrelatorOutput& out);
+    void emit_reset(const rw_record& record, uint8_t role, CorrelatorOutput& out);
     void emit_observation(const rw_record& record, const Resolved& conn, ObservationKind kind,
                           double idle_s, CorrelatorOutput& out);
     void forget(const ConnKey& key);

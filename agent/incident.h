@@ -62,4 +62,14 @@ struct Observation {
     uint32_t netns = 0;
 };
 
+// Every RST on the node's TCP sockets (for the resets counter), classified or not.
+struct ResetEvent {
+    uint64_t ts_ns = 0;
+    bool sent = false;          // sent by this node's socket, else received
+    bool role_known = false;    // false: client/server guessed from the ports
+    Endpoint client;
+    Endpoint server;
+    uint32_t netns = 0;
+};
+
 }  // namespace rstwatch

@@ -1018,3 +1018,53 @@ TEST(CorrelatorRaw, RandomBytesNeverCrash) {
     EXPECT_GE(h.c.stats().records, static_cast<uint64_t>(n / 2));
     EXPECT_EQ(h.c.stats().incidents, h.out.incidents.size());
 }
+
+// ---------------------------------------------------------------- every RST is counted
+
+TEST(CorrelatorResets, EveryRstIsAResetEventWithKnownRoles) {
+    Sock proxy = proxy_socket();
+    exchange(proxy, T0 + kSec);
+    proxy.write(T0 + 4 * kSec, 300).rst_received(T0 + 4 * kSec + kMs);
+    Sock upstream = upstream_socket();
+    serve(upstream, T0 + kSec);
+    upstream.receive(T0 + 4 * kSec, 300, false).abort_close(T0 + 4 * kSec + kMs, kReasonAbortOnClose);
+
+    Harness h;
+    h.feed(proxy.records);
+    h.feed(upstream.records);
+    ASSERT_EQ(h.out.resets.size(), 2u);
+    size_t sent = 0;
+    for (const ResetEvent& reset : h.out.resets) {
+        EXPECT_TRUE(reset.role_known);
+        EXPECT_EQ(reset.client, (Endpoint{kProxyIp, kProxyPort}));
+        EXPECT_EQ(reset.server, (Endpoint{kUpstreamIp, kUpstreamPort}));
+        sent += reset.sent ? 1 : 0;
+    }
+    EXPECT_EQ(sent, 1u);
+}
+
+TEST(CorrelatorResets, UnknownHistoryRstGuessesServerByLowerPort) {
+    // Predates rstwatch: no incident, but the reset still counts.
+    Sock s(RW_ROLE_CLIENT, kProxyIp, kProxyPort, kUpstreamIp, kUpstreamPort, /*start_ns=*/0);
+    s.rst_received(T0 + kSec);
+    Harness h;
+    h.feed(s.records);
+    h.feed({no_socket_rst(T0 + 2 * kSec)});
+    EXPECT_TRUE(h.out.incidents.empty());
+    ASSERT_EQ(h.out.resets.size(), 2u);
+    EXPECT_FALSE(h.out.resets[0].role_known);
+    EXPECT_FALSE(h.out.resets[0].sent);
+    EXPECT_EQ(h.out.resets[0].server, (Endpoint{kUpstreamIp, kUpstreamPort}));
+    EXPECT_EQ(h.out.resets[0].client, (Endpoint{kProxyIp, kProxyPort}));
+    EXPECT_TRUE(h.out.resets[1].sent);
+}
+
+TEST(CorrelatorResets, NonResetRecordsGiveNoResetEvent) {
+    Sock proxy = proxy_socket();
+    exchange(proxy, T0 + kSec);
+    proxy.write(T0 + 4 * kSec, 300).receive(T0 + 4 * kSec + kMs, 100);
+    Harness h;
+    h.feed(proxy.records);
+    EXPECT_FALSE(proxy.records.empty());
+    EXPECT_TRUE(h.out.resets.empty());
+}
