@@ -1,6 +1,7 @@
 // `rstwatch check`: what this kernel offers, which hooks attach, and whether rstwatch can run.
 #include <cstdio>
 #include <cstring>
+#include <optional>
 #include <string>
 
 #include "commands.h"
@@ -30,31 +31,41 @@ int run_check(const LoaderOptions& options) {
     row("destroy hook", std::string("tp_btf/tcp_destroy_sock: ") +
                             (features.destroy_tracepoint ? "supported" : "missing"));
 
+    // Every write hook is really tried (load + attach, then detach), so the report shows
+    // what this kernel refuses, not only what its BTF mentions.
     std::string error;
-    WriteModeChoice choice;
-    std::unique_ptr<BpfSession> session = BpfSession::open(options, features, {}, &error, &choice);
-
-    auto status_of = [&](WriteMode mode, bool offered) -> std::string {
-        if (choice.chosen == mode) return "supported, chosen";
-        for (const auto& [refused, err] : choice.refused)
-            if (refused == mode) return std::string("refused by the kernel (") + strerror(-err) + ")";
-        if (!offered) return "not offered by this kernel";
-        return "supported, not needed";
+    std::optional<WriteMode> chosen;
+    auto try_mode = [&](WriteMode mode, bool offered) -> std::string {
+        if (options.write_mode && *options.write_mode != mode) return "not tried (--write-hook)";
+        if (!offered && !options.write_mode) return "not offered by this kernel";
+        LoaderOptions single = options;
+        single.write_mode = mode;
+        std::string mode_error;
+        WriteModeChoice choice;
+        auto session = BpfSession::open(single, features, {}, &mode_error, &choice);
+        if (session) {
+            if (!chosen) chosen = mode;
+            return chosen == mode ? "supported, chosen" : "supported";
+        }
+        if (error.empty()) error = mode_error;
+        if (!choice.refused.empty())
+            return std::string("refused by the kernel (") + strerror(-choice.refused.front().second) + ")";
+        return "failed: " + mode_error;
     };
     row("write hooks", std::string(write_mode_name(WriteMode::tp_btf)) + ": " +
-                           status_of(WriteMode::tp_btf, features.write.tp_btf));
+                           try_mode(WriteMode::tp_btf, features.write.tp_btf));
     row("", std::string(write_mode_name(WriteMode::fentry)) + ": " +
-                status_of(WriteMode::fentry, features.write.fentry));
+                try_mode(WriteMode::fentry, features.write.fentry));
     row("", std::string(write_mode_name(WriteMode::kprobe)) + ": " +
-                status_of(WriteMode::kprobe, features.write.kprobe));
+                try_mode(WriteMode::kprobe, features.write.kprobe));
     row("FIN hook", std::string("tcp_fin: optional, not used (the ESTABLISHED->CLOSE_WAIT transition is "
                                 "the portable signal)"));
-    if (!session) {
+    if (std::string problem = features.blocking_problem(); !problem.empty()) error = problem;
+    if (!chosen) {
         std::printf("result: rstwatch cannot run here: %s\n", error.c_str());
         return kExitFailure;
     }
-    std::printf("result: rstwatch can run here (write hook %s)\n",
-                std::string(write_mode_name(session->write_mode())).c_str());
+    std::printf("result: rstwatch can run here (write hook %s)\n", std::string(write_mode_name(*chosen)).c_str());
     return kExitOk;
 }
 

@@ -35,7 +35,8 @@ struct {
 	__type(value, struct rw_conn_snapshot);
 } conns SEC(".maps");
 
-/* A connection's 4-tuple: names it after the full socket became a timewait socket. */
+/* A connection's 4-tuple: names it after our own close, when the full socket became a
+ * timewait socket or was destroyed before the kernel sent its RST. */
 struct rw_tuple {
 	__u8 saddr[RW_ADDR_LEN];
 	__u8 daddr[RW_ADDR_LEN];
@@ -49,7 +50,7 @@ struct {
 	__uint(max_entries, 16384);
 	__type(key, struct rw_tuple);
 	__type(value, struct rw_conn_snapshot);
-} timewait_conns SEC(".maps");
+} closed_conns SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -314,8 +315,9 @@ int BPF_PROG(rw_state, const struct sock *sk, int old_state, int new_state)
 	}
 	if (st->flags & RW_F_ARMED)
 		emit(sk, true, RW_REC_CLOSED, old_state, new_state, st, 0, RW_RST_REASON_NONE);
-	/* Entering TIME_WAIT after our own close: keep the history under the 4-tuple, so a
-	 * RST that the timewait socket sends for late data is tied to this connection. */
+	/* Closed after our own close (entering TIME_WAIT, or aborted on late data): keep the
+	 * history under the 4-tuple, so the RST that the timewait socket sends for late data,
+	 * or that follows the socket's destruction, is tied to this connection. */
 	if ((old_state == RW_TCP_FIN_WAIT1 || old_state == RW_TCP_FIN_WAIT2 ||
 	     old_state == RW_TCP_CLOSING) &&
 	    (st->role == RW_ROLE_SERVER || (st->flags & RW_F_ARMED))) {
@@ -323,7 +325,7 @@ int BPF_PROG(rw_state, const struct sock *sk, int old_state, int new_state)
 		__u8 family;
 
 		read_tuple(sk, true, &tuple, &family);
-		bpf_map_update_elem(&timewait_conns, &tuple, st, BPF_ANY);
+		bpf_map_update_elem(&closed_conns, &tuple, st, BPF_ANY);
 	}
 	return 0;
 }
@@ -413,7 +415,7 @@ static __always_inline void on_send_reset(const struct sock *sk, const struct sk
 		__u8 family;
 
 		read_tuple(sk, false, &tuple, &family);
-		emit(sk, false, RW_REC_RST_SENT, 0, 0, bpf_map_lookup_elem(&timewait_conns, &tuple),
+		emit(sk, false, RW_REC_RST_SENT, 0, 0, bpf_map_lookup_elem(&closed_conns, &tuple),
 		     RW_F_FROM_TIMEWAIT, reason);
 		return;
 	}
@@ -422,6 +424,15 @@ static __always_inline void on_send_reset(const struct sock *sk, const struct sk
 		return;
 	}
 	st = conn_of(sk);
+	if (!st) {
+		/* Data after our close on an orphaned socket: the kernel destroys the socket
+		 * (tcp_done) before its caller sends the RST. */
+		struct rw_tuple tuple = {};
+		__u8 family;
+
+		read_tuple(sk, true, &tuple, &family);
+		st = bpf_map_lookup_elem(&closed_conns, &tuple);
+	}
 	emit(sk, true, RW_REC_RST_SENT, 0, 0, st, 0, reason);
 }
 
