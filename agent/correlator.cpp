@@ -237,8 +237,12 @@ void Correlator::emit_incident(const rw_record& r, const Resolved& conn, Cause c
     // The snapshot is only trustworthy when the record carries one (start_ns != 0).
     const bool armed = r.conn.start_ns != 0 && has(r.conn.flags, RW_F_ARMED);
     if (armed) {
+        // The armed writer owns the connection; its write is the failing one only for the
+        // stale-keepalive causes (for others it may have been answered long ago).
         inc.pid = r.conn.writer_pid;
         inc.comm = bounded_string(r.conn.writer_comm, RW_COMM_LEN);
+    }
+    if (armed && (cause == Cause::write_after_fin || cause == Cause::idle_close_race)) {
         inc.idle_before_write_ms = static_cast<double>(r.conn.armed_idle_ns) / 1e6;
         if (r.conn.armed_write_ns != 0 && r.ts_ns >= r.conn.armed_write_ns)
             inc.write_to_reset_ms = static_cast<double>(r.ts_ns - r.conn.armed_write_ns) / 1e6;

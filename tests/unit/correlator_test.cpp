@@ -435,6 +435,11 @@ TEST(CorrelatorClient, ResetAfterAnsweredIdleWriteIsResetOther) {
     h.feed(s.records);
     ASSERT_EQ(h.out.incidents.size(), 1u);
     EXPECT_EQ(h.out.incidents[0].cause, Cause::reset_other);
+    // The answered idle write is not the failing write: no idle age or delay is claimed,
+    // but the process that owns the connection is still named.
+    EXPECT_FALSE(h.out.incidents[0].idle_before_write_ms.has_value());
+    EXPECT_FALSE(h.out.incidents[0].write_to_reset_ms.has_value());
+    EXPECT_EQ(h.out.incidents[0].comm, "nginx");
 }
 
 TEST(CorrelatorClient, LaterBusyWriteDisarmsAnsweredIdleWrite) {
