@@ -12,6 +12,11 @@
 #include "correlator.h"
 #include "output.h"
 #include "rstwatch.h"
+#include "stream_client.h"
+
+#include <atomic>
+#include <chrono>
+#include <thread>
 
 namespace rstwatch {
 namespace {
@@ -40,8 +45,77 @@ int64_t monotonic_to_unix_offset_ns() { return clock_ns(CLOCK_REALTIME) - clock_
 
 }  // namespace
 
+// `trace --from URL`: the same output from a running agent's stream, with pod names.
+int run_trace_from(const TraceOptions& options, const IncidentFilter& filter) {
+    std::array<uint64_t, kCauseCount> incidents_by_cause{};
+    std::atomic<bool> stop{false};
+    std::thread watchdog([&] {
+        while (!stop) {
+            if (g_stop_requested) stop = true;
+            std::this_thread::sleep_for(std::chrono::milliseconds(50));
+        }
+    });
+    const int64_t started_ns = clock_ns(CLOCK_MONOTONIC);
+    std::thread deadline;
+    if (options.duration_s) {
+        deadline = std::thread([&] {
+            const int64_t end = started_ns + static_cast<int64_t>(*options.duration_s * 1e9);
+            while (!stop && clock_ns(CLOCK_MONOTONIC) < end) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+            g_stop_requested = 1;
+        });
+    }
+    if (!options.json) {
+        std::string header = format_table_header() + "\n";
+        fwrite(header.data(), 1, header.size(), stdout);
+        fflush(stdout);
+    }
+    auto matches_pod = [&](const StreamedIncident& streamed) {
+        if (options.namespace_ && streamed.client.namespace_ != *options.namespace_ &&
+            streamed.server.namespace_ != *options.namespace_)
+            return false;
+        if (options.pod && streamed.client.pod != *options.pod && streamed.server.pod != *options.pod) return false;
+        return true;
+    };
+    StreamClientOptions client_options;
+    client_options.url = *options.from_url;
+    spdlog::info("following {}", client_options.url);
+    StreamResult result = follow_incidents(
+        client_options, stop,
+        [&](const StreamedIncident& streamed) {
+            if (!filter.matches(streamed.incident) || !matches_pod(streamed)) return;
+            incidents_by_cause[static_cast<size_t>(streamed.incident.cause)]++;
+            // Stream timestamps are already Unix time: offset 0.
+            std::string line = options.json ? format_streamed_incident_line(streamed, 0)
+                                            : format_incident_row(streamed.incident, 0);
+            line.push_back('\n');
+            fwrite(line.data(), 1, line.size(), stdout);
+            fflush(stdout);
+        },
+        [&](uint64_t dropped) {
+            spdlog::warn("the agent dropped {} incidents for this follower: it fell behind", dropped);
+        });
+    stop = true;
+    watchdog.join();
+    if (deadline.joinable()) deadline.join();
+    spdlog::info("summary: {}, {} dropped by the agent for this follower", format_summary(incidents_by_cause, 0),
+                 result.dropped);
+    if (result.end == StreamResult::End::error) {
+        spdlog::error("stream from {} failed: {}", client_options.url, result.error);
+        return kExitFailure;
+    }
+    return kExitOk;
+}
+
 int run_trace(const TraceOptions& options) {
     install_stop_handlers();
+    if (options.from_url) {
+        IncidentFilter filter;
+        filter.port = options.port;
+        filter.pid = options.pid;
+        filter.comm = options.comm;
+        filter.causes = options.causes;
+        return run_trace_from(options, filter);
+    }
     KernelFeatures features = probe_kernel_features();
 
     CorrelatorOptions correlator_options;

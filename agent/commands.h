@@ -6,8 +6,11 @@
 #include <string>
 #include <vector>
 
+#include <chrono>
+
 #include "incident.h"
 #include "loader.h"
+#include "metrics.h"
 
 namespace rstwatch {
 
@@ -19,7 +22,33 @@ struct TraceOptions {
     std::optional<uint32_t> pid;
     std::optional<std::string> comm;
     std::vector<Cause> causes;
+    // Follow a running agent's stream instead of loading BPF (`--from URL`).
+    std::optional<std::string> from_url;
+    std::optional<std::string> namespace_;  // only with --from: either end in this namespace
+    std::optional<std::string> pod;         // only with --from: either end is this pod
 };
+
+// The agent's default listen address: loopback only, so a laptop or VM run does not expose
+// the incident stream; the DaemonSet sets --listen 0.0.0.0:9740 (and protects it).
+inline constexpr const char* kDefaultListen = "127.0.0.1:9740";
+
+struct AgentOptions {
+    LoaderOptions loader;
+    std::string listen = kDefaultListen;
+    std::optional<std::string> pod_map_path;
+    // Kubernetes: --kube-api (out of cluster) or the in-cluster service account when
+    // KUBERNETES_SERVICE_HOST is set; --kube=off disables it.
+    bool kube_enabled = true;
+    std::string kube_api;
+    std::string kube_token_file;
+    std::string kube_ca_file;
+    std::chrono::seconds series_ttl{300};
+    PairLabelMode pair_labels = PairLabelMode::pod;
+    // How long an incident waits for its pod to become known before it is labelled anyway.
+    std::chrono::milliseconds attribution_hold{2000};
+};
+
+int run_agent(const AgentOptions& options);
 
 int run_trace(const TraceOptions& options);
 int run_check(const LoaderOptions& options);

@@ -7,6 +7,7 @@
 #include <cerrno>
 #include <cmath>
 #include <cstdarg>
+#include <algorithm>
 #include <cstring>
 #include <vector>
 
@@ -112,6 +113,7 @@ std::unique_ptr<BpfSession> BpfSession::open(const LoaderOptions& options, const
         return nullptr;
     }
     session->write_mode_ = *choice.chosen;
+    session->max_connections_ = options.max_connections;
 
     session->ring_.reset(
         ring_buffer__new(bpf_map__fd(session->skel_->maps.events), &BpfSession::on_ring_record, session.get(), nullptr));
@@ -147,5 +149,12 @@ uint64_t BpfSession::counter(uint32_t index) const {
 
 uint64_t BpfSession::lost_records() const { return counter(RW_CNT_LOST); }
 uint64_t BpfSession::track_failures() const { return counter(RW_CNT_TRACK_FAILED); }
+
+uint64_t BpfSession::tracked_connections() const {
+    uint64_t added = counter(RW_CNT_TRACK_ADDED);
+    uint64_t removed = counter(RW_CNT_TRACK_REMOVED);
+    uint64_t live = added > removed ? added - removed : 0;
+    return std::min<uint64_t>(live, max_connections_);
+}
 
 }  // namespace rstwatch

@@ -48,8 +48,12 @@ public:
     // Records dropped because the ring buffer was full, summed over CPUs.
     uint64_t lost_records() const;
     uint64_t track_failures() const;
+    // Connections with per-socket state in the kernel now (bounded by max_connections; LRU
+    // evictions are not seen, so this is an upper estimate).
+    uint64_t tracked_connections() const;
 
 private:
+    uint32_t max_connections_ = 0;
     struct SkeletonDeleter {
         void operator()(rstwatch_bpf* skel) const;
     };

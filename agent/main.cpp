@@ -1,6 +1,9 @@
 // rstwatch: explains TCP resets caused by stale keepalive connections.
+#include <spdlog/pattern_formatter.h>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
+
+#include <nlohmann/json.hpp>
 
 #include <CLI/CLI.hpp>
 #include <cstdio>
@@ -15,9 +18,28 @@
 
 namespace {
 
-void setup_logging(const std::string& level) {
+// %j: the log message as a JSON string (escaped), for --log-format json.
+class JsonMessageFlag : public spdlog::custom_flag_formatter {
+public:
+    void format(const spdlog::details::log_msg& msg, const std::tm&, spdlog::memory_buf_t& dest) override {
+        std::string text =
+            nlohmann::json(std::string(msg.payload.data(), msg.payload.size()))
+                .dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+        dest.append(text.data(), text.data() + text.size());
+    }
+    std::unique_ptr<custom_flag_formatter> clone() const override { return std::make_unique<JsonMessageFlag>(); }
+};
+
+void setup_logging(const std::string& level, const std::string& format) {
     auto logger = spdlog::stderr_color_mt("rstwatch");
-    logger->set_pattern("%Y-%m-%dT%H:%M:%S.%e%z %^%l%$ %v");
+    if (format == "json") {
+        auto formatter = std::make_unique<spdlog::pattern_formatter>();
+        formatter->add_flag<JsonMessageFlag>('j').set_pattern(
+            R"({"ts":"%Y-%m-%dT%H:%M:%S.%e%z","level":"%l","msg":%j})");
+        logger->set_formatter(std::move(formatter));
+    } else {
+        logger->set_pattern("%Y-%m-%dT%H:%M:%S.%e%z %^%l%$ %v");
+    }
     spdlog::set_default_logger(logger);
     spdlog::set_level(spdlog::level::from_str(level));
     spdlog::flush_on(spdlog::level::trace);
@@ -38,8 +60,11 @@ int main(int argc, char** argv) {
     app.fallthrough();
     app.set_version_flag("--version", RSTWATCH_VERSION);
     std::string log_level = "info";
+    std::string log_format = "text";
     app.add_option("--log-level", log_level, "trace, debug, info, warn or error")
         ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error"}));
+    app.add_option("--log-format", log_format, "text or json (one object per line)")
+        ->check(CLI::IsMember({"text", "json"}));
 
     rstwatch::TraceOptions trace;
     std::string output = "table";
@@ -67,6 +92,39 @@ int main(int argc, char** argv) {
         ->check(CLI::PositiveNumber);
     trace_cmd->add_option("--write-hook", write_hook, "auto, tp_btf, fentry or kprobe")
         ->check(validate_write_hook);
+    auto* from_opt = trace_cmd->add_option("--from", trace.from_url,
+                                           "follow a running agent's stream (http://HOST:PORT) instead of loading BPF");
+    trace_cmd->add_option("--namespace", trace.namespace_, "with --from: only incidents with an end in this namespace")
+        ->needs(from_opt);
+    trace_cmd->add_option("--pod", trace.pod, "with --from: only incidents with this pod at either end")
+        ->needs(from_opt);
+
+    rstwatch::AgentOptions agent;
+    std::string agent_write_hook = "auto";
+    std::string pair_labels = "pod";
+    std::string kube_mode = "auto";
+    double series_ttl_s = 300;
+    CLI::App* agent_cmd = app.add_subcommand("agent", "run on the node: metrics per pod pair, incident stream");
+    agent_cmd->add_option("--listen", agent.listen, std::string("ADDR:PORT for /metrics, /healthz, /readyz, /incidents (default ") +
+                                                        rstwatch::kDefaultListen + ")");
+    agent_cmd->add_option("--pod-map", agent.pod_map_path, "YAML file naming endpoints (SIGHUP reloads it)")
+        ->check(CLI::ExistingFile);
+    agent_cmd->add_option("--kube", kube_mode, "auto (in-cluster when KUBERNETES_SERVICE_HOST is set, or --kube-api) or off")
+        ->check(CLI::IsMember({"auto", "off"}));
+    agent_cmd->add_option("--kube-api", agent.kube_api, "Kubernetes API URL, for use outside the cluster");
+    agent_cmd->add_option("--kube-token-file", agent.kube_token_file, "bearer token file for --kube-api");
+    agent_cmd->add_option("--kube-ca-file", agent.kube_ca_file, "CA bundle for --kube-api");
+    agent_cmd->add_option("--series-ttl", series_ttl_s, "seconds a gone pod's series are kept (default 300)")
+        ->check(CLI::Range(1.0, 86400.0 * 7));
+    agent_cmd->add_option("--pair-labels", pair_labels, "pod or workload (drops pod labels on large clusters)")
+        ->check(CLI::IsMember({"pod", "workload"}));
+    agent_cmd->add_option("--idle-threshold", agent.loader.idle_threshold_s,
+                          "seconds of idleness after which a write is watched (default 1)")
+        ->check(CLI::Range(0.01, 86400.0));
+    agent_cmd->add_option("--max-connections", agent.loader.max_connections,
+                          "connections tracked in the kernel (LRU, default 131072)")
+        ->check(CLI::Range(1024U, 16U << 20));
+    agent_cmd->add_option("--write-hook", agent_write_hook, "auto, tp_btf, fentry or kprobe")->check(validate_write_hook);
 
     rstwatch::LoaderOptions check_loader;
     std::string check_write_hook = "auto";
@@ -82,7 +140,14 @@ int main(int argc, char** argv) {
         return rstwatch::kExitUsage;
     }
 
-    setup_logging(log_level);
+    setup_logging(log_level, log_format);
+    if (*agent_cmd) {
+        agent.loader.write_mode = rstwatch::parse_write_mode(agent_write_hook);
+        agent.kube_enabled = kube_mode != "off";
+        agent.series_ttl = std::chrono::seconds(static_cast<int64_t>(series_ttl_s));
+        agent.pair_labels = pair_labels == "workload" ? rstwatch::PairLabelMode::workload : rstwatch::PairLabelMode::pod;
+        return rstwatch::run_agent(agent);
+    }
     if (*trace_cmd) {
         trace.json = output == "json";
         trace.loader.write_mode = rstwatch::parse_write_mode(write_hook);

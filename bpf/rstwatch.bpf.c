@@ -259,6 +259,11 @@ static __always_inline void track_new(const struct sock *sk, __u8 role)
 
 	fresh.start_ns = bpf_ktime_get_ns();
 	fresh.role = role;
+	if (bpf_map_update_elem(&conns, &key, &fresh, BPF_NOEXIST) == 0) {
+		count(RW_CNT_TRACK_ADDED);
+		return;
+	}
+	/* The socket was reused (connect() again after close): a new connection. */
 	if (bpf_map_update_elem(&conns, &key, &fresh, BPF_ANY))
 		count(RW_CNT_TRACK_FAILED);
 }
@@ -335,7 +340,8 @@ int BPF_PROG(rw_destroy, const struct sock *sk)
 {
 	__u64 key = (__u64)sk;
 
-	bpf_map_delete_elem(&conns, &key);
+	if (bpf_map_delete_elem(&conns, &key) == 0)
+		count(RW_CNT_TRACK_REMOVED);
 	return 0;
 }
 

@@ -120,7 +120,9 @@ struct rw_record {
 enum rw_counter {
 	RW_CNT_LOST = 0, /* ring buffer full: record dropped */
 	RW_CNT_TRACK_FAILED = 1, /* per-socket map update failed */
-	RW_CNT_MAX = 2,
+	RW_CNT_TRACK_ADDED = 2, /* connections that got per-socket state */
+	RW_CNT_TRACK_REMOVED = 3, /* per-socket state forgotten at teardown (LRU evictions not counted) */
+	RW_CNT_MAX = 4,
 };
 
 #endif /* RSTWATCH_H */

@@ -1,0 +1,400 @@
+// `rstwatch agent`: the DaemonSet's job. Loads the BPF programs once, names both ends of every
+// incident, exports Prometheus metrics per pod pair and streams incidents to followers.
+#include <spdlog/spdlog.h>
+
+#include <atomic>
+#include <cerrno>
+#include <csignal>
+#include <cstring>
+#include <ctime>
+#include <deque>
+#include <variant>
+
+#include "attribution.h"
+#include "commands.h"
+#include "correlator.h"
+#include "http_server.h"
+#include "kube_client.h"
+#include "rstwatch.h"
+#include "stream_client.h"
+
+namespace rstwatch {
+namespace {
+
+volatile std::sig_atomic_t g_stop_requested = 0;
+volatile std::sig_atomic_t g_reload_requested = 0;
+
+void on_stop_signal(int) { g_stop_requested = 1; }
+void on_reload_signal(int) { g_reload_requested = 1; }
+
+void install_signal_handlers() {
+    struct sigaction action {};
+    sigemptyset(&action.sa_mask);
+    action.sa_flags = 0;  // no SA_RESTART: poll() returns EINTR at once
+    action.sa_handler = on_stop_signal;
+    sigaction(SIGINT, &action, nullptr);
+    sigaction(SIGTERM, &action, nullptr);
+    action.sa_handler = on_reload_signal;
+    sigaction(SIGHUP, &action, nullptr);
+    signal(SIGPIPE, SIG_IGN);  // a follower going away must not kill the agent
+}
+
+int64_t clock_ns(clockid_t clock) {
+    timespec ts{};
+    clock_gettime(clock, &ts);
+    return static_cast<int64_t>(ts.tv_sec) * 1'000'000'000LL + ts.tv_nsec;
+}
+
+constexpr std::array<const char*, RW_REC_TYPE_MAX> kRecordTypeByValue = {
+    "", "idle_write", "close_wait_write", "peer_fin", "own_close", "closed", "rst_received", "rst_sent"};
+
+// What to tell the user about an incident, in one clause.
+std::string hint_for(const Incident& incident) {
+    switch (incident.cause) {
+        case Cause::write_after_fin:
+        case Cause::idle_close_race: {
+            if (!incident.idle_before_write_ms) break;
+            double idle_s = *incident.idle_before_write_ms / 1000.0;
+            return fmt::format(
+                "client reuses connections idle {:.1f} s; server closed after ~{:.1f} s: set the client's "
+                "upstream idle timeout below the server's",
+                idle_s, idle_s);
+        }
+        case Cause::abort_on_close:
+            return "server closed a connection with an unread request: a client reused it as it closed; set the "
+                   "client's upstream idle timeout below the server's";
+        case Cause::data_after_close:
+            return "a request arrived after the server closed the connection: a client reused it; set the "
+                   "client's upstream idle timeout below the server's";
+        case Cause::reset_other:
+            return "connection reset outside the keepalive race";
+    }
+    return "a stale keepalive connection was reused: set the client's upstream idle timeout below the server's";
+}
+
+std::string describe(const Identity& who, const Endpoint& at) {
+    std::string name;
+    if (!who.pod.empty())
+        name = who.namespace_ + "/" + who.pod;
+    else if (!who.workload.empty())
+        name = who.workload;
+    return name.empty() || name == at.ip ? fmt::format("{}:{}", at.ip, at.port)
+                                         : fmt::format("{} ({}:{})", name, at.ip, at.port);
+}
+
+// One thing the correlator produced, waiting for its ends to be named.
+struct Pending {
+    int64_t deadline_ns;
+    std::variant<Incident, Observation, ResetEvent> event;
+};
+
+class Agent {
+public:
+    explicit Agent(const AgentOptions& options) : options_(options) {}
+
+    int run();
+
+private:
+    bool load_pod_map(bool initial);
+    std::string readiness() const;
+    void on_record(const void* data, size_t size);
+    bool resolvable(const Endpoint& client, const Endpoint& server) const;
+    void flush_pending(bool force);
+    void deliver(const Pending& pending);
+    PairKey pair_of(const Endpoint& client, const Endpoint& server, Identity* client_id, Identity* server_id) const;
+    void update_self_metrics();
+    bool endpoint_alive(const Identity& identity) const;
+
+    const AgentOptions& options_;
+    KernelFeatures features_;
+    Attributor attributor_;
+    std::shared_ptr<const PodMap> pod_map_;
+    std::shared_ptr<ClusterState> cluster_;
+    std::unique_ptr<KubeWatcher> kube_;
+    std::unique_ptr<Metrics> metrics_;
+    std::unique_ptr<HttpServer> http_;
+    std::unique_ptr<Correlator> correlator_;
+    std::unique_ptr<BpfSession> bpf_;
+    std::atomic<bool> bpf_attached_{false};
+    CorrelatorOutput produced_;
+    std::deque<Pending> pending_;
+    int64_t unix_offset_ns_ = 0;
+    std::array<uint64_t, RW_REC_TYPE_MAX> records_exported_{};
+};
+
+bool Agent::load_pod_map(bool initial) {
+    if (!options_.pod_map_path) return true;
+    std::string error;
+    std::optional<PodMap> map = PodMap::load_file(*options_.pod_map_path, &error);
+    if (!map) {
+        if (initial)
+            spdlog::error("invalid --pod-map: {}", error);
+        else
+            spdlog::error("pod map reload failed, keeping the previous map: {}", error);
+        return false;
+    }
+    pod_map_ = std::make_shared<const PodMap>(std::move(*map));
+    attributor_.set_pod_map(pod_map_);
+    spdlog::info("pod map {}: {} entries", *options_.pod_map_path, pod_map_->size());
+    if (metrics_) metrics_->set_attribution_synced("pod_map", true);
+    return true;
+}
+
+std::string Agent::readiness() const {
+    if (!bpf_attached_) return "BPF programs not attached";
+    if (kube_ && !kube_->synced()) return "Kubernetes pods and services not listed yet";
+    return {};
+}
+
+bool Agent::endpoint_alive(const Identity& identity) const {
+    if (identity.pod.empty()) return true;  // services, map names, world, addresses
+    if (cluster_ && cluster_->pod_exists(identity.namespace_, identity.pod)) return true;
+    if (pod_map_) {
+        for (const PodMapEntry& entry : pod_map_->entries())
+            if (entry.identity.pod == identity.pod && entry.identity.namespace_ == identity.namespace_) return true;
+    }
+    return false;
+}
+
+PairKey Agent::pair_of(const Endpoint& client, const Endpoint& server, Identity* client_id,
+                       Identity* server_id) const {
+    PairKey key;
+    auto identify = [&](const Endpoint& end) {
+        std::optional<IpAddr> addr = IpAddr::parse(end.ip);
+        return addr ? attributor_.identify(*addr) : Identity{"", "", end.ip};
+    };
+    key.client = identify(client);
+    key.server = identify(server);
+    key.server_port = server.port;
+    if (client_id) *client_id = key.client;
+    if (server_id) *server_id = key.server;
+    return key;
+}
+
+// An event is held while Kubernetes may still be learning one of its ends.
+bool Agent::resolvable(const Endpoint& client, const Endpoint& server) const {
+    if (!kube_) return true;
+    for (const Endpoint* end : {&client, &server}) {
+        std::optional<IpAddr> addr = IpAddr::parse(end->ip);
+        if (addr && !attributor_.known(*addr)) return false;
+    }
+    return true;
+}
+
+void Agent::deliver(const Pending& pending) {
+    if (const auto* incident = std::get_if<Incident>(&pending.event)) {
+        StreamedIncident streamed;
+        streamed.incident = *incident;
+        PairKey pair = pair_of(incident->client, incident->server, &streamed.client, &streamed.server);
+        std::optional<double> idle_s;
+        if (incident->idle_before_write_ms) idle_s = *incident->idle_before_write_ms / 1000.0;
+        metrics_->count_incident(pair, incident->cause, incident->observer, idle_s);
+        spdlog::warn("incident {} observed by {}: client {} -> server {}{}{}: {}", to_string(incident->cause),
+                     to_string(incident->observer), describe(streamed.client, incident->client),
+                     describe(streamed.server, incident->server),
+                     incident->comm.empty() ? std::string() : fmt::format(", {} pid {}", incident->comm, incident->pid),
+                     incident->idle_before_write_ms
+                         ? fmt::format(", idle {:.1f} s before the write", *incident->idle_before_write_ms / 1000.0)
+                         : std::string(),
+                     hint_for(*incident));
+        http_->publish(streamed, unix_offset_ns_);
+    } else if (const auto* observation = std::get_if<Observation>(&pending.event)) {
+        metrics_->observe(pair_of(observation->client, observation->server, nullptr, nullptr), observation->kind,
+                          observation->idle_s);
+    } else if (const auto* reset = std::get_if<ResetEvent>(&pending.event)) {
+        metrics_->count_reset(pair_of(reset->client, reset->server, nullptr, nullptr), reset->sent);
+    }
+}
+
+void Agent::flush_pending(bool force) {
+    const int64_t now = clock_ns(CLOCK_MONOTONIC);
+    // Deliver in arrival order: an event waits behind older ones at most until its own deadline.
+    while (!pending_.empty()) {
+        Pending& front = pending_.front();
+        bool ready = force || front.deadline_ns <= now;
+        if (!ready) {
+            std::visit(
+                [&](const auto& event) { ready = resolvable(event.client, event.server); }, front.event);
+        }
+        if (!ready) break;
+        deliver(front);
+        pending_.pop_front();
+    }
+}
+
+void Agent::on_record(const void* data, size_t size) {
+    produced_.clear();
+    correlator_->on_raw(data, size, produced_);
+    const int64_t deadline =
+        clock_ns(CLOCK_MONOTONIC) + std::chrono::duration_cast<std::chrono::nanoseconds>(options_.attribution_hold).count();
+    auto queue = [&](auto&& event) {
+        const bool hold = !pending_.empty() || !resolvable(event.client, event.server);
+        Pending pending{deadline, std::forward<decltype(event)>(event)};
+        if (hold)
+            pending_.push_back(std::move(pending));
+        else
+            deliver(pending);
+    };
+    for (Incident& incident : produced_.incidents) queue(std::move(incident));
+    for (Observation& observation : produced_.observations) queue(std::move(observation));
+    for (ResetEvent& reset : produced_.resets) queue(std::move(reset));
+}
+
+void Agent::update_self_metrics() {
+    const CorrelatorStats& stats = correlator_->stats();
+    for (size_t type = RW_REC_IDLE_WRITE; type < RW_REC_TYPE_MAX; ++type) {
+        uint64_t seen = stats.records_by_type[type];
+        if (seen > records_exported_[type]) {
+            metrics_->count_records(kRecordTypeByValue[type], seen - records_exported_[type]);
+            records_exported_[type] = seen;
+        }
+    }
+    metrics_->set_tracked_connections(static_cast<double>(bpf_->tracked_connections()));
+    if (kube_) metrics_->set_attribution_synced("kubernetes", kube_->synced());
+}
+
+int Agent::run() {
+    install_signal_handlers();
+
+    // Configuration first: nothing is attached or started when it is wrong.
+    if (!load_pod_map(true)) return kExitUsage;
+    std::optional<KubeConfig> kube_config;
+    if (options_.kube_enabled) {
+        std::string error;
+        if (!options_.kube_api.empty()) {
+            kube_config = KubeConfig::from_flags(options_.kube_api, options_.kube_token_file, options_.kube_ca_file,
+                                                 &error);
+        } else if (std::getenv("KUBERNETES_SERVICE_HOST")) {
+            kube_config = KubeConfig::in_cluster(&error);
+        } else if (!options_.kube_token_file.empty() || !options_.kube_ca_file.empty()) {
+            error = "--kube-token-file/--kube-ca-file need --kube-api (or run in a cluster)";
+        }
+        if (!error.empty()) {
+            spdlog::error("invalid Kubernetes configuration: {}", error);
+            return kExitUsage;
+        }
+        if (kube_config && !kube_config->validate(&error)) {
+            spdlog::error("invalid Kubernetes configuration: {}", error);
+            return kExitUsage;
+        }
+    }
+
+    features_ = probe_kernel_features();
+    CorrelatorOptions correlator_options;
+    correlator_options.idle_threshold_ns = static_cast<uint64_t>(options_.loader.idle_threshold_s * 1e9);
+    correlator_options.reset_reason_name = [names = features_.rst_reason_names](uint32_t raw) {
+        auto it = names.find(raw);
+        return it == names.end() ? std::string() : it->second;
+    };
+    correlator_ = std::make_unique<Correlator>(correlator_options);
+
+    MetricsOptions metrics_options;
+    metrics_options.mode = options_.pair_labels;
+    metrics_options.series_ttl = options_.series_ttl;
+    metrics_options.version = RSTWATCH_VERSION;
+    metrics_options.write_hook = "none";
+
+    HttpServerOptions http_options;
+    http_options.listen = options_.listen;
+    http_options.collect = [this] { return metrics_->collect(); };
+    http_options.readiness = [this] { return readiness(); };
+
+    // Metrics need the write hook's name, known only after attaching; the HTTP server
+    // binds first so a taken port fails before anything is attached.
+    metrics_ = std::make_unique<Metrics>(metrics_options);
+    if (pod_map_) metrics_->set_attribution_synced("pod_map", true);
+    http_ = std::make_unique<HttpServer>(http_options);
+    std::string error;
+    if (!http_->start(&error)) {
+        spdlog::error("{}", error);
+        return kExitUsage;
+    }
+
+    if (kube_config) {
+        cluster_ = std::make_shared<ClusterState>();
+        attributor_.set_cluster(cluster_);
+        kube_ = std::make_unique<KubeWatcher>(*kube_config, cluster_);
+        kube_->start();
+        metrics_->set_attribution_synced("kubernetes", false);
+    }
+
+    bpf_ = BpfSession::open(options_.loader, features_, [this](const void* d, size_t n) { on_record(d, n); },
+                            &error);
+    if (!bpf_) {
+        spdlog::error("cannot attach: {}", error);
+        return kExitFailure;  // destructors stop the watcher and the HTTP server
+    }
+    metrics_->set_build_info(RSTWATCH_VERSION, std::string(write_mode_name(bpf_->write_mode())));
+    bpf_attached_ = true;
+    spdlog::info("rstwatch agent {}: write hook {}, idle threshold {:.3f} s, attribution: {}{}{}",
+                 RSTWATCH_VERSION, write_mode_name(bpf_->write_mode()), options_.loader.idle_threshold_s,
+                 pod_map_ ? "pod map " + *options_.pod_map_path : std::string("no pod map"),
+                 kube_config ? ", Kubernetes API " + kube_config->api_url : std::string(", no Kubernetes"),
+                 options_.pair_labels == PairLabelMode::workload ? ", workload pair labels" : "");
+    spdlog::info("serving http://{}/metrics, /healthz, /readyz and the incident stream /incidents (port {})",
+                 options_.listen, http_->port());
+
+    int rc = kExitOk;
+    uint64_t lost_seen = 0;
+    int64_t next_second = 0;
+    int64_t next_expiry = clock_ns(CLOCK_MONOTONIC) + 30'000'000'000LL;
+    while (!g_stop_requested) {
+        int n = bpf_->poll(100);
+        if (n < 0 && n != -EINTR) {
+            spdlog::error("reading the BPF ring buffer failed: {}", strerror(-n));
+            rc = kExitFailure;
+            break;
+        }
+        unix_offset_ns_ = clock_ns(CLOCK_REALTIME) - clock_ns(CLOCK_MONOTONIC);
+        if (g_reload_requested) {
+            g_reload_requested = 0;
+            if (options_.pod_map_path) {
+                spdlog::info("SIGHUP: reloading the pod map");
+                load_pod_map(false);
+            } else {
+                spdlog::info("SIGHUP: no pod map to reload");
+            }
+        }
+        flush_pending(false);
+        if (uint64_t lost = bpf_->lost_records(); lost > lost_seen) {
+            correlator_->on_records_lost(lost - lost_seen);
+            metrics_->set_records_lost_total(lost);
+            spdlog::warn("{} records lost: the ring buffer was full", lost - lost_seen);
+            lost_seen = lost;
+        }
+        const int64_t now = clock_ns(CLOCK_MONOTONIC);
+        if (now >= next_second) {
+            update_self_metrics();
+            correlator_->expire(static_cast<uint64_t>(now));
+            next_second = now + 1'000'000'000LL;
+        }
+        if (now >= next_expiry) {
+            size_t removed =
+                metrics_->expire(Metrics::Clock::now(), [this](const Identity& who) { return endpoint_alive(who); });
+            if (removed) spdlog::info("removed the series of {} pairs whose pods are gone", removed);
+            next_expiry = now + 30'000'000'000LL;
+        }
+    }
+
+    // SIGTERM: take in what is already in the ring buffer, count it, then detach.
+    bpf_->poll(0);
+    flush_pending(true);
+    metrics_->set_records_lost_total(std::max(lost_seen, bpf_->lost_records()));
+    update_self_metrics();
+    bpf_.reset();
+    bpf_attached_ = false;
+    if (kube_) kube_->stop();
+    http_->stop();
+    spdlog::info("stopped: {} incidents, {} records, {} records lost", correlator_->stats().incidents,
+                 correlator_->stats().records, lost_seen);
+    return rc;
+}
+
+}  // namespace
+
+int run_agent(const AgentOptions& options) {
+    Agent agent(options);
+    return agent.run();
+}
+
+}  // namespace rstwatch

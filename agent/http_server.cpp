@@ -1,0 +1,451 @@
+// HTTP endpoints of the agent on civetweb; see http_server.h for the follower design.
+#include "http_server.h"
+
+#include <CivetServer.h>
+#include <arpa/inet.h>
+#include <civetweb.h>
+#include <netinet/in.h>
+#include <prometheus/text_serializer.h>
+#include <spdlog/spdlog.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cctype>
+#include <charconv>
+#include <condition_variable>
+#include <cstdio>
+#include <deque>
+#include <mutex>
+#include <optional>
+#include <thread>
+
+namespace rstwatch {
+
+namespace {
+
+constexpr const char* kMetricsContentType = "text/plain; version=0.0.4; charset=utf-8";
+constexpr const char* kStreamContentType = "application/x-ndjson";
+constexpr size_t kMaxChunkBytes = 64 * 1024;
+constexpr unsigned kFeatureIpv6 = 8;  // mg_check_feature bit
+
+using Line = std::shared_ptr<const std::string>;
+
+// Messages civetweb logs while the server starts on this thread (bind errors come this way).
+thread_local std::vector<std::string>* t_start_log = nullptr;
+
+int log_message(const mg_connection*, const char* message) {
+    if (t_start_log != nullptr) {
+        t_start_log->emplace_back(message != nullptr ? message : "");
+    } else {
+        spdlog::debug("http: {}", message != nullptr ? message : "");
+    }
+    return 1;  // handled: civetweb prints nothing itself
+}
+
+std::optional<uint16_t> parse_port(std::string_view text) {
+    unsigned value = 0;
+    if (text.empty() || text.size() > 5) return std::nullopt;
+    auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
+    if (ec != std::errc() || end != text.data() + text.size() || value > 65535) return std::nullopt;
+    return static_cast<uint16_t>(value);
+}
+
+// "ADDR:PORT" -> civetweb's listening_ports value.
+std::optional<std::string> civet_listen_spec(const std::string& listen, std::string* error) {
+    auto bad = [&](const std::string& why) {
+        *error = "bad listen address \"" + listen + "\": " + why;
+        return std::nullopt;
+    };
+    const size_t colon = listen.rfind(':');
+    if (colon == std::string::npos) return bad("expected IPv4:PORT, [IPv6]:PORT or :PORT");
+    auto port = parse_port(std::string_view(listen).substr(colon + 1));
+    if (!port) return bad("port must be a number from 0 to 65535");
+    const std::string host = listen.substr(0, colon);
+    if (host.empty()) return "0.0.0.0:" + std::to_string(*port);
+    if (host.front() == '[') {
+        if (host.size() < 3 || host.back() != ']') return bad("unterminated [IPv6] address");
+        const std::string addr = host.substr(1, host.size() - 2);
+        in6_addr a6{};
+        if (inet_pton(AF_INET6, addr.c_str(), &a6) != 1) return bad("not an IPv6 address");
+        if (mg_check_feature(kFeatureIpv6) == 0)
+            return bad("this build's civetweb has no IPv6 support; listen on an IPv4 address");
+        return "[" + addr + "]:" + std::to_string(*port);
+    }
+    in_addr a4{};
+    if (inet_pton(AF_INET, host.c_str(), &a4) != 1)
+        return bad("not an IPv4 address (use [ADDR]:PORT for IPv6; host names are not resolved)");
+    return host + ":" + std::to_string(*port);
+}
+
+// civetweb's "cannot bind to 127.0.0.1:9090: 98 (Address already in use)" -> the reason.
+std::string bind_error_reason(const std::vector<std::string>& log) {
+    for (const auto& message : log) {
+        if (message.rfind("Failed to setup server ports", 0) == 0) continue;
+        const size_t open = message.rfind('(');
+        const size_t close = message.rfind(')');
+        if (message.find("cannot bind") != std::string::npos && open != std::string::npos &&
+            close != std::string::npos && close > open) {
+            std::string reason = message.substr(open + 1, close - open - 1);
+            if (!reason.empty()) reason[0] = static_cast<char>(std::tolower(reason[0]));
+            return reason;
+        }
+        return message;
+    }
+    return log.empty() ? "civetweb could not start" : log.front();
+}
+
+std::string one_line(std::string text) {
+    for (char& c : text)
+        if (c == '\n' || c == '\r') c = ' ';
+    return text;
+}
+
+void respond(mg_connection* conn, int status, const char* status_text, const char* content_type,
+             const std::string& body) {
+    mg_printf(conn,
+              "HTTP/1.1 %d %s\r\n"
+              "Content-Type: %s\r\n"
+              "Content-Length: %zu\r\n"
+              "Cache-Control: no-cache\r\n"
+              "Connection: close\r\n\r\n",
+              status, status_text, content_type, body.size());
+    if (!body.empty()) mg_write(conn, body.data(), body.size());
+}
+
+// A connection attempt that wakes civetweb's master thread out of its accept poll.
+void poke(const std::string& ip, uint16_t port) {
+    sockaddr_storage storage{};
+    socklen_t len = 0;
+    int family = AF_INET;
+    if (ip.find(':') != std::string::npos) {
+        auto* a6 = reinterpret_cast<sockaddr_in6*>(&storage);
+        a6->sin6_family = family = AF_INET6;
+        a6->sin6_port = htons(port);
+        if (inet_pton(AF_INET6, ip.c_str(), &a6->sin6_addr) != 1) return;
+        len = sizeof *a6;
+    } else {
+        auto* a4 = reinterpret_cast<sockaddr_in*>(&storage);
+        a4->sin_family = AF_INET;
+        a4->sin_port = htons(port);
+        if (inet_pton(AF_INET, ip.c_str(), &a4->sin_addr) != 1) return;
+        len = sizeof *a4;
+    }
+    const int fd = socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) return;
+    (void)connect(fd, reinterpret_cast<sockaddr*>(&storage), len);
+    close(fd);
+}
+
+std::string dropped_line(uint64_t n) { return "{\"dropped\":" + std::to_string(n) + "}"; }
+
+// Appends one HTTP chunk holding `data`.
+void append_chunk(std::string& out, std::string_view data) {
+    char size[20];
+    const int len = std::snprintf(size, sizeof size, "%zx\r\n", data.size());
+    out.append(size, static_cast<size_t>(len));
+    out.append(data);
+    out.append("\r\n");
+}
+
+bool write_all(mg_connection* conn, const std::string& data) {
+    return mg_write(conn, data.data(), data.size()) == static_cast<int>(data.size());
+}
+
+struct Follower {
+    std::mutex mutex;
+    std::condition_variable wake;
+    std::deque<Line> queue;
+    uint64_t dropped_pending = 0;  // dropped since the last line queued
+    bool closed = false;
+    bool writing = false;  // the worker is in (or about to enter) a network write
+};
+
+}  // namespace
+
+struct HttpServer::Hub {
+    size_t capacity = 1024;
+    size_t max_followers = 8;
+    std::chrono::milliseconds heartbeat{15000};
+
+    std::mutex mutex;
+    std::vector<std::shared_ptr<Follower>> followers;
+    bool stopping = false;
+    std::atomic<uint64_t> dropped_total{0};
+
+    std::shared_ptr<Follower> add() {
+        std::lock_guard lock(mutex);
+        if (stopping || followers.size() >= max_followers) return nullptr;
+        followers.push_back(std::make_shared<Follower>());
+        return followers.back();
+    }
+
+    void remove(const std::shared_ptr<Follower>& follower) {
+        std::lock_guard lock(mutex);
+        std::erase(followers, follower);
+    }
+
+    size_t count() {
+        std::lock_guard lock(mutex);
+        return followers.size();
+    }
+
+    void publish(const Line& line) {
+        std::lock_guard lock(mutex);
+        for (const auto& f : followers) {
+            std::lock_guard follower_lock(f->mutex);
+            if (f->closed) continue;
+            const size_t needed = f->dropped_pending > 0 ? 2 : 1;
+            if (f->queue.size() + needed > capacity) {
+                ++f->dropped_pending;
+                dropped_total.fetch_add(1, std::memory_order_relaxed);
+                continue;
+            }
+            if (f->dropped_pending > 0) {
+                f->queue.push_back(
+                    std::make_shared<const std::string>(dropped_line(f->dropped_pending)));
+                f->dropped_pending = 0;
+            }
+            f->queue.push_back(line);
+            f->wake.notify_one();
+        }
+    }
+
+    void close_all() {
+        std::lock_guard lock(mutex);
+        stopping = true;
+        for (const auto& f : followers) {
+            std::lock_guard follower_lock(f->mutex);
+            f->closed = true;
+            f->wake.notify_one();
+        }
+    }
+
+    // After close_all(): waits until every follower has written the end of its stream and gone
+    // (civetweb refuses writes once it is stopping), except followers inside a data write: they
+    // may be stuck, and mg_stop() aborts them.
+    void wait_for_idle_followers(std::chrono::milliseconds limit) {
+        const auto deadline = std::chrono::steady_clock::now() + limit;
+        for (;;) {
+            {
+                std::lock_guard lock(mutex);
+                bool waiting = false;
+                for (const auto& f : followers) {
+                    std::lock_guard follower_lock(f->mutex);
+                    waiting = waiting || !f->writing;
+                }
+                if (!waiting) return;
+            }
+            if (std::chrono::steady_clock::now() >= deadline) return;
+            std::this_thread::sleep_for(std::chrono::milliseconds(2));
+        }
+    }
+
+    // Runs on the follower's civetweb worker thread until the follower goes or the server stops.
+    void serve(mg_connection* conn, const std::shared_ptr<Follower>& f) {
+        mg_printf(conn,
+                  "HTTP/1.1 200 OK\r\n"
+                  "Content-Type: %s\r\n"
+                  "Transfer-Encoding: chunked\r\n"
+                  "Cache-Control: no-cache\r\n"
+                  "X-Content-Type-Options: nosniff\r\n"
+                  "Connection: close\r\n\r\n",
+                  kStreamContentType);
+        std::deque<Line> batch;
+        std::string out;
+        bool ok = true;
+        bool closed = false;
+        while (ok) {
+            batch.clear();
+            {
+                std::unique_lock lock(f->mutex);
+                f->wake.wait_for(lock, heartbeat, [&] {
+                    return f->closed || !f->queue.empty() || f->dropped_pending > 0;
+                });
+                if (f->closed) {
+                    closed = true;
+                    break;
+                }
+                f->writing = true;
+                batch.swap(f->queue);
+                if (f->dropped_pending > 0) {
+                    // The drops happened after everything queued: the gap is here.
+                    batch.push_back(
+                        std::make_shared<const std::string>(dropped_line(f->dropped_pending)));
+                    f->dropped_pending = 0;
+                }
+            }
+            // No lock held from here: a stuck client blocks only this thread.
+            out.clear();
+            if (batch.empty()) append_chunk(out, "\n");  // heartbeat
+            for (const auto& line : batch) {
+                std::string data = *line + '\n';
+                append_chunk(out, data);
+                if (out.size() >= kMaxChunkBytes) {
+                    ok = write_all(conn, out);
+                    out.clear();
+                    if (!ok) break;
+                }
+            }
+            if (ok && !out.empty()) ok = write_all(conn, out);
+            std::lock_guard lock(f->mutex);
+            f->writing = false;
+        }
+        if (closed) mg_write(conn, "0\r\n\r\n", 5);  // end of the chunked body
+        remove(f);                                   // after the last write: stop() waits for this
+    }
+};
+
+class HttpHandler : public CivetHandler {
+public:
+    using Fn = std::function<void(mg_connection*)>;
+    explicit HttpHandler(Fn fn) : fn_(std::move(fn)) {}
+    bool handleGet(CivetServer*, mg_connection* conn) override {
+        fn_(conn);
+        return true;
+    }
+
+private:
+    Fn fn_;
+};
+
+HttpServer::HttpServer(HttpServerOptions options)
+    : options_(std::move(options)), hub_(std::make_shared<Hub>()) {
+    hub_->capacity = std::max<size_t>(options_.follower_queue_lines, 2);
+    hub_->max_followers = options_.max_followers;
+    hub_->heartbeat = options_.heartbeat;
+}
+
+HttpServer::~HttpServer() { stop(); }
+
+bool HttpServer::start(std::string* error) {
+    std::string ignored;
+    if (error == nullptr) error = &ignored;
+    if (server_ || stopped_) {
+        *error = "http server already started";
+        return false;
+    }
+    auto spec = civet_listen_spec(options_.listen, error);
+    if (!spec) return false;
+
+    const std::vector<std::string> civet_options = {
+        "listening_ports",    *spec,
+        "num_threads",        std::to_string(options_.max_followers + 4),
+        "request_timeout_ms", std::to_string(options_.write_timeout.count()),
+        "enable_keep_alive",  "no",
+        "tcp_nodelay",        "1",
+    };
+    CivetCallbacks callbacks;
+    callbacks.log_message = &log_message;
+
+    std::vector<std::string> start_log;
+    t_start_log = &start_log;
+    try {
+        server_ = std::make_unique<CivetServer>(civet_options, &callbacks);
+    } catch (const std::exception&) {
+        server_.reset();
+    }
+    t_start_log = nullptr;
+    if (!server_ || server_->getContext() == nullptr) {
+        server_.reset();
+        *error =
+            "cannot listen on " + options_.listen + ": " + one_line(bind_error_reason(start_log));
+        return false;
+    }
+    const auto ports = server_->getListeningPorts();
+    port_ = ports.empty() ? 0 : static_cast<uint16_t>(ports.front());
+    wake_ip_ = spec->substr(0, spec->rfind(':'));
+    if (wake_ip_.front() == '[') wake_ip_ = wake_ip_.substr(1, wake_ip_.size() - 2);
+    if (wake_ip_ == "0.0.0.0") wake_ip_ = "127.0.0.1";
+    if (wake_ip_ == "::") wake_ip_ = "::1";
+
+    handlers_.push_back(std::make_unique<HttpHandler>([this](mg_connection* conn) {
+        if (!options_.collect) {
+            respond(conn, 404, "Not Found", "text/plain; charset=utf-8", "no metrics\n");
+            return;
+        }
+        std::string body;
+        try {
+            body = prometheus::TextSerializer().Serialize(options_.collect());
+        } catch (const std::exception& e) {
+            respond(conn, 500, "Internal Server Error", "text/plain; charset=utf-8",
+                    std::string("collecting metrics failed: ") + e.what() + "\n");
+            return;
+        }
+        respond(conn, 200, "OK", kMetricsContentType, body);
+    }));
+    server_->addHandler("/metrics$", handlers_.back().get());
+
+    handlers_.push_back(std::make_unique<HttpHandler>([](mg_connection* conn) {
+        respond(conn, 200, "OK", "text/plain; charset=utf-8", "ok\n");
+    }));
+    server_->addHandler("/healthz$", handlers_.back().get());
+
+    handlers_.push_back(std::make_unique<HttpHandler>([this](mg_connection* conn) {
+        std::string reason;
+        if (options_.readiness) {
+            try {
+                reason = options_.readiness();
+            } catch (const std::exception& e) {
+                reason = std::string("readiness check failed: ") + e.what();
+            }
+        }
+        if (reason.empty())
+            respond(conn, 200, "OK", "text/plain; charset=utf-8", "ready\n");
+        else
+            respond(conn, 503, "Service Unavailable", "text/plain; charset=utf-8",
+                    one_line(reason) + "\n");
+    }));
+    server_->addHandler("/readyz$", handlers_.back().get());
+
+    std::shared_ptr<Hub> hub = hub_;
+    handlers_.push_back(std::make_unique<HttpHandler>([hub](mg_connection* conn) {
+        auto follower = hub->add();
+        if (!follower) {
+            respond(conn, 503, "Service Unavailable", "text/plain; charset=utf-8",
+                    "too many followers of /incidents (or shutting down)\n");
+            return;
+        }
+        hub->serve(conn, follower);
+    }));
+    server_->addHandler("/incidents$", handlers_.back().get());
+    return true;
+}
+
+void HttpServer::publish(const StreamedIncident& incident, int64_t monotonic_to_unix_offset_ns) {
+    if (hub_->count() == 0) return;  // nobody listens: skip formatting
+    publish_line(format_streamed_incident_line(incident, monotonic_to_unix_offset_ns));
+}
+
+void HttpServer::publish_line(std::string line) {
+    hub_->publish(std::make_shared<const std::string>(std::move(line)));
+}
+
+size_t HttpServer::follower_count() const { return hub_->count(); }
+
+uint64_t HttpServer::dropped_lines_total() const { return hub_->dropped_total.load(); }
+
+void HttpServer::stop() {
+    if (stopped_) return;
+    stopped_ = true;
+    hub_->close_all();
+    if (server_) {
+        hub_->wait_for_idle_followers(std::chrono::milliseconds(500));
+        // mg_stop() sets civetweb's stop flag, then waits for its master thread, which polls the
+        // listener in 2 s quanta: keep poking the listener until mg_stop() returns.
+        std::atomic<bool> stopped{false};
+        std::thread waker([&] {
+            for (int i = 0; i < 400 && !stopped.load(); ++i) {
+                std::this_thread::sleep_for(std::chrono::milliseconds(5));
+                if (!stopped.load() && port_ != 0) poke(wake_ip_, port_);
+            }
+        });
+        server_->close();  // mg_stop: aborts writes in progress, joins the workers
+        stopped = true;
+        waker.join();
+        server_.reset();
+    }
+    handlers_.clear();
+}
+
+}  // namespace rstwatch

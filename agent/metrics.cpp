@@ -1,0 +1,332 @@
+// Prometheus metrics of the agent; see metrics.h for the label-order step.
+#include "metrics.h"
+
+#include <prometheus/text_serializer.h>
+
+#include <algorithm>
+#include <unordered_map>
+#include <utility>
+
+namespace rstwatch {
+
+namespace {
+
+using prometheus::ClientMetric;
+using prometheus::Labels;
+
+constexpr const char* kIncidents = "rstwatch_incidents_total";
+constexpr const char* kResets = "rstwatch_resets_total";
+constexpr const char* kIdleBeforeFailure = "rstwatch_idle_before_failure_seconds";
+constexpr const char* kReuseIdle = "rstwatch_connection_reuse_idle_seconds";
+constexpr const char* kServerIdleClose = "rstwatch_server_idle_close_seconds";
+constexpr const char* kClientIdleClose = "rstwatch_client_idle_close_seconds";
+constexpr const char* kRecordsLost = "rstwatch_records_lost_total";
+constexpr const char* kRecords = "rstwatch_records_total";
+constexpr const char* kTracked = "rstwatch_tracked_connections";
+constexpr const char* kAttributionSynced = "rstwatch_attribution_synced";
+constexpr const char* kBuildInfo = "rstwatch_build_info";
+
+prometheus::Histogram::BucketBoundaries idle_buckets() {
+    return {kIdleBucketsSeconds.begin(), kIdleBucketsSeconds.end()};
+}
+
+std::vector<std::string> with_pair(std::initializer_list<const char*> leading) {
+    std::vector<std::string> names(leading.begin(), leading.end());
+    for (auto name : kPairLabelNames) names.emplace_back(name);
+    return names;
+}
+
+size_t incident_slot(Cause cause, Observer observer) {
+    return static_cast<size_t>(cause) * 2 + static_cast<size_t>(observer);
+}
+
+// Values of `metric`'s labels; labels are already in the declared order.
+bool labels_less(const ClientMetric& a, const ClientMetric& b) {
+    return std::lexicographical_compare(
+        a.label.begin(), a.label.end(), b.label.begin(), b.label.end(),
+        [](const ClientMetric::Label& x, const ClientMetric::Label& y) {
+            if (x.name != y.name) return x.name < y.name;
+            return x.value < y.value;
+        });
+}
+
+}  // namespace
+
+Metrics::Metrics(MetricsOptions options)
+    : options_(std::move(options)),
+      registry_(std::make_shared<prometheus::Registry>()),
+      incidents_(prometheus::BuildCounter()
+                     .Name(kIncidents)
+                     .Help("Connection resets explained by rstwatch, by cause, observing side and "
+                           "client/server pair.")
+                     .Register(*registry_)),
+      resets_(prometheus::BuildCounter()
+                  .Name(kResets)
+                  .Help("TCP resets sent or received on connections between the pair.")
+                  .Register(*registry_)),
+      idle_before_failure_(prometheus::BuildHistogram()
+                               .Name(kIdleBeforeFailure)
+                               .Help("Idle age of the connection when the failing request was "
+                                     "written, in seconds.")
+                               .Register(*registry_)),
+      reuse_idle_(prometheus::BuildHistogram()
+                      .Name(kReuseIdle)
+                      .Help("Idle age of a connection each time the client reused it after being "
+                            "idle, in seconds.")
+                      .Register(*registry_)),
+      server_idle_close_(prometheus::BuildHistogram()
+                             .Name(kServerIdleClose)
+                             .Help("Idle age of connections closed by the server side, in "
+                                   "seconds.")
+                             .Register(*registry_)),
+      client_idle_close_(prometheus::BuildHistogram()
+                             .Name(kClientIdleClose)
+                             .Help("Idle age of connections closed by the client side, in "
+                                   "seconds.")
+                             .Register(*registry_)),
+      records_lost_family_(prometheus::BuildCounter()
+                               .Name(kRecordsLost)
+                               .Help("Kernel records lost because the ring buffer was full.")
+                               .Register(*registry_)),
+      records_(prometheus::BuildCounter()
+                   .Name(kRecords)
+                   .Help("Kernel records processed, by type.")
+                   .Register(*registry_)),
+      tracked_family_(prometheus::BuildGauge()
+                          .Name(kTracked)
+                          .Help("Connections currently tracked by the correlator.")
+                          .Register(*registry_)),
+      attribution_synced_(prometheus::BuildGauge()
+                              .Name(kAttributionSynced)
+                              .Help("1 when the attribution source has synced, else 0.")
+                              .Register(*registry_)),
+      build_info_(prometheus::BuildGauge()
+                      .Name(kBuildInfo)
+                      .Help("rstwatch version and the kernel hook used for writes; always 1.")
+                      .Register(*registry_)),
+      records_lost_(records_lost_family_.Add({})),
+      tracked_connections_(tracked_family_.Add({})) {
+    label_order_[kIncidents] = with_pair({"cause", "observer"});
+    label_order_[kResets] = with_pair({"direction"});
+    for (auto name : {kIdleBeforeFailure, kReuseIdle, kServerIdleClose, kClientIdleClose})
+        label_order_[name] = with_pair({});
+    label_order_[kRecords] = {"type"};
+    label_order_[kAttributionSynced] = {"source"};
+    label_order_[kBuildInfo] = {"version", "write_hook"};
+
+    for (auto type : kRecordTypeNames) records_.Add({{"type", std::string(type)}});
+    set_build_info(options_.version, options_.write_hook);
+}
+
+Metrics::Series& Metrics::series_locked(const PairKey& pair, Labels& labels) {
+    Identity client = pair.client;
+    Identity server = pair.server;
+    if (options_.mode == PairLabelMode::workload) {
+        client.pod.clear();
+        server.pod.clear();
+    }
+    labels = {
+        {"client_namespace", client.namespace_},
+        {"client_pod", client.pod},
+        {"client_workload", client.workload},
+        {"server_namespace", server.namespace_},
+        {"server_pod", server.pod},
+        {"server_workload", server.workload},
+        {"server_port", std::to_string(pair.server_port)},
+    };
+    auto [it, inserted] = series_.try_emplace(labels);
+    if (inserted) {
+        it->second.client = std::move(client);
+        it->second.server = std::move(server);
+    }
+    return it->second;
+}
+
+prometheus::Histogram& Metrics::histogram_locked(prometheus::Family<prometheus::Histogram>& family,
+                                                 prometheus::Histogram*& slot,
+                                                 const Labels& labels) {
+    if (slot == nullptr) slot = &family.Add(labels, idle_buckets());
+    return *slot;
+}
+
+void Metrics::count_incident(const PairKey& pair, Cause cause, Observer observer,
+                             std::optional<double> idle_before_write_s) {
+    std::lock_guard lock(mutex_);
+    Labels labels;
+    Series& s = series_locked(pair, labels);
+    auto*& counter = s.incidents[incident_slot(cause, observer)];
+    if (counter == nullptr) {
+        Labels with = labels;
+        with.emplace("cause", std::string(to_string(cause)));
+        with.emplace("observer", std::string(to_string(observer)));
+        counter = &incidents_.Add(with);
+    }
+    counter->Increment();
+    if (idle_before_write_s)
+        histogram_locked(idle_before_failure_, s.idle_before_failure, labels)
+            .Observe(*idle_before_write_s);
+}
+
+void Metrics::count_reset(const PairKey& pair, bool sent) {
+    std::lock_guard lock(mutex_);
+    Labels labels;
+    Series& s = series_locked(pair, labels);
+    auto*& counter = sent ? s.resets_sent : s.resets_received;
+    if (counter == nullptr) {
+        labels.emplace("direction", sent ? "sent" : "received");
+        counter = &resets_.Add(labels);
+    }
+    counter->Increment();
+}
+
+void Metrics::observe_reuse_idle(const PairKey& pair, double seconds) {
+    std::lock_guard lock(mutex_);
+    Labels labels;
+    Series& s = series_locked(pair, labels);
+    histogram_locked(reuse_idle_, s.reuse_idle, labels).Observe(seconds);
+}
+
+void Metrics::observe_server_idle_close(const PairKey& pair, double seconds) {
+    std::lock_guard lock(mutex_);
+    Labels labels;
+    Series& s = series_locked(pair, labels);
+    histogram_locked(server_idle_close_, s.server_idle_close, labels).Observe(seconds);
+}
+
+void Metrics::observe_client_idle_close(const PairKey& pair, double seconds) {
+    std::lock_guard lock(mutex_);
+    Labels labels;
+    Series& s = series_locked(pair, labels);
+    histogram_locked(client_idle_close_, s.client_idle_close, labels).Observe(seconds);
+}
+
+void Metrics::observe(const PairKey& pair, ObservationKind kind, double seconds) {
+    switch (kind) {
+        case ObservationKind::reuse_idle:
+            observe_reuse_idle(pair, seconds);
+            break;
+        case ObservationKind::server_idle_close:
+            observe_server_idle_close(pair, seconds);
+            break;
+        case ObservationKind::client_idle_close:
+            observe_client_idle_close(pair, seconds);
+            break;
+    }
+}
+
+void Metrics::count_records(std::string_view type_name, uint64_t n) {
+    if (n == 0) return;
+    // Family::Add returns the existing series for known labels.
+    records_.Add({{"type", std::string(type_name)}}).Increment(static_cast<double>(n));
+}
+
+void Metrics::set_records_lost_total(uint64_t total) {
+    std::lock_guard lock(mutex_);  // read-modify-write of the counter
+    const double current = records_lost_.Value();
+    const double target = static_cast<double>(total);
+    if (target > current) records_lost_.Increment(target - current);
+}
+
+void Metrics::set_tracked_connections(double n) { tracked_connections_.Set(n); }
+
+void Metrics::set_attribution_synced(const std::string& source, bool synced) {
+    attribution_synced_.Add({{"source", source}}).Set(synced ? 1 : 0);
+}
+
+void Metrics::set_build_info(const std::string& version, const std::string& write_hook) {
+    std::lock_guard lock(mutex_);
+    auto& series = build_info_.Add({{"version", version}, {"write_hook", write_hook}});
+    if (build_info_series_ != nullptr && build_info_series_ != &series)
+        build_info_.Remove(build_info_series_);
+    build_info_series_ = &series;
+    series.Set(1);
+}
+
+void Metrics::remove_series_locked(Series& s) {
+    for (auto*& counter : s.incidents)
+        if (counter != nullptr) incidents_.Remove(std::exchange(counter, nullptr));
+    if (s.resets_sent != nullptr) resets_.Remove(std::exchange(s.resets_sent, nullptr));
+    if (s.resets_received != nullptr) resets_.Remove(std::exchange(s.resets_received, nullptr));
+    if (s.idle_before_failure != nullptr)
+        idle_before_failure_.Remove(std::exchange(s.idle_before_failure, nullptr));
+    if (s.reuse_idle != nullptr) reuse_idle_.Remove(std::exchange(s.reuse_idle, nullptr));
+    if (s.server_idle_close != nullptr)
+        server_idle_close_.Remove(std::exchange(s.server_idle_close, nullptr));
+    if (s.client_idle_close != nullptr)
+        client_idle_close_.Remove(std::exchange(s.client_idle_close, nullptr));
+}
+
+size_t Metrics::expire(Clock::time_point now,
+                       const std::function<bool(const Identity&)>& endpoint_alive) {
+    // Snapshot the ends, ask the callback without holding the lock, then apply.
+    std::vector<std::pair<Labels, std::pair<Identity, Identity>>> pairs;
+    {
+        std::lock_guard lock(mutex_);
+        pairs.reserve(series_.size());
+        for (const auto& [labels, s] : series_) pairs.push_back({labels, {s.client, s.server}});
+    }
+    auto key = [](const Identity& id) {
+        return id.namespace_ + '\0' + id.pod + '\0' + id.workload;
+    };
+    std::unordered_map<std::string, bool> alive_cache;
+    auto alive = [&](const Identity& id) {
+        auto [it, inserted] = alive_cache.try_emplace(key(id), true);
+        if (inserted) it->second = endpoint_alive(id);
+        return it->second;
+    };
+    std::vector<std::pair<Labels, bool>> verdicts;
+    verdicts.reserve(pairs.size());
+    for (const auto& [labels, ends] : pairs)
+        verdicts.emplace_back(labels, alive(ends.first) && alive(ends.second));
+
+    size_t removed = 0;
+    std::lock_guard lock(mutex_);
+    for (const auto& [labels, is_alive] : verdicts) {
+        auto it = series_.find(labels);
+        if (it == series_.end()) continue;
+        Series& s = it->second;
+        if (is_alive) {
+            s.dead_since.reset();
+        } else if (!s.dead_since) {
+            s.dead_since = now;
+        } else if (now - *s.dead_since >= options_.series_ttl) {
+            remove_series_locked(s);
+            series_.erase(it);
+            ++removed;
+        }
+    }
+    return removed;
+}
+
+size_t Metrics::pair_count() const {
+    std::lock_guard lock(mutex_);
+    return series_.size();
+}
+
+void Metrics::order_labels(std::vector<prometheus::MetricFamily>& families) const {
+    for (auto& family : families) {
+        auto order = label_order_.find(family.name);
+        if (order == label_order_.end()) continue;
+        const auto& names = order->second;
+        auto rank = [&](const ClientMetric::Label& l) {
+            auto at = std::find(names.begin(), names.end(), l.name);
+            return static_cast<size_t>(at - names.begin());  // undeclared: names.size(), last
+        };
+        for (auto& metric : family.metric)
+            std::stable_sort(metric.label.begin(), metric.label.end(),
+                             [&](const auto& a, const auto& b) { return rank(a) < rank(b); });
+        std::stable_sort(family.metric.begin(), family.metric.end(), labels_less);
+    }
+}
+
+std::vector<prometheus::MetricFamily> Metrics::collect() const {
+    auto families = registry_->Collect();
+    order_labels(families);
+    return families;
+}
+
+std::string Metrics::exposition() const {
+    return prometheus::TextSerializer().Serialize(collect());
+}
+
+}  // namespace rstwatch

@@ -1,0 +1,245 @@
+// Incident stream lines and the libcurl follower of GET /incidents.
+#include "stream_client.h"
+
+#include <curl/curl.h>
+
+#include <mutex>
+#include <string_view>
+
+#include "output.h"
+
+namespace rstwatch {
+
+namespace {
+
+void add_identity(nlohmann::json& end, const Identity& id) {
+    end["namespace"] = id.namespace_;
+    end["pod"] = id.pod;
+    end["workload"] = id.workload;
+}
+
+bool read_identity(const nlohmann::json& end, Identity& id) {
+    auto field = [&](const char* key, std::string& out) {
+        auto it = end.find(key);
+        if (it == end.end() || it->is_null()) return true;
+        if (!it->is_string()) return false;
+        out = it->get<std::string>();
+        return true;
+    };
+    return field("namespace", id.namespace_) && field("pod", id.pod) &&
+           field("workload", id.workload);
+}
+
+std::string one_line(std::string text) {
+    for (char& c : text)
+        if (c == '\n' || c == '\r') c = ' ';
+    while (!text.empty() && text.back() == ' ') text.pop_back();
+    return text;
+}
+
+std::string normalize_url(std::string url) {
+    if (url.find("://") == std::string::npos) url = "http://" + url;
+    const size_t host_start = url.find("://") + 3;
+    const size_t slash = url.find('/', host_start);
+    if (slash == std::string::npos) return url + "/incidents";
+    if (slash == url.size() - 1) return url + "incidents";
+    return url;
+}
+
+struct Follow {
+    const StreamClientOptions* options = nullptr;
+    const std::function<void(const StreamedIncident&)>* on_incident = nullptr;
+    const std::function<void(uint64_t)>* on_dropped = nullptr;
+    CURL* easy = nullptr;
+    StreamResult result;
+    long status = 0;
+    std::string buffer;      // incomplete line
+    bool skipping = false;   // inside an over-long line
+    std::string error_body;  // body of a non-200 response (truncated)
+
+    void line(std::string_view text) {
+        if (!text.empty() && text.back() == '\r') text.remove_suffix(1);
+        if (text.find_first_not_of(" \t") == std::string_view::npos) return;  // heartbeat
+        auto json = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
+        if (!json.is_object()) {
+            ++result.malformed;
+            return;
+        }
+        if (json.size() == 1 && json.contains("dropped")) {
+            const auto& n = json["dropped"];
+            if (!n.is_number_unsigned()) {
+                ++result.malformed;
+                return;
+            }
+            const auto dropped = n.get<uint64_t>();
+            result.dropped += dropped;
+            if (*on_dropped) (*on_dropped)(dropped);
+            return;
+        }
+        auto streamed = streamed_incident_from_json(json);
+        if (!streamed) {
+            ++result.malformed;
+            return;
+        }
+        ++result.incidents;
+        if (*on_incident) (*on_incident)(*streamed);
+    }
+
+    size_t write(const char* data, size_t size) {
+        if (status == 0) curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &status);
+        if (status != 200) {
+            if (error_body.size() < 512)
+                error_body.append(data, std::min(size, 512 - error_body.size()));
+            return size;
+        }
+        std::string_view chunk(data, size);
+        while (!chunk.empty()) {
+            const size_t nl = chunk.find('\n');
+            const std::string_view part = chunk.substr(0, nl);
+            if (!skipping) {
+                if (buffer.size() + part.size() > options->max_line_bytes) {
+                    ++result.malformed;
+                    buffer.clear();
+                    skipping = true;
+                } else {
+                    buffer.append(part);
+                }
+            }
+            if (nl == std::string_view::npos) break;
+            if (!skipping) line(buffer);
+            buffer.clear();
+            skipping = false;
+            chunk.remove_prefix(nl + 1);
+        }
+        return size;
+    }
+
+    static size_t write_cb(char* data, size_t size, size_t nmemb, void* self) {
+        return static_cast<Follow*>(self)->write(data, size * nmemb);
+    }
+};
+
+void global_init() {
+    static std::once_flag once;
+    std::call_once(once, [] { curl_global_init(CURL_GLOBAL_DEFAULT); });
+}
+
+}  // namespace
+
+nlohmann::json streamed_incident_to_json(const StreamedIncident& s, int64_t offset_ns) {
+    auto json = incident_to_json(s.incident, offset_ns);
+    add_identity(json["client"], s.client);
+    add_identity(json["server"], s.server);
+    return json;
+}
+
+std::optional<StreamedIncident> streamed_incident_from_json(const nlohmann::json& json,
+                                                            int64_t offset_ns) {
+    auto incident = incident_from_json(json, offset_ns);
+    if (!incident) return std::nullopt;
+    StreamedIncident s;
+    s.incident = std::move(*incident);
+    // incident_from_json accepted "client" and "server" as objects.
+    if (!read_identity(json.at("client"), s.client) || !read_identity(json.at("server"), s.server))
+        return std::nullopt;
+    return s;
+}
+
+std::string format_streamed_incident_line(const StreamedIncident& s, int64_t offset_ns) {
+    return streamed_incident_to_json(s, offset_ns)
+        .dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+}
+
+StreamResult follow_incidents(const StreamClientOptions& options, const std::atomic<bool>& stop,
+                              const std::function<void(const StreamedIncident&)>& on_incident,
+                              const std::function<void(uint64_t)>& on_dropped) {
+    global_init();
+    const std::string url = normalize_url(options.url);
+    Follow follow;
+    follow.options = &options;
+    follow.on_incident = &on_incident;
+    follow.on_dropped = &on_dropped;
+
+    auto fail = [&](std::string message) {
+        follow.result.end = StreamResult::End::error;
+        follow.result.error = one_line(std::move(message));
+        return follow.result;
+    };
+
+    CURL* easy = curl_easy_init();
+    CURLM* multi = curl_multi_init();
+    if (easy == nullptr || multi == nullptr) {
+        if (easy) curl_easy_cleanup(easy);
+        if (multi) curl_multi_cleanup(multi);
+        return fail("cannot initialize libcurl");
+    }
+    follow.easy = easy;
+    char errbuf[CURL_ERROR_SIZE] = {};
+    curl_easy_setopt(easy, CURLOPT_URL, url.c_str());
+    curl_easy_setopt(easy, CURLOPT_ERRORBUFFER, errbuf);
+    curl_easy_setopt(easy, CURLOPT_WRITEFUNCTION, &Follow::write_cb);
+    curl_easy_setopt(easy, CURLOPT_WRITEDATA, &follow);
+    curl_easy_setopt(easy, CURLOPT_CONNECTTIMEOUT,
+                     static_cast<long>(options.connect_timeout.count()));
+    curl_easy_setopt(easy, CURLOPT_LOW_SPEED_LIMIT, 1L);
+    curl_easy_setopt(easy, CURLOPT_LOW_SPEED_TIME, static_cast<long>(options.idle_timeout.count()));
+    curl_easy_setopt(easy, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(easy, CURLOPT_TCP_KEEPALIVE, 1L);
+    curl_easy_setopt(easy, CURLOPT_PROTOCOLS_STR, "http,https");
+    curl_multi_add_handle(multi, easy);
+
+    bool stopped = false;
+    CURLcode code = CURLE_OK;
+    bool done = false;
+    while (!done) {
+        if (stop.load()) {
+            stopped = true;
+            break;
+        }
+        int running = 0;
+        CURLMcode mc = curl_multi_perform(multi, &running);
+        if (mc != CURLM_OK) {
+            curl_multi_remove_handle(multi, easy);
+            curl_easy_cleanup(easy);
+            curl_multi_cleanup(multi);
+            return fail(std::string("libcurl: ") + curl_multi_strerror(mc));
+        }
+        int queued = 0;
+        while (CURLMsg* msg = curl_multi_info_read(multi, &queued)) {
+            if (msg->msg == CURLMSG_DONE) {
+                code = msg->data.result;
+                done = true;
+            }
+        }
+        if (done || running == 0) break;
+        curl_multi_poll(multi, nullptr, 0, 100, nullptr);
+    }
+    if (follow.status == 0) curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &follow.status);
+    curl_multi_remove_handle(multi, easy);
+    curl_easy_cleanup(easy);
+    curl_multi_cleanup(multi);
+
+    if (stopped) {
+        follow.result.end = StreamResult::End::stopped;
+        follow.result.error.clear();
+        return follow.result;
+    }
+    if (follow.status != 0 && follow.status != 200) {
+        std::string body = one_line(follow.error_body);
+        return fail("cannot follow " + url + ": HTTP " + std::to_string(follow.status) +
+                    (body.empty() ? "" : ": " + body));
+    }
+    if (code != CURLE_OK) {
+        std::string detail = errbuf[0] != '\0' ? errbuf : curl_easy_strerror(code);
+        if (code == CURLE_OPERATION_TIMEDOUT && follow.status == 200)
+            detail =
+                "no data from the agent for " + std::to_string(options.idle_timeout.count()) + " s";
+        return fail((follow.status == 200 ? "lost the stream from " : "cannot follow ") + url +
+                    ": " + detail);
+    }
+    follow.result.end = StreamResult::End::server_closed;
+    follow.result.error = "the agent at " + url + " closed the stream";
+    return follow.result;
+}
+
+}  // namespace rstwatch

@@ -1,0 +1,75 @@
+// The agent's live incident stream (GET /incidents): the line format, and a libcurl client that
+// follows it (`rstwatch trace --from URL`).
+//
+// Stream format: HTTP/1.1 200, chunked, Content-Type application/x-ndjson. One JSON object per
+// line, each written as soon as it is published:
+//   - an incident: incident_to_json(...) whose "client" and "server" objects also carry
+//     "namespace", "pod" and "workload" (strings, "" when unknown / not a pod);
+//   - {"dropped": N}: N incidents were not sent to this follower because it fell behind (its
+//     queue in the agent was full); sent once it catches up, where the gap is;
+//   - an empty line: a heartbeat while nothing happens (lets both sides notice a dead peer).
+//
+// No reconnect: when the agent goes away or the stream breaks, follow_incidents() returns with
+// an error and `trace --from` exits; rerun it to follow again.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+
+#include "attribution.h"
+#include "incident.h"
+
+namespace rstwatch {
+
+struct StreamedIncident {
+    Incident incident;
+    Identity client;
+    Identity server;
+};
+
+// incident_to_json(incident, offset) plus client/server {"namespace","pod","workload"}.
+nlohmann::json streamed_incident_to_json(const StreamedIncident& streamed,
+                                         int64_t monotonic_to_unix_offset_ns);
+// Inverse of the above (offset as in incident_from_json). Missing or null pod fields read as "";
+// a pod field of another type, or anything incident_from_json rejects, gives nullopt.
+std::optional<StreamedIncident> streamed_incident_from_json(
+    const nlohmann::json& json, int64_t monotonic_to_unix_offset_ns = 0);
+// One stream line without the newline; invalid UTF-8 is replaced, never thrown.
+std::string format_streamed_incident_line(const StreamedIncident& streamed,
+                                          int64_t monotonic_to_unix_offset_ns);
+
+struct StreamClientOptions {
+    // "http://HOST:PORT/incidents". "http://HOST:PORT" or "HOST:PORT" get "/incidents" added.
+    std::string url;
+    std::chrono::seconds connect_timeout{10};
+    // The agent sends a heartbeat every 15 s: no byte for this long means it is gone.
+    std::chrono::seconds idle_timeout{60};
+    size_t max_line_bytes = 1 << 20;  // longer lines are counted malformed and skipped
+};
+
+struct StreamResult {
+    enum class End {
+        stopped,        // the stop flag was set: not an error
+        server_closed,  // the agent ended the stream (e.g. it is shutting down)
+        error,          // could not connect, HTTP status != 200, the connection broke or timed out
+    };
+    End end = End::error;
+    std::string error;       // one line; "" when stopped
+    uint64_t incidents = 0;  // lines passed to on_incident
+    uint64_t dropped = 0;    // sum of {"dropped":N}
+    uint64_t malformed = 0;  // lines that were neither; skipped
+};
+
+// Follows the stream until `stop` becomes true (checked at least every 100 ms), the agent
+// closes it, or an error. Callbacks run on the calling thread; either may be empty.
+// ts_ns of the delivered incidents holds Unix ns (offset 0, see incident_from_json).
+StreamResult follow_incidents(const StreamClientOptions& options, const std::atomic<bool>& stop,
+                              const std::function<void(const StreamedIncident&)>& on_incident,
+                              const std::function<void(uint64_t dropped)>& on_dropped);
+
+}  // namespace rstwatch

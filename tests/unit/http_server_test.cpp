@@ -1,0 +1,649 @@
+// HTTP server tests on loopback: /metrics, /healthz, /readyz, the /incidents stream with several
+// followers, a stuck follower, dropped notices, stream_client end to end, bind errors.
+#include "http_server.h"
+
+#include <arpa/inet.h>
+#include <curl/curl.h>
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <map>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "metrics.h"
+#include "output.h"
+#include "stream_client.h"
+
+using namespace rstwatch;
+using namespace std::chrono_literals;
+using nlohmann::json;
+
+namespace {
+
+constexpr int64_t kSec = 1'000'000'000;
+constexpr int64_t kMs = 1'000'000;
+constexpr int64_t kWall = 1'795'592'872LL * kSec;  // 2026-11-25T07:47:52Z
+constexpr int64_t kOffset = kWall - 5'000 * kSec;
+
+StreamedIncident sample(uint32_t n, std::string comm = "nginx") {
+    StreamedIncident s;
+    s.incident.ts_ns = 5'000 * static_cast<uint64_t>(kSec) + 123 * kMs;
+    s.incident.cause = Cause::idle_close_race;
+    s.incident.observer = Observer::client;
+    s.incident.client = {"10.244.1.5", 43210};
+    s.incident.server = {"10.244.2.7", 8080};
+    s.incident.pid = 4242;
+    s.incident.comm = std::move(comm);
+    s.incident.idle_before_write_ms = 2000.5;
+    s.incident.write_to_reset_ms = 6.3;
+    s.incident.state = "CLOSE_WAIT";
+    s.incident.requests = n;  // sequence number
+    s.incident.netns = 4026531840u;
+    s.client = {"shop", "web-7d9f-abcde", "web"};
+    s.server = {"shop", "api-0", "api"};
+    return s;
+}
+
+struct Response {
+    long status = 0;
+    std::string content_type;
+    std::string body;
+    std::string error;
+};
+
+size_t append_cb(char* data, size_t size, size_t nmemb, void* out) {
+    static_cast<std::string*>(out)->append(data, size * nmemb);
+    return size * nmemb;
+}
+
+Response http_get(const std::string& url) {
+    Response r;
+    CURL* easy = curl_easy_init();
+    curl_easy_setopt(easy, CURLOPT_URL, url.c_str());
+    curl_easy_setopt(easy, CURLOPT_WRITEFUNCTION, &append_cb);
+    curl_easy_setopt(easy, CURLOPT_WRITEDATA, &r.body);
+    curl_easy_setopt(easy, CURLOPT_TIMEOUT, 10L);
+    curl_easy_setopt(easy, CURLOPT_NOSIGNAL, 1L);
+    CURLcode code = curl_easy_perform(easy);
+    if (code != CURLE_OK) r.error = curl_easy_strerror(code);
+    curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &r.status);
+    char* type = nullptr;
+    curl_easy_getinfo(easy, CURLINFO_CONTENT_TYPE, &type);
+    if (type != nullptr) r.content_type = type;
+    curl_easy_cleanup(easy);
+    return r;
+}
+
+// Prometheus text -> {"name{labels}": value}; also checks every line is well-formed.
+std::map<std::string, double> parse_exposition(const std::string& text) {
+    std::map<std::string, double> out;
+    std::istringstream in(text);
+    for (std::string line; std::getline(in, line);) {
+        if (line.empty() || line[0] == '#') continue;
+        const size_t space = line.rfind(' ');
+        EXPECT_NE(space, std::string::npos) << line;
+        if (space == std::string::npos) continue;
+        out[line.substr(0, space)] = std::stod(line.substr(space + 1));
+    }
+    return out;
+}
+
+std::string base_url(const HttpServer& server) {
+    return "http://127.0.0.1:" + std::to_string(server.port());
+}
+
+HttpServerOptions loopback_options() {
+    HttpServerOptions o;
+    o.listen = "127.0.0.1:0";
+    return o;
+}
+
+template <typename Pred>
+bool wait_until(Pred pred, std::chrono::milliseconds timeout = 5000ms) {
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    while (!pred()) {
+        if (std::chrono::steady_clock::now() > deadline) return false;
+        std::this_thread::sleep_for(5ms);
+    }
+    return true;
+}
+
+// A stream_client follower on its own thread.
+class Follower {
+public:
+    explicit Follower(std::string url, std::chrono::seconds idle_timeout = 60s) {
+        options_.url = std::move(url);
+        options_.idle_timeout = idle_timeout;
+        thread_ = std::thread([this] {
+            auto result = follow_incidents(
+                options_, stop_,
+                [this](const StreamedIncident& s) {
+                    std::lock_guard lock(mutex_);
+                    incidents_.push_back(s);
+                },
+                [this](uint64_t n) {
+                    std::lock_guard lock(mutex_);
+                    dropped_ += n;
+                });
+            std::lock_guard lock(mutex_);
+            result_ = result;
+            finished_ = true;
+        });
+    }
+    ~Follower() { stop(); }
+    StreamResult stop() {
+        stop_ = true;
+        if (thread_.joinable()) thread_.join();
+        return result_;
+    }
+    bool finished() {
+        std::lock_guard lock(mutex_);
+        return finished_;
+    }
+    StreamResult result() {
+        std::lock_guard lock(mutex_);
+        return result_;
+    }
+    std::vector<StreamedIncident> incidents() {
+        std::lock_guard lock(mutex_);
+        return incidents_;
+    }
+    size_t count() {
+        std::lock_guard lock(mutex_);
+        return incidents_.size();
+    }
+    std::string last_comm() {
+        std::lock_guard lock(mutex_);
+        return incidents_.empty() ? "" : incidents_.back().incident.comm;
+    }
+    uint64_t dropped() {
+        std::lock_guard lock(mutex_);
+        return dropped_;
+    }
+
+private:
+    StreamClientOptions options_;
+    std::atomic<bool> stop_{false};
+    std::mutex mutex_;
+    std::vector<StreamedIncident> incidents_;
+    uint64_t dropped_ = 0;
+    StreamResult result_;
+    bool finished_ = false;
+    std::thread thread_;
+};
+
+// A follower on a raw socket with a tiny receive buffer that reads only when told to.
+class RawFollower {
+public:
+    explicit RawFollower(uint16_t port) {
+        fd_ = socket(AF_INET, SOCK_STREAM, 0);
+        int small = 1;  // the kernel rounds up to its minimum (~2 KiB)
+        setsockopt(fd_, SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
+        sockaddr_in addr{};
+        addr.sin_family = AF_INET;
+        addr.sin_port = htons(port);
+        addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        connected_ = connect(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0;
+        const std::string request = "GET /incidents HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
+        if (connected_)
+            connected_ = send(fd_, request.data(), request.size(), 0) == (ssize_t)request.size();
+    }
+    ~RawFollower() {
+        if (fd_ >= 0) close(fd_);
+    }
+    bool connected() const { return connected_; }
+
+    // Reads until `done(lines)` or the timeout / EOF; returns the decoded body's lines.
+    template <typename Done>
+    std::vector<std::string> read_lines(Done done, std::chrono::milliseconds timeout = 20000ms) {
+        // Reading now: a normal buffer, else the tiny window makes the sender crawl on
+        // zero-window probes.
+        int normal = 1 << 20;
+        setsockopt(fd_, SOL_SOCKET, SO_RCVBUF, &normal, sizeof normal);
+        const auto deadline = std::chrono::steady_clock::now() + timeout;
+        while (!done(lines_) && std::chrono::steady_clock::now() < deadline) {
+            pollfd p{fd_, POLLIN, 0};
+            if (poll(&p, 1, 100) <= 0) continue;
+            char buf[65536];
+            const ssize_t n = recv(fd_, buf, sizeof buf, 0);
+            if (n <= 0) {
+                eof_ = true;
+                break;
+            }
+            raw_.append(buf, static_cast<size_t>(n));
+            decode();
+        }
+        return lines_;
+    }
+    const std::string& headers() const { return headers_; }
+    bool eof() const { return eof_; }
+    bool saw_last_chunk() const { return last_chunk_; }
+
+private:
+    void decode() {
+        if (headers_.empty()) {
+            const size_t end = raw_.find("\r\n\r\n");
+            if (end == std::string::npos) return;
+            headers_ = raw_.substr(0, end + 4);
+            raw_.erase(0, end + 4);
+        }
+        for (;;) {
+            const size_t crlf = raw_.find("\r\n");
+            if (crlf == std::string::npos) return;
+            const size_t size = std::stoul(raw_.substr(0, crlf), nullptr, 16);
+            if (raw_.size() < crlf + 2 + size + 2) return;
+            if (size == 0) last_chunk_ = true;
+            body_.append(raw_, crlf + 2, size);
+            raw_.erase(0, crlf + 2 + size + 2);
+            for (size_t nl; (nl = body_.find('\n')) != std::string::npos;) {
+                lines_.push_back(body_.substr(0, nl));
+                body_.erase(0, nl + 1);
+            }
+        }
+    }
+
+    int fd_ = -1;
+    bool connected_ = false;
+    bool eof_ = false;
+    bool last_chunk_ = false;
+    std::string raw_, headers_, body_;
+    std::vector<std::string> lines_;
+};
+
+}  // namespace
+
+TEST(HttpServer, MetricsHealthAndReadiness) {
+    MetricsOptions mo;
+    mo.version = "0.1.0";
+    mo.write_hook = "fexit";
+    Metrics metrics(mo);
+    metrics.count_incident({{"shop", "web-1", "web"}, {"shop", "api-0", "api"}, 8080},
+                           Cause::idle_close_race, Observer::client, 3.5);
+
+    std::mutex reason_mutex;
+    std::string reason = "waiting for the kubernetes pod list";
+    auto options = loopback_options();
+    options.collect = [&] { return metrics.collect(); };
+    options.readiness = [&] {
+        std::lock_guard lock(reason_mutex);
+        return reason;
+    };
+    HttpServer server(options);
+    std::string error;
+    ASSERT_TRUE(server.start(&error)) << error;
+    ASSERT_NE(server.port(), 0);
+
+    auto scrape = http_get(base_url(server) + "/metrics");
+    ASSERT_EQ(scrape.status, 200) << scrape.error;
+    EXPECT_EQ(scrape.content_type, "text/plain; version=0.0.4; charset=utf-8");
+    EXPECT_EQ(scrape.body, metrics.exposition());
+    auto samples = parse_exposition(scrape.body);
+    EXPECT_EQ(samples.at("rstwatch_build_info{version=\"0.1.0\",write_hook=\"fexit\"}"), 1);
+    EXPECT_EQ(samples.at("rstwatch_incidents_total{cause=\"idle_close_race\",observer=\"client\","
+                         "client_namespace=\"shop\",client_pod=\"web-1\",client_workload=\"web\","
+                         "server_namespace=\"shop\",server_pod=\"api-0\",server_workload=\"api\","
+                         "server_port=\"8080\"}"),
+              1);
+    EXPECT_EQ(samples.at("rstwatch_idle_before_failure_seconds_bucket{client_namespace=\"shop\","
+                         "client_pod=\"web-1\",client_workload=\"web\",server_namespace=\"shop\","
+                         "server_pod=\"api-0\",server_workload=\"api\",server_port=\"8080\","
+                         "le=\"5\"}"),
+              1);
+    EXPECT_EQ(samples.at("rstwatch_records_lost_total"), 0);
+
+    auto health = http_get(base_url(server) + "/healthz");
+    EXPECT_EQ(health.status, 200);
+    EXPECT_EQ(health.body, "ok\n");
+
+    auto not_ready = http_get(base_url(server) + "/readyz");
+    EXPECT_EQ(not_ready.status, 503);
+    EXPECT_EQ(not_ready.body, "waiting for the kubernetes pod list\n");
+    {
+        std::lock_guard lock(reason_mutex);
+        reason.clear();
+    }
+    auto ready = http_get(base_url(server) + "/readyz");
+    EXPECT_EQ(ready.status, 200);
+    EXPECT_EQ(ready.body, "ready\n");
+
+    EXPECT_EQ(http_get(base_url(server) + "/nothing").status, 404);
+    EXPECT_EQ(http_get(base_url(server) + "/metricsx").status, 404);
+}
+
+TEST(HttpServer, StreamsToTwoFollowersInOrder) {
+    HttpServer server(loopback_options());
+    std::string error;
+    ASSERT_TRUE(server.start(&error)) << error;
+    Follower a(base_url(server) + "/incidents");
+    Follower b(base_url(server));  // "/incidents" added by the client
+    ASSERT_TRUE(wait_until([&] { return server.follower_count() == 2; }));
+
+    for (uint32_t i = 0; i < 50; ++i) server.publish(sample(i), kOffset);
+    ASSERT_TRUE(wait_until([&] { return a.count() == 50 && b.count() == 50; }));
+    for (auto* f : {&a, &b}) {
+        auto got = f->incidents();
+        for (uint32_t i = 0; i < 50; ++i) EXPECT_EQ(got[i].incident.requests, i);
+        const auto& first = got.front();
+        EXPECT_EQ(first.incident.ts_ns, static_cast<uint64_t>(kWall + 123 * kMs));
+        EXPECT_EQ(first.incident.cause, Cause::idle_close_race);
+        EXPECT_EQ(first.incident.client, (Endpoint{"10.244.1.5", 43210}));
+        EXPECT_EQ(first.incident.comm, "nginx");
+        EXPECT_EQ(first.client, (Identity{"shop", "web-7d9f-abcde", "web"}));
+        EXPECT_EQ(first.server, (Identity{"shop", "api-0", "api"}));
+        EXPECT_EQ(f->dropped(), 0u);
+    }
+    auto result = a.stop();
+    EXPECT_EQ(result.end, StreamResult::End::stopped);
+    EXPECT_EQ(result.error, "");
+    EXPECT_EQ(result.incidents, 50u);
+    EXPECT_EQ(result.malformed, 0u);
+    EXPECT_EQ(server.dropped_lines_total(), 0u);
+}
+
+TEST(HttpServer, StreamWireFormat) {
+    HttpServer server(loopback_options());
+    std::string error;
+    ASSERT_TRUE(server.start(&error)) << error;
+    RawFollower raw(server.port());
+    ASSERT_TRUE(raw.connected());
+    ASSERT_TRUE(wait_until([&] { return server.follower_count() == 1; }));
+    server.publish(sample(7), kOffset);
+    auto lines = raw.read_lines([](const auto& l) { return !l.empty(); });
+    ASSERT_EQ(lines.size(), 1u);
+    EXPECT_NE(raw.headers().find("HTTP/1.1 200 OK\r\n"), std::string::npos);
+    EXPECT_NE(raw.headers().find("Content-Type: application/x-ndjson\r\n"), std::string::npos);
+    EXPECT_NE(raw.headers().find("Transfer-Encoding: chunked\r\n"), std::string::npos);
+    auto j = json::parse(lines[0]);
+    EXPECT_EQ(j["ts"], "2026-11-25T07:47:52.123Z");
+    EXPECT_EQ(j["client"], json({{"ip", "10.244.1.5"},
+                                 {"port", 43210},
+                                 {"namespace", "shop"},
+                                 {"pod", "web-7d9f-abcde"},
+                                 {"workload", "web"}}));
+    EXPECT_EQ(j["server"]["pod"], "api-0");
+    EXPECT_EQ(j["requests"], 7);
+
+    // stop() ends the chunked body properly.
+    server.stop();
+    raw.read_lines([&](const auto&) { return raw.saw_last_chunk(); }, 5000ms);
+    EXPECT_TRUE(raw.saw_last_chunk());
+}
+
+TEST(HttpServer, StuckFollowerBlocksNeitherPublishNorOthersAndGetsDroppedNotice) {
+    auto options = loopback_options();
+    options.follower_queue_lines = 256;
+    HttpServer server(options);
+    std::string error;
+    ASSERT_TRUE(server.start(&error)) << error;
+
+    RawFollower stuck(server.port());  // connects, asks, never reads (for now)
+    ASSERT_TRUE(stuck.connected());
+    Follower good(base_url(server));
+    ASSERT_TRUE(wait_until([&] { return server.follower_count() == 2; }));
+
+    // ~8 MB: far beyond the stuck socket's buffers and the queue.
+    constexpr uint32_t kBurst = 20000;
+    const std::string pad(400, 'x');
+    auto slowest = std::chrono::nanoseconds::zero();
+    const auto start = std::chrono::steady_clock::now();
+    for (uint32_t i = 0; i < kBurst; ++i) {
+        const auto t = std::chrono::steady_clock::now();
+        server.publish(sample(i, pad), kOffset);
+        slowest = std::max(slowest, std::chrono::steady_clock::now() - t);
+    }
+    const auto total = std::chrono::steady_clock::now() - start;
+    EXPECT_LT(total, 5s);
+    EXPECT_LT(slowest, 200ms);
+    EXPECT_GT(server.dropped_lines_total(), 0u);
+
+    // The good follower drains the burst (what it missed is announced), then still gets new
+    // incidents promptly while the other follower is stuck.
+    ASSERT_TRUE(wait_until([&] { return good.count() + good.dropped() == kBurst; }, 10000ms))
+        << good.count() << " + " << good.dropped();
+    server.publish(sample(kBurst, "final"), kOffset);
+    ASSERT_TRUE(wait_until([&] { return good.last_comm() == "final"; }, 2000ms));
+    EXPECT_EQ(good.count() + good.dropped(), kBurst + 1);
+
+    // The stuck follower catches up: where its gap is it gets a {"dropped":N} notice, and the
+    // lines it received plus the announced drops add up to everything published ("final" may
+    // itself have been dropped: its queue was still full then).
+    struct Tally {
+        uint64_t received = 0, announced = 0, notices = 0;
+        bool in_order = true;
+    };
+    auto tally = [](const std::vector<std::string>& lines) {
+        Tally t;
+        int64_t previous = -1;
+        for (const auto& line : lines) {
+            if (line.empty()) continue;  // heartbeat
+            auto j = json::parse(line);
+            if (j.contains("dropped")) {
+                ++t.notices;
+                t.announced += j["dropped"].get<uint64_t>();
+                continue;
+            }
+            const auto seq = j["requests"].get<int64_t>();
+            t.in_order = t.in_order && seq > previous;
+            previous = seq;
+            ++t.received;
+        }
+        return t;
+    };
+    auto lines = stuck.read_lines([&](const std::vector<std::string>& l) {
+        const auto t = tally(l);
+        return t.received + t.announced == kBurst + 1;
+    });
+    const auto t = tally(lines);
+    EXPECT_EQ(t.received + t.announced, kBurst + 1)
+        << lines.size() << " lines, received " << t.received << ", announced " << t.announced
+        << " in " << t.notices << " notices, followers " << server.follower_count() << ", eof "
+        << stuck.eof();
+    EXPECT_GE(t.notices, 1u);
+    EXPECT_GT(t.announced, 0u);
+    EXPECT_GT(t.received, 0u);
+    EXPECT_TRUE(t.in_order);
+    EXPECT_EQ(server.dropped_lines_total(), t.announced + good.dropped());
+}
+
+TEST(HttpServer, FollowerThatNeverReadsIsDisconnectedAfterWriteTimeout) {
+    auto options = loopback_options();
+    options.follower_queue_lines = 16;
+    options.write_timeout = 500ms;
+    HttpServer server(options);
+    std::string error;
+    ASSERT_TRUE(server.start(&error)) << error;
+    RawFollower stuck(server.port());
+    ASSERT_TRUE(wait_until([&] { return server.follower_count() == 1; }));
+    const std::string pad(4000, 'x');
+    for (uint32_t i = 0; i < 2000; ++i) server.publish(sample(i, pad), kOffset);
+    EXPECT_TRUE(wait_until([&] { return server.follower_count() == 0; }, 10000ms));
+}
+
+TEST(HttpServer, StopIsPromptWithAStuckFollowerAndEndsOtherStreams) {
+    HttpServer server(loopback_options());
+    std::string error;
+    ASSERT_TRUE(server.start(&error)) << error;
+    RawFollower stuck(server.port());
+    Follower good(base_url(server));
+    ASSERT_TRUE(wait_until([&] { return server.follower_count() == 2; }));
+    const std::string pad(4000, 'x');
+    for (uint32_t i = 0; i < 2000; ++i) server.publish(sample(i, pad), kOffset);
+    // The good follower drains; the stuck one's worker is blocked in a write.
+    ASSERT_TRUE(wait_until([&] { return good.count() + good.dropped() == 2000; }, 10000ms));
+
+    const auto start = std::chrono::steady_clock::now();
+    server.stop();
+    EXPECT_LT(std::chrono::steady_clock::now() - start, 5s);
+    ASSERT_TRUE(wait_until([&] { return good.finished(); }));
+    EXPECT_EQ(good.result().end, StreamResult::End::server_closed) << good.result().error;
+    EXPECT_NE(good.result().error.find("closed the stream"), std::string::npos);
+}
+
+TEST(HttpServer, HeartbeatsKeepAnIdleStreamAlive) {
+    auto options = loopback_options();
+    options.heartbeat = 50ms;
+    HttpServer server(options);
+    std::string error;
+    ASSERT_TRUE(server.start(&error)) << error;
+    Follower f(base_url(server), /*idle_timeout=*/2s);
+    ASSERT_TRUE(wait_until([&] { return server.follower_count() == 1; }));
+    std::this_thread::sleep_for(3500ms);
+    EXPECT_FALSE(f.finished()) << f.result().error;
+    server.publish(sample(1), kOffset);
+    ASSERT_TRUE(wait_until([&] { return f.count() == 1; }));
+    auto result = f.stop();
+    EXPECT_EQ(result.end, StreamResult::End::stopped);
+    EXPECT_EQ(result.malformed, 0u);
+}
+
+TEST(StreamClient, SilentAgentTimesOut) {
+    auto options = loopback_options();
+    options.heartbeat = 60s;
+    HttpServer server(options);
+    std::string error;
+    ASSERT_TRUE(server.start(&error)) << error;
+    std::atomic<bool> stop{false};
+    auto result = follow_incidents({.url = base_url(server), .idle_timeout = 1s}, stop, {}, {});
+    EXPECT_EQ(result.end, StreamResult::End::error);
+    EXPECT_NE(result.error.find("no data from the agent for 1 s"), std::string::npos)
+        << result.error;
+}
+
+TEST(HttpServer, MalformedLinesAreCountedAndSkipped) {
+    HttpServer server(loopback_options());
+    std::string error;
+    ASSERT_TRUE(server.start(&error)) << error;
+    Follower f(base_url(server));
+    ASSERT_TRUE(wait_until([&] { return server.follower_count() == 1; }));
+    server.publish_line("not json");
+    server.publish_line(R"({"x":1})");
+    server.publish_line(R"({"dropped":"many"})");
+    server.publish_line(R"({"dropped":3})");
+    server.publish(sample(1), kOffset);
+    ASSERT_TRUE(wait_until([&] { return f.count() == 1; }));
+    auto result = f.stop();
+    EXPECT_EQ(result.malformed, 3u);
+    EXPECT_EQ(result.dropped, 3u);
+    EXPECT_EQ(result.incidents, 1u);
+}
+
+TEST(HttpServer, TooManyFollowersGet503) {
+    auto options = loopback_options();
+    options.max_followers = 1;
+    HttpServer server(options);
+    std::string error;
+    ASSERT_TRUE(server.start(&error)) << error;
+    Follower first(base_url(server));
+    ASSERT_TRUE(wait_until([&] { return server.follower_count() == 1; }));
+    std::atomic<bool> stop{false};
+    auto result = follow_incidents({.url = base_url(server)}, stop, {}, {});
+    EXPECT_EQ(result.end, StreamResult::End::error);
+    EXPECT_NE(result.error.find("HTTP 503"), std::string::npos) << result.error;
+    EXPECT_NE(result.error.find("too many followers"), std::string::npos) << result.error;
+    // Scrapes still work.
+    EXPECT_EQ(http_get(base_url(server) + "/healthz").status, 200);
+}
+
+TEST(StreamClient, ConnectionRefused) {
+    // A port nobody listens on: bind, read the port, close.
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ASSERT_EQ(bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+    socklen_t len = sizeof addr;
+    getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+    const int port = ntohs(addr.sin_port);
+    close(fd);
+
+    std::atomic<bool> stop{false};
+    auto result = follow_incidents({.url = "127.0.0.1:" + std::to_string(port)}, stop, {}, {});
+    EXPECT_EQ(result.end, StreamResult::End::error);
+    EXPECT_NE(
+        result.error.find("cannot follow http://127.0.0.1:" + std::to_string(port) + "/incidents"),
+        std::string::npos)
+        << result.error;
+    EXPECT_NE(result.error.find("onnect"), std::string::npos) << result.error;
+    EXPECT_EQ(result.error.find('\n'), std::string::npos);
+}
+
+TEST(StreamClient, HttpStatusNot200) {
+    HttpServer server(loopback_options());
+    std::string error;
+    ASSERT_TRUE(server.start(&error)) << error;
+    std::atomic<bool> stop{false};
+    auto result = follow_incidents({.url = base_url(server) + "/nothing"}, stop, {}, {});
+    EXPECT_EQ(result.end, StreamResult::End::error);
+    EXPECT_NE(result.error.find("HTTP 404"), std::string::npos) << result.error;
+}
+
+TEST(StreamClient, JsonRoundTripWithPodFields) {
+    auto s = sample(3);
+    s.server = {"", "", "svc/api"};
+    auto j = streamed_incident_to_json(s, kOffset);
+    EXPECT_EQ(j["server"]["workload"], "svc/api");
+    EXPECT_EQ(j["server"]["pod"], "");
+    auto back = streamed_incident_from_json(j, kOffset);
+    ASSERT_TRUE(back);
+    EXPECT_EQ(back->client, s.client);
+    EXPECT_EQ(back->server, s.server);
+    EXPECT_EQ(back->incident.ts_ns, s.incident.ts_ns);
+    // Without pod fields (plain incident_to_json): empty identities.
+    auto plain = streamed_incident_from_json(incident_to_json(s.incident, kOffset), kOffset);
+    ASSERT_TRUE(plain);
+    EXPECT_EQ(plain->client, Identity{});
+    j["client"]["pod"] = 5;
+    EXPECT_FALSE(streamed_incident_from_json(j, kOffset));
+}
+
+TEST(HttpServer, BindErrors) {
+    // A port in use.
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ASSERT_EQ(bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+    ASSERT_EQ(listen(fd, 1), 0);
+    socklen_t len = sizeof addr;
+    getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+    const std::string in_use = "127.0.0.1:" + std::to_string(ntohs(addr.sin_port));
+
+    auto options = loopback_options();
+    options.listen = in_use;
+    HttpServer busy(options);
+    std::string error;
+    EXPECT_FALSE(busy.start(&error));
+    EXPECT_EQ(error, "cannot listen on " + in_use + ": address already in use");
+    close(fd);
+
+    for (const char* bad : {"localhost:9090", "1.2.3:80", "127.0.0.1:70000", "127.0.0.1",
+                            "127.0.0.1:http", "[::1:80"}) {
+        options.listen = bad;
+        HttpServer server(options);
+        error.clear();
+        EXPECT_FALSE(server.start(&error)) << bad;
+        EXPECT_EQ(error.rfind(std::string("bad listen address \"") + bad + "\": ", 0), 0u) << error;
+        EXPECT_EQ(error.find('\n'), std::string::npos);
+    }
+
+    // IPv6: works where civetweb has IPv6, else a clear error.
+    options.listen = "[::1]:0";
+    HttpServer v6(options);
+    error.clear();
+    if (!v6.start(&error)) {
+        EXPECT_NE(error.find("IPv6"), std::string::npos) << error;
+    } else {
+        EXPECT_NE(v6.port(), 0);
+    }
+}
