@@ -8,15 +8,18 @@
 #include <cstring>
 #include <ctime>
 #include <deque>
+#include <mutex>
 #include <variant>
 
 #include "attribution.h"
 #include "commands.h"
 #include "correlator.h"
+#include "diagnosis.h"
 #include "http_server.h"
 #include "kube_client.h"
 #include "rstwatch.h"
 #include "stream_client.h"
+#include "timeout_inference.h"
 
 namespace rstwatch {
 namespace {
@@ -82,6 +85,12 @@ std::string describe(const Identity& who, const Endpoint& at) {
                                          : fmt::format("{} ({}:{})", name, at.ip, at.port);
 }
 
+PairKey workload_pair(PairKey pair) {
+    pair.client.pod.clear();
+    pair.server.pod.clear();
+    return pair;
+}
+
 // One thing the correlator produced, waiting for its ends to be named.
 struct Pending {
     int64_t deadline_ns;
@@ -103,6 +112,8 @@ private:
     void deliver(const Pending& pending);
     PairKey pair_of(const Endpoint& client, const Endpoint& server, Identity* client_id, Identity* server_id) const;
     void update_self_metrics();
+    void update_inference();
+    std::string diagnose(const std::string& query);
     bool endpoint_alive(const Identity& identity) const;
 
     const AgentOptions& options_;
@@ -118,6 +129,11 @@ private:
     std::atomic<bool> bpf_attached_{false};
     CorrelatorOutput produced_;
     std::deque<Pending> pending_;
+    // Idle-timeout inference per pair, at pod and at workload level (/diagnose serves either;
+    // the metrics use the --pair-labels level). Guarded: /diagnose runs on HTTP threads.
+    std::mutex inference_mutex_;
+    TimeoutInference pod_inference_;
+    TimeoutInference workload_inference_;
     int64_t unix_offset_ns_ = 0;
     std::array<uint64_t, RW_REC_TYPE_MAX> records_exported_{};
 };
@@ -189,6 +205,11 @@ void Agent::deliver(const Pending& pending) {
         std::optional<double> idle_s;
         if (incident->idle_before_write_ms) idle_s = *incident->idle_before_write_ms / 1000.0;
         metrics_->count_incident(pair, incident->cause, incident->observer, idle_s);
+        {
+            std::lock_guard lock(inference_mutex_);
+            pod_inference_.incident(pair, *incident);
+            workload_inference_.incident(workload_pair(pair), *incident);
+        }
         spdlog::warn("incident {} observed by {}: client {} -> server {}{}{}: {}", to_string(incident->cause),
                      to_string(incident->observer), describe(streamed.client, incident->client),
                      describe(streamed.server, incident->server),
@@ -199,8 +220,11 @@ void Agent::deliver(const Pending& pending) {
                      hint_for(*incident));
         http_->publish(streamed, unix_offset_ns_);
     } else if (const auto* observation = std::get_if<Observation>(&pending.event)) {
-        metrics_->observe(pair_of(observation->client, observation->server, nullptr, nullptr), observation->kind,
-                          observation->idle_s);
+        PairKey pair = pair_of(observation->client, observation->server, nullptr, nullptr);
+        metrics_->observe(pair, observation->kind, observation->idle_s);
+        std::lock_guard lock(inference_mutex_);
+        pod_inference_.observe(pair, *observation);
+        workload_inference_.observe(workload_pair(pair), *observation);
     } else if (const auto* reset = std::get_if<ResetEvent>(&pending.event)) {
         metrics_->count_reset(pair_of(reset->client, reset->server, nullptr, nullptr), reset->sent);
     }
@@ -238,6 +262,37 @@ void Agent::on_record(const void* data, size_t size) {
     for (Incident& incident : produced_.incidents) queue(std::move(incident));
     for (Observation& observation : produced_.observations) queue(std::move(observation));
     for (ResetEvent& reset : produced_.resets) queue(std::move(reset));
+}
+
+void Agent::update_inference() {
+    std::vector<PairVerdict> verdicts;
+    std::vector<PairVerdict> changes;
+    {
+        std::lock_guard lock(inference_mutex_);
+        TimeoutInference& level =
+            options_.pair_labels == PairLabelMode::workload ? workload_inference_ : pod_inference_;
+        verdicts = level.verdicts();
+        changes = workload_inference_.take_changes();
+    }
+    for (const PairVerdict& v : verdicts) {
+        std::optional<double> server, client;
+        if (v.server_timeout) server = v.server_timeout->seconds;
+        if (v.client_timeout) client = v.client_timeout->seconds;
+        metrics_->set_inferred(v.pair, server, client, v.mismatch);
+    }
+    // Logged once per workload pair when established, and again when it changes.
+    for (const PairVerdict& v : changes) {
+        spdlog::warn("keepalive timeout mismatch: {}/{} -> {}/{}:{}: {}{}", v.pair.client.namespace_,
+                     v.pair.client.workload, v.pair.server.namespace_, v.pair.server.workload, v.pair.server_port,
+                     v.reason, v.fix ? "; set " + v.fix->setting : std::string());
+    }
+}
+
+std::string Agent::diagnose(const std::string& query) {
+    const bool pod_level = query.find("level=pod") != std::string::npos;
+    std::lock_guard lock(inference_mutex_);
+    const TimeoutInference& level = pod_level ? pod_inference_ : workload_inference_;
+    return diagnosis_to_json(level.verdicts(), pod_level ? "pod" : "workload").dump();
 }
 
 void Agent::update_self_metrics() {
@@ -281,7 +336,7 @@ int Agent::run() {
 
     features_ = probe_kernel_features();
     CorrelatorOptions correlator_options;
-    correlator_options.idle_threshold_ns = static_cast<uint64_t>(options_.loader.idle_threshold_s * 1e9);
+    correlator_options.idle_threshold_ns = close_threshold_ns(options_.loader.idle_threshold_s);
     correlator_options.reset_reason_name = [names = features_.rst_reason_names](uint32_t raw) {
         auto it = names.find(raw);
         return it == names.end() ? std::string() : it->second;
@@ -298,6 +353,7 @@ int Agent::run() {
     http_options.listen = options_.listen;
     http_options.collect = [this] { return metrics_->collect(); };
     http_options.readiness = [this] { return readiness(); };
+    http_options.diagnose = [this](const std::string& query) { return diagnose(query); };
 
     // Metrics need the write hook's name, known only after attaching; the HTTP server
     // binds first so a taken port fails before anything is attached.
@@ -365,6 +421,7 @@ int Agent::run() {
         const int64_t now = clock_ns(CLOCK_MONOTONIC);
         if (now >= next_second) {
             update_self_metrics();
+            update_inference();
             correlator_->expire(static_cast<uint64_t>(now));
             next_second = now + 1'000'000'000LL;
         }

@@ -50,6 +50,17 @@ struct AgentOptions {
 
 int run_agent(const AgentOptions& options);
 
+struct DiagnoseOptions {
+    std::optional<std::string> from_url;  // a running agent; else watch this node
+    std::optional<double> duration_s;     // standalone: how long to watch
+    bool json = false;
+    std::string level = "workload";       // "workload" or "pod"
+    LoaderOptions loader;
+    std::optional<std::string> pod_map_path;
+};
+
+int run_diagnose(const DiagnoseOptions& options);
+
 int run_trace(const TraceOptions& options);
 int run_check(const LoaderOptions& options);
 

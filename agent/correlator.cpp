@@ -236,8 +236,8 @@ void Correlator::emit_incident(const rw_record& r, const Resolved& conn, Cause c
     fill_endpoints(r, conn.role, inc.client, inc.server);
     // The snapshot is only trustworthy when the record carries one (start_ns != 0).
     const bool armed = r.conn.start_ns != 0 && has(r.conn.flags, RW_F_ARMED);
-    if (armed) {
-        // The armed writer owns the connection; its write is the failing one only for the
+    if (r.conn.start_ns != 0 && r.conn.writer_pid != 0) {
+        // The writer owns the connection; its write is the failing one only for the
         // stale-keepalive causes (for others it may have been answered long ago).
         inc.pid = r.conn.writer_pid;
         inc.comm = bounded_string(r.conn.writer_comm, RW_COMM_LEN);
@@ -280,6 +280,10 @@ void Correlator::emit_observation(const rw_record& r, const Resolved& conn, Obse
     fill_endpoints(r, conn.role, obs.client, obs.server);
     obs.idle_s = idle_s;
     obs.netns = r.netns;
+    if (r.type == RW_REC_IDLE_WRITE || r.type == RW_REC_CLOSE_WAIT_WRITE)
+        obs.comm = bounded_string(r.comm, RW_COMM_LEN);
+    else if (r.conn.start_ns != 0 && conn.role == RW_ROLE_CLIENT)
+        obs.comm = bounded_string(r.conn.writer_comm, RW_COMM_LEN);
     out.observations.push_back(std::move(obs));
 }
 

@@ -18,11 +18,18 @@ using ResetReasonNamer = std::function<std::string(uint32_t raw)>;
 
 struct CorrelatorOptions {
     ResetReasonNamer reset_reason_name;  // may be empty: reasons then print as ""
-    uint64_t idle_threshold_ns = 1'000'000'000;
+    // Closes of connections idle at least this long become observations. The BPF side reports
+    // closes from half the write threshold: callers pass that half (close_threshold_ns()).
+    uint64_t idle_threshold_ns = 500'000'000;
     // How long a finished connection is remembered to absorb its late records
     // (out of order, duplicates) and to tie a timewait RST to its connection.
     uint64_t linger_ns = 120'000'000'000ULL;
 };
+
+// The close-observation threshold for a write idle threshold (matches the BPF side).
+inline uint64_t close_threshold_ns(double write_idle_threshold_s) {
+    return static_cast<uint64_t>(write_idle_threshold_s * 1e9 / 2);
+}
 
 struct CorrelatorStats {
     uint64_t records = 0;

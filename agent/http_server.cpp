@@ -398,6 +398,17 @@ bool HttpServer::start(std::string* error) {
     }));
     server_->addHandler("/readyz$", handlers_.back().get());
 
+    handlers_.push_back(std::make_unique<HttpHandler>([this](mg_connection* conn) {
+        if (!options_.diagnose) {
+            respond(conn, 404, "Not Found", "text/plain; charset=utf-8", "no diagnosis\n");
+            return;
+        }
+        const mg_request_info* info = mg_get_request_info(conn);
+        std::string query = info && info->query_string ? info->query_string : "";
+        respond(conn, 200, "OK", "application/json", options_.diagnose(query) + "\n");
+    }));
+    server_->addHandler("/diagnose$", handlers_.back().get());
+
     std::shared_ptr<Hub> hub = hub_;
     handlers_.push_back(std::make_unique<HttpHandler>([hub](mg_connection* conn) {
         auto follower = hub->add();

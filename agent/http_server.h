@@ -3,6 +3,7 @@
 //   GET /healthz    200 "ok" while the process runs
 //   GET /readyz     200 "ready" when `readiness` returns "", else 503 and that reason
 //   GET /incidents  live incident stream, JSON lines (format: stream_client.h)
+//   GET /diagnose   inferred idle timeouts and keepalive verdicts per pair (JSON, diagnosis.h)
 //
 // Followers of /incidents. Each follower is served by its own civetweb worker thread and owns a
 // bounded queue. publish() formats the line once, then for each follower takes that follower's
@@ -43,6 +44,9 @@ struct HttpServerOptions {
     std::function<std::vector<prometheus::MetricFamily>()> collect;
     // /readyz: "" = ready, else the reason it is not. Empty function: always ready.
     std::function<std::string()> readiness;
+    // /diagnose?level=pod|workload: the inferred timeouts and verdicts as one JSON document
+    // (the callback gets the raw query string). Empty: 404.
+    std::function<std::string(const std::string& query)> diagnose;
     size_t follower_queue_lines = 1024;
     size_t max_followers = 8;
     std::chrono::milliseconds heartbeat{15000};      // empty line to idle followers

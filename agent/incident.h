@@ -60,6 +60,9 @@ struct Observation {
     Endpoint server;
     double idle_s = 0;
     uint32_t netns = 0;
+    // The client process when known (the writer of an idle reuse, or of the connection's
+    // last armed write): recognises the client kind for a fix hint.
+    std::string comm;
 };
 
 // Every RST on the node's TCP sockets (for the resets counter), classified or not.

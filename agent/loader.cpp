@@ -73,6 +73,7 @@ std::unique_ptr<BpfSession> BpfSession::open(const LoaderOptions& options, const
             return -errno;
         }
         skel->rodata->idle_threshold_jiffies = session->idle_threshold_jiffies_;
+        skel->rodata->close_idle_threshold_jiffies = std::max<uint32_t>(1, session->idle_threshold_jiffies_ / 2);
         skel->rodata->jiffy_ns = jiffy_ns;
         bpf_map__set_max_entries(skel->maps.events, round_up_pow2(options.ringbuf_bytes));
         bpf_map__set_max_entries(skel->maps.conns, options.max_connections);

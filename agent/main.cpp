@@ -126,6 +126,26 @@ int main(int argc, char** argv) {
         ->check(CLI::Range(1024U, 16U << 20));
     agent_cmd->add_option("--write-hook", agent_write_hook, "auto, tp_btf, fentry or kprobe")->check(validate_write_hook);
 
+    rstwatch::DiagnoseOptions diagnose;
+    std::string diagnose_output = "table";
+    CLI::App* diagnose_cmd = app.add_subcommand(
+        "diagnose", "inferred idle timeouts per pair, keepalive mismatches and the setting to change");
+    auto* diagnose_from = diagnose_cmd->add_option("--from", diagnose.from_url, "a running agent (http://HOST:PORT)");
+    auto* diagnose_duration = diagnose_cmd->add_option("--duration", diagnose.duration_s,
+                                                       "without --from: watch this node for this many seconds")
+                                  ->check(CLI::PositiveNumber);
+    diagnose_from->excludes(diagnose_duration);
+    diagnose_cmd->add_option("-o,--output", diagnose_output, "table or json")->check(CLI::IsMember({"table", "json"}));
+    diagnose_cmd->add_option("--level", diagnose.level, "workload (default) or pod")
+        ->check(CLI::IsMember({"workload", "pod"}));
+    diagnose_cmd->add_option("--pod-map", diagnose.pod_map_path, "without --from: YAML file naming endpoints")
+        ->check(CLI::ExistingFile)
+        ->excludes(diagnose_from);
+    diagnose_cmd->add_option("--idle-threshold", diagnose.loader.idle_threshold_s,
+                             "without --from: seconds of idleness after which a write is watched (default 1)")
+        ->check(CLI::Range(0.01, 86400.0))
+        ->excludes(diagnose_from);
+
     rstwatch::LoaderOptions check_loader;
     std::string check_write_hook = "auto";
     CLI::App* check_cmd = app.add_subcommand("check", "report which hooks this kernel supports; exit 0 if rstwatch can run");
@@ -147,6 +167,14 @@ int main(int argc, char** argv) {
         agent.series_ttl = std::chrono::seconds(static_cast<int64_t>(series_ttl_s));
         agent.pair_labels = pair_labels == "workload" ? rstwatch::PairLabelMode::workload : rstwatch::PairLabelMode::pod;
         return rstwatch::run_agent(agent);
+    }
+    if (*diagnose_cmd) {
+        if (!diagnose.from_url && !diagnose.duration_s) {
+            std::fprintf(stderr, "rstwatch: diagnose needs --from URL (a running agent) or --duration SECONDS\n");
+            return rstwatch::kExitUsage;
+        }
+        diagnose.json = diagnose_output == "json";
+        return rstwatch::run_diagnose(diagnose);
     }
     if (*trace_cmd) {
         trace.json = output == "json";

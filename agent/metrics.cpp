@@ -84,6 +84,21 @@ Metrics::Metrics(MetricsOptions options)
                              .Help("Idle age of connections closed by the client side, in "
                                    "seconds.")
                              .Register(*registry_)),
+      server_idle_timeout_(prometheus::BuildGauge()
+                               .Name("rstwatch_server_idle_timeout_seconds")
+                               .Help("The server's idle timeout inferred from its closes of idle "
+                                     "connections, in seconds.")
+                               .Register(*registry_)),
+      client_idle_timeout_(prometheus::BuildGauge()
+                               .Name("rstwatch_client_idle_timeout_seconds")
+                               .Help("The client's idle timeout inferred from its closes of idle "
+                                     "connections, in seconds.")
+                               .Register(*registry_)),
+      keepalive_mismatch_(prometheus::BuildGauge()
+                              .Name("rstwatch_keepalive_mismatch")
+                              .Help("1 when the client keeps or reuses idle connections up to the "
+                                    "server's idle timeout (stale keepalive 502s ahead), else 0.")
+                              .Register(*registry_)),
       records_lost_family_(prometheus::BuildCounter()
                                .Name(kRecordsLost)
                                .Help("Kernel records lost because the ring buffer was full.")
@@ -108,7 +123,9 @@ Metrics::Metrics(MetricsOptions options)
       tracked_connections_(tracked_family_.Add({})) {
     label_order_[kIncidents] = with_pair({"cause", "observer"});
     label_order_[kResets] = with_pair({"direction"});
-    for (auto name : {kIdleBeforeFailure, kReuseIdle, kServerIdleClose, kClientIdleClose})
+    for (auto name : {kIdleBeforeFailure, kReuseIdle, kServerIdleClose, kClientIdleClose,
+                      "rstwatch_server_idle_timeout_seconds", "rstwatch_client_idle_timeout_seconds",
+                      "rstwatch_keepalive_mismatch"})
         label_order_[name] = with_pair({});
     label_order_[kRecords] = {"type"};
     label_order_[kAttributionSynced] = {"source"};
@@ -177,6 +194,27 @@ void Metrics::count_reset(const PairKey& pair, bool sent) {
         counter = &resets_.Add(labels);
     }
     counter->Increment();
+}
+
+void Metrics::set_inferred(const PairKey& pair, std::optional<double> server_timeout_s,
+                           std::optional<double> client_timeout_s, std::optional<bool> mismatch) {
+    std::lock_guard lock(mutex_);
+    Labels labels;
+    Series& s = series_locked(pair, labels);
+    auto apply = [&](prometheus::Family<prometheus::Gauge>& family, prometheus::Gauge*& slot,
+                     std::optional<double> value) {
+        if (!value) {
+            if (slot != nullptr) family.Remove(std::exchange(slot, nullptr));
+            return;
+        }
+        if (slot == nullptr) slot = &family.Add(labels);
+        slot->Set(*value);
+    };
+    apply(server_idle_timeout_, s.server_idle_timeout, server_timeout_s);
+    apply(client_idle_timeout_, s.client_idle_timeout, client_timeout_s);
+    std::optional<double> mismatch_value;
+    if (mismatch) mismatch_value = *mismatch ? 1.0 : 0.0;
+    apply(keepalive_mismatch_, s.keepalive_mismatch, mismatch_value);
 }
 
 void Metrics::observe_reuse_idle(const PairKey& pair, double seconds) {
@@ -254,6 +292,12 @@ void Metrics::remove_series_locked(Series& s) {
         server_idle_close_.Remove(std::exchange(s.server_idle_close, nullptr));
     if (s.client_idle_close != nullptr)
         client_idle_close_.Remove(std::exchange(s.client_idle_close, nullptr));
+    if (s.server_idle_timeout != nullptr)
+        server_idle_timeout_.Remove(std::exchange(s.server_idle_timeout, nullptr));
+    if (s.client_idle_timeout != nullptr)
+        client_idle_timeout_.Remove(std::exchange(s.client_idle_timeout, nullptr));
+    if (s.keepalive_mismatch != nullptr)
+        keepalive_mismatch_.Remove(std::exchange(s.keepalive_mismatch, nullptr));
 }
 
 size_t Metrics::expire(Clock::time_point now,

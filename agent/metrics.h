@@ -97,6 +97,11 @@ public:
     // Routes an Observation to the matching histogram above.
     void observe(const PairKey& pair, ObservationKind kind, double seconds);
 
+    // Inferred idle timeouts and the mismatch verdict of a pair; nullopt removes the series
+    // (absent until there is enough evidence).
+    void set_inferred(const PairKey& pair, std::optional<double> server_timeout_s,
+                      std::optional<double> client_timeout_s, std::optional<bool> mismatch);
+
     // Self metrics.
     void count_records(std::string_view type_name, uint64_t n = 1);
     // The ring buffer's lost-record count is cumulative: the counter is raised to `total`
@@ -144,6 +149,9 @@ private:
         prometheus::Histogram* reuse_idle = nullptr;
         prometheus::Histogram* server_idle_close = nullptr;
         prometheus::Histogram* client_idle_close = nullptr;
+        prometheus::Gauge* server_idle_timeout = nullptr;
+        prometheus::Gauge* client_idle_timeout = nullptr;
+        prometheus::Gauge* keepalive_mismatch = nullptr;
         std::optional<Clock::time_point> dead_since;
     };
 
@@ -163,6 +171,9 @@ private:
     prometheus::Family<prometheus::Histogram>& reuse_idle_;
     prometheus::Family<prometheus::Histogram>& server_idle_close_;
     prometheus::Family<prometheus::Histogram>& client_idle_close_;
+    prometheus::Family<prometheus::Gauge>& server_idle_timeout_;
+    prometheus::Family<prometheus::Gauge>& client_idle_timeout_;
+    prometheus::Family<prometheus::Gauge>& keepalive_mismatch_;
     prometheus::Family<prometheus::Counter>& records_lost_family_;
     prometheus::Family<prometheus::Counter>& records_;
     prometheus::Family<prometheus::Gauge>& tracked_family_;

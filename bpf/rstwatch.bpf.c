@@ -21,6 +21,9 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
 /* Set by the loader before load. */
 const volatile __u32 idle_threshold_jiffies = 250;
+/* Closes of connections idle this long are reported (idle-timeout inference); lower than the
+ * write threshold so a server timeout equal to it is still seen. */
+const volatile __u32 close_idle_threshold_jiffies = 125;
 const volatile __u64 jiffy_ns = 4000000;
 
 struct {
@@ -192,6 +195,14 @@ static __always_inline void on_write(const struct sock *sk)
 
 	received = data_bytes_received(sk, st);
 	/* Data arrived since the last counted write: this write starts a new exchange. */
+	if (!(st->flags & RW_F_WROTE)) {
+		/* First write: remember the process that owns the connection (once per connection). */
+		__u64 pid_tgid = bpf_get_current_pid_tgid();
+
+		st->writer_pid = pid_tgid >> 32;
+		st->writer_tid = (__u32)pid_tgid;
+		bpf_get_current_comm(st->writer_comm, sizeof(st->writer_comm));
+	}
 	if (!(st->flags & RW_F_WROTE) || (__u32)received != st->exchange_mark) {
 		st->requests++;
 		st->exchange_mark = (__u32)received;
@@ -294,7 +305,7 @@ int BPF_PROG(rw_state, const struct sock *sk, int old_state, int new_state)
 		st->flags |= RW_F_PEER_FIN;
 		st->peer_fin_ns = bpf_ktime_get_ns();
 		idle = idle_jiffies(sk);
-		if ((st->flags & RW_F_ARMED) || idle >= idle_threshold_jiffies)
+		if ((st->flags & RW_F_ARMED) || idle >= close_idle_threshold_jiffies)
 			emit(sk, true, RW_REC_PEER_FIN, old_state, new_state, st, 0, RW_RST_REASON_NONE);
 		return 0;
 	}
@@ -303,7 +314,7 @@ int BPF_PROG(rw_state, const struct sock *sk, int old_state, int new_state)
 		/* Our application closed (or shut down writing). */
 		st->flags |= RW_F_APP_CLOSED;
 		st->app_close_ns = bpf_ktime_get_ns();
-		idle_long = old_state == RW_TCP_ESTABLISHED && idle_jiffies(sk) >= idle_threshold_jiffies;
+		idle_long = old_state == RW_TCP_ESTABLISHED && idle_jiffies(sk) >= close_idle_threshold_jiffies;
 		if ((st->flags & RW_F_ARMED) || idle_long)
 			emit(sk, true, RW_REC_OWN_CLOSE, old_state, new_state, st, 0, RW_RST_REASON_NONE);
 		return 0;

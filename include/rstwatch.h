@@ -80,7 +80,7 @@ struct rw_conn_snapshot {
 	__u64 app_close_ns; /* when our application closed, 0 if not */
 	__u32 armed_write_seq; /* tcp_sock.write_seq before the armed write */
 	__u32 requests; /* writes that started a new exchange (after data was received) */
-	__u32 writer_pid; /* process of the armed write (process context, never softirq) */
+	__u32 writer_pid; /* process of the armed write, else of the first write (never softirq) */
 	__u32 writer_tid;
 	char writer_comm[RW_COMM_LEN];
 	__u8 role; /* enum rw_role */

@@ -454,8 +454,9 @@ TEST(CorrelatorClient, LaterBusyWriteDisarmsAnsweredIdleWrite) {
     h.feed(s.records);
     ASSERT_EQ(h.out.incidents.size(), 1u);
     EXPECT_EQ(h.out.incidents[0].cause, Cause::reset_other);
-    EXPECT_EQ(h.out.incidents[0].pid, 0u);
+    EXPECT_EQ(h.out.incidents[0].pid, 4242u);  // the process owning the connection is still named
     EXPECT_FALSE(h.out.incidents[0].write_to_reset_ms);
+    EXPECT_FALSE(h.out.incidents[0].idle_before_write_ms);
     EXPECT_EQ(h.out.incidents[0].requests, 3u);
 }
 

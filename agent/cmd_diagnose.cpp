@@ -1,0 +1,162 @@
+// `rstwatch diagnose`: inferred idle timeouts per pair, the keepalive verdict and the fix,
+// from a running agent (--from) or by watching this node for --duration.
+#include <curl/curl.h>
+#include <spdlog/spdlog.h>
+
+#include <cerrno>
+#include <csignal>
+#include <cstdio>
+#include <cstring>
+#include <ctime>
+#include <memory>
+
+#include "attribution.h"
+#include "commands.h"
+#include "correlator.h"
+#include "diagnosis.h"
+#include "timeout_inference.h"
+
+namespace rstwatch {
+namespace {
+
+volatile std::sig_atomic_t g_diagnose_stop = 0;
+
+void on_stop(int) { g_diagnose_stop = 1; }
+
+size_t append_body(char* data, size_t size, size_t count, void* user) {
+    static_cast<std::string*>(user)->append(data, size * count);
+    return size * count;
+}
+
+struct CurlDeleter {
+    void operator()(CURL* curl) const { curl_easy_cleanup(curl); }
+};
+
+// GET URL/diagnose?level=LEVEL from a running agent.
+std::optional<std::string> fetch_diagnosis(std::string url, const std::string& level, std::string* error) {
+    if (url.find("://") == std::string::npos) url = "http://" + url;
+    while (!url.empty() && url.back() == '/') url.pop_back();
+    url += "/diagnose?level=" + level;
+    std::unique_ptr<CURL, CurlDeleter> curl(curl_easy_init());
+    if (!curl) {
+        *error = "cannot initialise libcurl";
+        return std::nullopt;
+    }
+    std::string body;
+    curl_easy_setopt(curl.get(), CURLOPT_URL, url.c_str());
+    curl_easy_setopt(curl.get(), CURLOPT_WRITEFUNCTION, append_body);
+    curl_easy_setopt(curl.get(), CURLOPT_WRITEDATA, &body);
+    curl_easy_setopt(curl.get(), CURLOPT_CONNECTTIMEOUT, 10L);
+    curl_easy_setopt(curl.get(), CURLOPT_TIMEOUT, 30L);
+    CURLcode rc = curl_easy_perform(curl.get());
+    if (rc != CURLE_OK) {
+        *error = fmt::format("{}: {}", url, curl_easy_strerror(rc));
+        return std::nullopt;
+    }
+    long status = 0;
+    curl_easy_getinfo(curl.get(), CURLINFO_RESPONSE_CODE, &status);
+    if (status != 200) {
+        *error = fmt::format("{}: HTTP {}", url, status);
+        return std::nullopt;
+    }
+    return body;
+}
+
+int print(const std::vector<PairVerdict>& verdicts, const DiagnoseOptions& options) {
+    std::string text = options.json ? diagnosis_to_json(verdicts, options.level).dump() + "\n"
+                                    : render_diagnosis(verdicts);
+    fwrite(text.data(), 1, text.size(), stdout);
+    fflush(stdout);
+    return kExitOk;
+}
+
+int64_t monotonic_ns() {
+    timespec ts{};
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return static_cast<int64_t>(ts.tv_sec) * 1'000'000'000LL + ts.tv_nsec;
+}
+
+}  // namespace
+
+int run_diagnose(const DiagnoseOptions& options) {
+    if (options.from_url) {
+        std::string error;
+        auto body = fetch_diagnosis(*options.from_url, options.level, &error);
+        if (!body) {
+            spdlog::error("cannot read the diagnosis: {}", error);
+            return kExitFailure;
+        }
+        nlohmann::json document = nlohmann::json::parse(*body, nullptr, false);
+        auto verdicts = diagnosis_from_json(document, &error);
+        if (!verdicts) {
+            spdlog::error("{}: {}", *options.from_url, error);
+            return kExitFailure;
+        }
+        return print(*verdicts, options);
+    }
+
+    // Standalone: watch this node for --duration.
+    Attributor attributor;
+    if (options.pod_map_path) {
+        std::string error;
+        auto map = PodMap::load_file(*options.pod_map_path, &error);
+        if (!map) {
+            spdlog::error("invalid --pod-map: {}", error);
+            return kExitUsage;
+        }
+        attributor.set_pod_map(std::make_shared<const PodMap>(std::move(*map)));
+    }
+    struct sigaction action {};
+    action.sa_handler = on_stop;
+    sigemptyset(&action.sa_mask);
+    sigaction(SIGINT, &action, nullptr);
+    sigaction(SIGTERM, &action, nullptr);
+
+    KernelFeatures features = probe_kernel_features();
+    CorrelatorOptions correlator_options;
+    correlator_options.idle_threshold_ns = close_threshold_ns(options.loader.idle_threshold_s);
+    Correlator correlator(correlator_options);
+    CorrelatorOutput produced;
+    TimeoutInference inference;
+    const bool workload_level = options.level == "workload";
+    auto pair_of = [&](const Endpoint& client, const Endpoint& server) {
+        PairKey key;
+        for (auto [end, out] : {std::pair{&client, &key.client}, std::pair{&server, &key.server}}) {
+            auto addr = IpAddr::parse(end->ip);
+            *out = addr ? attributor.identify(*addr) : Identity{"", "", end->ip};
+            if (workload_level) out->pod.clear();
+        }
+        key.server_port = server.port;
+        return key;
+    };
+    auto sink = [&](const void* data, size_t size) {
+        produced.clear();
+        correlator.on_raw(data, size, produced);
+        for (const Incident& incident : produced.incidents)
+            inference.incident(pair_of(incident.client, incident.server), incident);
+        for (const Observation& observation : produced.observations)
+            inference.observe(pair_of(observation.client, observation.server), observation);
+    };
+    std::string error;
+    auto session = BpfSession::open(options.loader, features, sink, &error);
+    if (!session) {
+        spdlog::error("cannot attach: {}", error);
+        return kExitFailure;
+    }
+    spdlog::info("watching this node for {:.0f} s (write hook {})", *options.duration_s,
+                 write_mode_name(session->write_mode()));
+    const int64_t end = monotonic_ns() + static_cast<int64_t>(*options.duration_s * 1e9);
+    while (!g_diagnose_stop && monotonic_ns() < end) {
+        int n = session->poll(100);
+        if (n < 0 && n != -EINTR) {
+            spdlog::error("reading the BPF ring buffer failed: {}", strerror(-n));
+            return kExitFailure;
+        }
+    }
+    session->poll(0);
+    if (uint64_t lost = session->lost_records()) spdlog::warn("{} records lost: the ring buffer was full", lost);
+    session.reset();
+    return print(inference.verdicts(), options);
+}
+
+}  // namespace rstwatch

@@ -1,0 +1,194 @@
+#include "diagnosis.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+
+namespace rstwatch {
+namespace {
+
+using nlohmann::json;
+
+constexpr size_t kBuckets = kIdleBucketsSeconds.size() + 1;
+
+json identity_json(const Identity& who) {
+    return {{"namespace", who.namespace_}, {"pod", who.pod}, {"workload", who.workload}};
+}
+
+Identity identity_from(const json& j) {
+    return Identity{j.value("namespace", ""), j.value("pod", ""), j.value("workload", "")};
+}
+
+template <typename T>
+json optional_json(const std::optional<T>& value) {
+    return value ? json(*value) : json(nullptr);
+}
+
+json histogram_json(const std::array<uint64_t, kBuckets>& counts) { return json(counts); }
+
+bool histogram_from(const json& j, std::array<uint64_t, kBuckets>& out) {
+    if (!j.is_array() || j.size() != kBuckets) return false;
+    for (size_t i = 0; i < kBuckets; ++i) {
+        if (!j[i].is_number_unsigned()) return false;
+        out[i] = j[i].get<uint64_t>();
+    }
+    return true;
+}
+
+std::string bucket_label(size_t bucket) {
+    if (bucket >= kIdleBucketsSeconds.size()) return fmt::format(">{:g}s", kIdleBucketsSeconds.back());
+    return fmt::format("<={:g}s", kIdleBucketsSeconds[bucket]);
+}
+
+std::string bar(uint64_t count, uint64_t max, size_t width) {
+    if (count == 0) return std::string(width, ' ');
+    size_t filled = std::max<size_t>(1, static_cast<size_t>(count * width / std::max<uint64_t>(max, 1)));
+    std::string out(filled, '#');
+    out += fmt::format(" {}", count);
+    out.resize(std::max(out.size(), width), ' ');
+    return out;
+}
+
+std::string describe_end(const Identity& who) {
+    if (!who.pod.empty()) return fmt::format("{}/{} ({})", who.namespace_, who.workload, who.pod);
+    if (!who.namespace_.empty()) return who.namespace_ + "/" + who.workload;
+    return who.workload.empty() ? "?" : who.workload;
+}
+
+}  // namespace
+
+json verdict_to_json(const PairVerdict& v) {
+    json incidents = json::object();
+    for (size_t c = 0; c < kCauseCount; ++c)
+        if (v.incidents[c]) incidents[std::string(to_string(static_cast<Cause>(c)))] = v.incidents[c];
+    json j = {
+        {"client", identity_json(v.pair.client)},
+        {"server", identity_json(v.pair.server)},
+        {"server_port", v.pair.server_port},
+        {"server_idle_timeout_s", v.server_timeout ? json(v.server_timeout->seconds) : json(nullptr)},
+        {"server_idle_timeout_evidence", v.server_timeout ? v.server_timeout->evidence : 0},
+        {"client_idle_timeout_s", v.client_timeout ? json(v.client_timeout->seconds) : json(nullptr)},
+        {"client_idle_timeout_evidence", v.client_timeout ? v.client_timeout->evidence : 0},
+        {"max_reuse_idle_s", optional_json(v.max_reuse_idle_s)},
+        {"reuses", v.reuses},
+        {"server_closes", v.server_closes},
+        {"client_closes", v.client_closes},
+        {"incidents", incidents},
+        {"mismatch", optional_json(v.mismatch)},
+        {"reason", v.reason},
+        {"client_comm", v.client_comm},
+        {"fix", v.fix ? json{{"client_kind", v.fix->client_kind}, {"value_s", v.fix->value_s}, {"setting", v.fix->setting}}
+                      : json(nullptr)},
+        {"histograms",
+         {{"buckets_s", kIdleBucketsSeconds},
+          {"reuse", histogram_json(v.reuse_hist)},
+          {"server_close", histogram_json(v.server_close_hist)},
+          {"client_close", histogram_json(v.client_close_hist)}}},
+    };
+    return j;
+}
+
+std::optional<PairVerdict> verdict_from_json(const json& j, std::string* error) {
+    try {
+        PairVerdict v;
+        v.pair.client = identity_from(j.at("client"));
+        v.pair.server = identity_from(j.at("server"));
+        v.pair.server_port = j.at("server_port").get<uint16_t>();
+        if (!j.at("server_idle_timeout_s").is_null())
+            v.server_timeout = TimeoutEstimate{j["server_idle_timeout_s"].get<double>(),
+                                               j.at("server_idle_timeout_evidence").get<size_t>()};
+        if (!j.at("client_idle_timeout_s").is_null())
+            v.client_timeout = TimeoutEstimate{j["client_idle_timeout_s"].get<double>(),
+                                               j.at("client_idle_timeout_evidence").get<size_t>()};
+        if (!j.at("max_reuse_idle_s").is_null()) v.max_reuse_idle_s = j["max_reuse_idle_s"].get<double>();
+        v.reuses = j.at("reuses").get<size_t>();
+        v.server_closes = j.at("server_closes").get<size_t>();
+        v.client_closes = j.at("client_closes").get<size_t>();
+        for (const auto& [name, count] : j.at("incidents").items()) {
+            auto cause = parse_cause(name);
+            if (!cause) throw std::runtime_error("unknown cause " + name);
+            v.incidents[static_cast<size_t>(*cause)] = count.get<uint64_t>();
+        }
+        if (!j.at("mismatch").is_null()) v.mismatch = j["mismatch"].get<bool>();
+        v.reason = j.at("reason").get<std::string>();
+        v.client_comm = j.value("client_comm", "");
+        if (!j.at("fix").is_null()) {
+            const json& f = j["fix"];
+            v.fix = KeepaliveFix{f.at("client_kind").get<std::string>(), f.at("value_s").get<double>(),
+                                 f.at("setting").get<std::string>()};
+        }
+        const json& h = j.at("histograms");
+        if (!histogram_from(h.at("reuse"), v.reuse_hist) || !histogram_from(h.at("server_close"), v.server_close_hist) ||
+            !histogram_from(h.at("client_close"), v.client_close_hist))
+            throw std::runtime_error("histograms do not match this rstwatch's buckets");
+        return v;
+    } catch (const std::exception& e) {
+        if (error) *error = std::string("malformed diagnosis: ") + e.what();
+        return std::nullopt;
+    }
+}
+
+json diagnosis_to_json(const std::vector<PairVerdict>& verdicts, const std::string& level) {
+    json pairs = json::array();
+    for (const PairVerdict& v : verdicts) pairs.push_back(verdict_to_json(v));
+    return {{"level", level}, {"pairs", pairs}};
+}
+
+std::optional<std::vector<PairVerdict>> diagnosis_from_json(const json& j, std::string* error) {
+    if (!j.is_object() || !j.contains("pairs") || !j["pairs"].is_array()) {
+        if (error) *error = "malformed diagnosis: no \"pairs\" array";
+        return std::nullopt;
+    }
+    std::vector<PairVerdict> verdicts;
+    for (const json& pair : j["pairs"]) {
+        auto v = verdict_from_json(pair, error);
+        if (!v) return std::nullopt;
+        verdicts.push_back(std::move(*v));
+    }
+    return verdicts;
+}
+
+std::string render_diagnosis(const std::vector<PairVerdict>& verdicts) {
+    std::string out;
+    if (verdicts.empty()) return "no client/server pairs with idle connections observed yet\n";
+    for (const PairVerdict& v : verdicts) {
+        out += fmt::format("{} -> {}:{}\n", describe_end(v.pair.client), describe_end(v.pair.server), v.pair.server_port);
+        if (!v.mismatch)
+            out += "  verdict:  not enough evidence yet\n";
+        else
+            out += fmt::format("  verdict:  {}: {}\n", *v.mismatch ? "MISMATCH" : "ok", v.reason);
+        out += fmt::format("  server idle timeout: {}   client idle timeout: {}   reuse: up to {} ({} reuses)\n",
+                           v.server_timeout ? fmt::format("{:.2f} s ({} closes)", v.server_timeout->seconds,
+                                                          v.server_timeout->evidence)
+                                            : fmt::format("unknown ({} closes)", v.server_closes),
+                           v.client_timeout ? fmt::format("{:.2f} s ({} closes)", v.client_timeout->seconds,
+                                                          v.client_timeout->evidence)
+                                            : fmt::format("unknown ({} closes)", v.client_closes),
+                           v.max_reuse_idle_s ? fmt::format("{:.2f} s", *v.max_reuse_idle_s) : std::string("-"),
+                           v.reuses);
+        std::string incidents;
+        for (size_t c = 0; c < kCauseCount; ++c)
+            if (v.incidents[c])
+                incidents += fmt::format(" {}={}", to_string(static_cast<Cause>(c)), v.incidents[c]);
+        out += fmt::format("  incidents:{}\n", incidents.empty() ? " none" : incidents);
+        if (v.fix && v.mismatch.value_or(false))
+            out += fmt::format("  fix{}: {}\n", v.fix->client_kind.empty() ? "" : " (" + v.fix->client_kind + ")",
+                               v.fix->setting);
+
+        uint64_t max = 1;
+        for (size_t b = 0; b < kBuckets; ++b)
+            max = std::max({max, v.reuse_hist[b], v.server_close_hist[b], v.client_close_hist[b]});
+        constexpr size_t kWidth = 22;
+        out += fmt::format("  {:>8}  {:<{}}  {:<{}}  {:<{}}\n", "idle", "client reuses", kWidth, "server closes", kWidth,
+                           "client closes", kWidth);
+        for (size_t b = 0; b < kBuckets; ++b) {
+            if (!v.reuse_hist[b] && !v.server_close_hist[b] && !v.client_close_hist[b]) continue;
+            out += fmt::format("  {:>8}  {}  {}  {}\n", bucket_label(b), bar(v.reuse_hist[b], max, kWidth),
+                               bar(v.server_close_hist[b], max, kWidth), bar(v.client_close_hist[b], max, kWidth));
+        }
+        out += "\n";
+    }
+    return out;
+}
+
+}  // namespace rstwatch
