@@ -119,7 +119,7 @@ int run_trace(const TraceOptions& options) {
     KernelFeatures features = probe_kernel_features();
 
     CorrelatorOptions correlator_options;
-    correlator_options.idle_threshold_ns = static_cast<uint64_t>(options.loader.idle_threshold_s * 1e9);
+    correlator_options.idle_threshold_ns = close_threshold_ns(options.loader.idle_threshold_s);
     correlator_options.reset_reason_name = [names = features.rst_reason_names](uint32_t raw) {
         auto it = names.find(raw);
         return it == names.end() ? std::string() : it->second;
