@@ -231,18 +231,18 @@ void Agent::deliver(const Pending& pending) {
 }
 
 void Agent::flush_pending(bool force) {
+    // Each held event waits only for its own ends (or its deadline): one address that never
+    // becomes known (loopback, outside the cluster) holds up nothing else.
     const int64_t now = clock_ns(CLOCK_MONOTONIC);
-    // Deliver in arrival order: an event waits behind older ones at most until its own deadline.
-    while (!pending_.empty()) {
-        Pending& front = pending_.front();
-        bool ready = force || front.deadline_ns <= now;
+    for (auto it = pending_.begin(); it != pending_.end();) {
+        bool ready = force || it->deadline_ns <= now;
+        if (!ready) std::visit([&](const auto& event) { ready = resolvable(event.client, event.server); }, it->event);
         if (!ready) {
-            std::visit(
-                [&](const auto& event) { ready = resolvable(event.client, event.server); }, front.event);
+            ++it;
+            continue;
         }
-        if (!ready) break;
-        deliver(front);
-        pending_.pop_front();
+        deliver(*it);
+        it = pending_.erase(it);
     }
 }
 
@@ -252,12 +252,13 @@ void Agent::on_record(const void* data, size_t size) {
     const int64_t deadline =
         clock_ns(CLOCK_MONOTONIC) + std::chrono::duration_cast<std::chrono::nanoseconds>(options_.attribution_hold).count();
     auto queue = [&](auto&& event) {
-        const bool hold = !pending_.empty() || !resolvable(event.client, event.server);
+        // Named now when both ends are known: labels are those of the moment it happened.
         Pending pending{deadline, std::forward<decltype(event)>(event)};
-        if (hold)
-            pending_.push_back(std::move(pending));
-        else
+        const bool known = std::visit([&](const auto& e) { return resolvable(e.client, e.server); }, pending.event);
+        if (known)
             deliver(pending);
+        else
+            pending_.push_back(std::move(pending));
     };
     for (Incident& incident : produced_.incidents) queue(std::move(incident));
     for (Observation& observation : produced_.observations) queue(std::move(observation));

@@ -26,6 +26,13 @@ std::string bounded_string(const char* s, size_t max) {
     return std::string(s, n);
 }
 
+// A RST before the handshake completed (connection refused, SYN answered by RST) ends no
+// established connection: counted as a reset, never an incident.
+bool is_handshake_state(uint8_t state) {
+    return state == RW_TCP_SYN_SENT || state == RW_TCP_SYN_RECV || state == RW_TCP_NEW_SYN_RECV ||
+           state == RW_TCP_LISTEN;
+}
+
 bool is_known_role(uint8_t role) { return role == RW_ROLE_CLIENT || role == RW_ROLE_SERVER; }
 
 bool is_after_own_close_state(uint8_t state) {
@@ -305,6 +312,7 @@ void Correlator::on_record(const rw_record& r, CorrelatorOutput& out) {
 
     const Resolved conn = resolve(r);
     if (is_reset) emit_reset(r, conn.role, out);
+    if (is_reset && is_handshake_state(r.state)) return;
     const uint8_t role = conn.role;
     const uint8_t flags = conn.flags;
     const bool armed = r.conn.start_ns != 0 && has(flags, RW_F_ARMED);

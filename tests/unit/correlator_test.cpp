@@ -1074,3 +1074,17 @@ TEST(CorrelatorResets, NonResetRecordsGiveNoResetEvent) {
     EXPECT_FALSE(proxy.records.empty());
     EXPECT_TRUE(h.out.resets.empty());
 }
+
+TEST(CorrelatorResets, RefusedConnectIsAResetButNoIncident) {
+    // connect() answered by RST: the socket is still in SYN_SENT when tcp_reset runs.
+    Sock s = proxy_socket();
+    s.rst_received(T0 + kMs);
+    ASSERT_EQ(s.records.size(), 1u);
+    rw_record r = s.records[0];
+    r.state = RW_TCP_SYN_SENT;
+    Harness h;
+    h.feed({r});
+    EXPECT_TRUE(h.out.incidents.empty());
+    ASSERT_EQ(h.out.resets.size(), 1u);
+    EXPECT_FALSE(h.out.resets[0].sent);
+}
