@@ -383,8 +383,9 @@ int Agent::run() {
     }
     metrics_->set_build_info(RSTWATCH_VERSION, std::string(write_mode_name(bpf_->write_mode())));
     bpf_attached_ = true;
-    spdlog::info("rstwatch agent {}: write hook {}, idle threshold {:.3f} s, attribution: {}{}{}",
-                 RSTWATCH_VERSION, write_mode_name(bpf_->write_mode()), options_.loader.idle_threshold_s,
+    spdlog::info("rstwatch agent {}: write hook {}, idle threshold {:.3f} s, kernel HZ {} ({}), attribution: {}{}{}",
+                 RSTWATCH_VERSION, write_mode_name(bpf_->write_mode()), options_.loader.idle_threshold_s, features_.hz,
+                 features_.hz_source,
                  pod_map_ ? "pod map " + *options_.pod_map_path : std::string("no pod map"),
                  kube_config ? ", Kubernetes API " + kube_config->api_url : std::string(", no Kubernetes"),
                  options_.pair_labels == PairLabelMode::workload ? ", workload pair labels" : "");

@@ -42,9 +42,12 @@ std::string bucket_label(size_t bucket) {
 
 std::string bar(uint64_t count, uint64_t max, size_t width) {
     if (count == 0) return std::string(width, ' ');
-    size_t filled = std::max<size_t>(1, static_cast<size_t>(count * width / std::max<uint64_t>(max, 1)));
-    std::string out(filled, '#');
-    out += fmt::format(" {}", count);
+    // The bar and its count together fit the column, so columns stay aligned.
+    const std::string number = fmt::format(" {}", count);
+    const size_t room = width > number.size() + 1 ? width - number.size() : 1;
+    size_t filled = std::max<size_t>(1, static_cast<size_t>(count * room / std::max<uint64_t>(max, 1)));
+    std::string out(std::min(filled, room), '#');
+    out += number;
     out.resize(std::max(out.size(), width), ' ');
     return out;
 }

@@ -130,9 +130,10 @@ bool TimeoutInference::seen_recently(const Observation& observation) {
 }
 
 void TimeoutInference::observe(const PairKey& pair, const Observation& observation) {
-    if (observation.kind != ObservationKind::reuse_idle && seen_recently(observation)) return;
     Evidence& evidence = pairs_[pair];
+    // The client's name may come with either end's record of the same close: keep it first.
     if (!observation.comm.empty()) evidence.client_comm = observation.comm;
+    if (observation.kind != ObservationKind::reuse_idle && seen_recently(observation)) return;
     switch (observation.kind) {
         case ObservationKind::reuse_idle:
             push(evidence.reuses, observation.idle_s);
@@ -233,11 +234,12 @@ std::vector<PairVerdict> TimeoutInference::take_changes() {
     std::vector<PairVerdict> changed;
     for (auto& [pair, evidence] : pairs_) {
         PairVerdict v = verdict(pair);
-        const double value = v.fix ? v.fix->value_s : 0;
-        if (v.mismatch != evidence.reported_mismatch || (v.mismatch.value_or(false) && value != evidence.reported_value)) {
+        const std::string setting = v.fix ? v.fix->setting : std::string();
+        if (v.mismatch != evidence.reported_mismatch ||
+            (v.mismatch.value_or(false) && setting != evidence.reported_setting)) {
             evidence.reported_mismatch = v.mismatch;
-            evidence.reported_value = value;
-            if (v.mismatch) changed.push_back(std::move(v));
+            evidence.reported_setting = setting;
+            if (v.mismatch.value_or(false)) changed.push_back(std::move(v));
         }
     }
     return changed;

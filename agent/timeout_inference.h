@@ -78,8 +78,8 @@ public:
 
     PairVerdict verdict(const PairKey& pair) const;
     std::vector<PairVerdict> verdicts() const;
-    // Pairs whose mismatch verdict (or recommended value) changed since the last call: the
-    // agent logs each once.
+    // Pairs that became a mismatch, or whose recommended setting changed (e.g. the client was
+    // recognised), since the last call: the agent logs each once. Healthy pairs are not reported.
     std::vector<PairVerdict> take_changes();
     void forget(const PairKey& pair);
     size_t pair_count() const { return pairs_.size(); }
@@ -99,7 +99,7 @@ private:
         std::string client_comm;
         // What was last reported through take_changes().
         std::optional<bool> reported_mismatch;
-        double reported_value = 0;
+        std::string reported_setting;
     };
     void push(std::deque<double>& samples, double value);
     // The same close seen from both ends (client and server on this node) counts once.

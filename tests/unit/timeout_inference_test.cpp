@@ -195,3 +195,41 @@ TEST(RecommendFix, RecognisesClientKinds) {
     EXPECT_DOUBLE_EQ(unknown.value_s, 0.7);
     EXPECT_NE(unknown.setting.find("IdleConnTimeout"), std::string::npos);
 }
+
+TEST(TimeoutInference, HealthyPairsAreNeverReportedAsChanges) {
+    TimeoutInference inference;
+    Feed feed{inference};
+    for (int i = 0; i < 8; ++i) feed.add(ObservationKind::client_idle_close, 1.0);
+    ASSERT_TRUE(inference.verdict(feed.pair).mismatch);
+    EXPECT_FALSE(*inference.verdict(feed.pair).mismatch);
+    EXPECT_TRUE(inference.take_changes().empty());
+}
+
+TEST(TimeoutInference, ClientNameFromTheDuplicateCloseRecordIsKept) {
+    // Client and server on one node: the server's own close record (no client name) arrives
+    // first, the client's record of the same close (comm "nginx") is the duplicate.
+    TimeoutInference inference;
+    PairKey pair = proxy_to_tomcat();
+    pair.client = Identity{"shop", "web-proxy-1", "web-proxy"};
+    for (uint16_t i = 0; i < 5; ++i) {
+        Observation o;
+        o.ts_ns = (100 + 3 * i) * kSec;
+        o.kind = ObservationKind::server_idle_close;
+        o.client = {"10.244.1.5", static_cast<uint16_t>(42000 + i)};
+        o.server = {"10.244.2.7", 8080};
+        o.idle_s = 2.0;
+        o.observer = Observer::server;
+        inference.observe(pair, o);
+        o.observer = Observer::client;
+        o.comm = "nginx";
+        o.ts_ns += 1'000'000;
+        inference.observe(pair, o);
+    }
+    PairVerdict v = inference.verdict(pair);
+    EXPECT_EQ(v.server_closes, 5u);
+    ASSERT_TRUE(v.fix);
+    EXPECT_EQ(v.fix->setting, "nginx upstream block: keepalive_timeout 1.5s;");
+    auto changes = inference.take_changes();
+    ASSERT_EQ(changes.size(), 1u);
+    EXPECT_EQ(changes[0].fix->client_kind, "nginx");
+}
