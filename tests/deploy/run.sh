@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Deployment checks: the kustomizations build with kubectl, every object validates against the
+# Kubernetes and prometheus-operator schemas offline (tests/deploy/validate_manifests.js), and
+# the kubectl plugin behaves (tests/deploy/test_plugin.sh, fake kubectl).
+# Installs the npm packages from package-lock.json when node_modules is missing.
+# Without kubectl: fails when CI=true, else skips (exit 0) with a message; node/npm likewise.
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+cd "$here"
+
+missing=()
+for tool in kubectl node npm; do
+  command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
+done
+if (( ${#missing[@]} )); then
+  if [[ "${CI:-}" == "true" ]]; then
+    echo "deploy tests: FAIL: ${missing[*]} not found (needed in CI: kubectl >= 1.27 with kustomize, node >= 18)" >&2
+    exit 1
+  fi
+  echo "deploy tests: SKIP: ${missing[*]} not found (kubectl >= 1.27 with kustomize, node >= 18 and npm run these tests)"
+  exit 0
+fi
+
+if [[ ! -d node_modules/kubernetes-models || ! -d node_modules/@kubernetes-models/prometheus-operator || ! -d node_modules/yaml ]]; then
+  echo "deploy tests: installing npm packages (npm ci)"
+  npm ci --no-audit --no-fund --loglevel=error
+fi
+
+status=0
+node validate_manifests.js || status=1
+"$here/test_plugin.sh" || status=1
+if (( status )); then
+  echo "deploy tests: FAILED"
+else
+  echo "deploy tests: passed"
+fi
+exit "$status"

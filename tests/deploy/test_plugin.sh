@@ -1,0 +1,156 @@
+#!/usr/bin/env bash
+# Tests deploy/kubectl-rstwatch against a fake kubectl (tests/deploy/fake-kubectl/kubectl,
+# canned answers in kubectl's real formats; metrics fixtures cut from a real agent's /metrics):
+# the exact kubectl invocations, the printed table and stream, exit codes and usage errors.
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+plugin="$here/../../deploy/kubectl-rstwatch"
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+export PATH="$here/fake-kubectl:$PATH"
+export FAKE_KUBECTL_LOG="$work/kubectl.log"
+unset RSTWATCH_NAMESPACE FAKE_KUBECTL_SCENARIO FAKE_KUBECTL_NAMESPACE
+
+failures=0
+passes=0
+sel='app.kubernetes.io/name=rstwatch\,app.kubernetes.io/component=agent'
+list_jsonpath='jsonpath=\{range\ .items\[\*\]\}\{.spec.nodeName\}\{\"\\t\"\}\{.metadata.name\}\{\"\\t\"\}\{.status.phase\}\{\"\\t\"\}\{.status.conditions\[\?\(@.type==\"Ready\"\)\].status\}\{\"\\n\"\}\{end\}'
+node_jsonpath='jsonpath=\{range\ .items\[\*\]\}\{.metadata.name\}\{\"\\t\"\}\{.status.phase\}\{\"\\n\"\}\{end\}'
+
+# run NAME ARGS...: runs the plugin (stdin from /dev/null, so never a terminal), captures
+# stdout, stderr, the exit code and the kubectl log.
+run() {
+  name="$1"
+  shift
+  : >"$FAKE_KUBECTL_LOG"
+  set +e
+  "$plugin" "$@" </dev/null >"$work/out" 2>"$work/err"
+  code=$?
+  set -e
+}
+
+check() {  # check WHAT EXPECTED ACTUAL
+  if [[ "$2" == "$3" ]]; then
+    passes=$((passes + 1))
+  else
+    failures=$((failures + 1))
+    printf 'FAIL %s: %s\n--- expected\n%s\n--- got\n%s\n---\n' "$name" "$1" "$2" "$3" >&2
+  fi
+}
+
+check_usage_error() {  # check_usage_error NAME ARGS...: exit 2, one line, no kubectl call
+  run "$@"
+  check "exit code" 2 "$code"
+  check "stderr lines" 1 "$(wc -l <"$work/err" | tr -d ' ')"
+  check "stdout" "" "$(cat "$work/out")"
+  check "kubectl calls" "" "$(cat "$FAKE_KUBECTL_LOG")"
+}
+
+# ---- status ------------------------------------------------------------------------------
+run "status: mixed agents" status
+check "exit code (one agent unreachable)" 1 "$code"
+check "table" "$(cat <<'EOF'
+NODE     POD              READY   WRITE HOOK                  LOST RECORDS   TRACKED   VERSION
+<none>   rstwatch-j7k8l   no      -                           -              -         -
+node-a   rstwatch-a1b2c   yes     tp_btf/tcp_sendmsg_locked   0              52        0.1.0
+node-b   rstwatch-d3e4f   yes     kprobe/tcp_sendmsg          17             1204      0.1.0
+node-c   rstwatch-g5h6i   no      -                           -              -         -
+EOF
+)" "$(cat "$work/out")"
+check "stderr" "kubectl rstwatch: cannot read the metrics of rstwatch/rstwatch-g5h6i: Error from server (ServiceUnavailable): error trying to reach service: dial tcp 10.244.3.7:9740: connect: connection refused" "$(cat "$work/err")"
+check "kubectl calls" "$(cat <<EOF
+kubectl get pods -n rstwatch -l $sel -o $list_jsonpath
+kubectl get --raw /api/v1/namespaces/rstwatch/pods/rstwatch-a1b2c:9740/proxy/metrics
+kubectl get --raw /api/v1/namespaces/rstwatch/pods/rstwatch-d3e4f:9740/proxy/metrics
+kubectl get --raw /api/v1/namespaces/rstwatch/pods/rstwatch-g5h6i:9740/proxy/metrics
+EOF
+)" "$(cat "$FAKE_KUBECTL_LOG")"
+
+FAKE_KUBECTL_SCENARIO=healthy run "status: healthy, with --context" status --context prod
+check "exit code" 0 "$code"
+check "table" "$(cat <<'EOF'
+NODE     POD              READY   WRITE HOOK                  LOST RECORDS   TRACKED   VERSION
+node-a   rstwatch-a1b2c   yes     tp_btf/tcp_sendmsg_locked   0              52        0.1.0
+node-b   rstwatch-d3e4f   yes     kprobe/tcp_sendmsg          17             1204      0.1.0
+EOF
+)" "$(cat "$work/out")"
+check "stderr" "" "$(cat "$work/err")"
+check "kubectl calls" "$(cat <<EOF
+kubectl --context prod get pods -n rstwatch -l $sel -o $list_jsonpath
+kubectl --context prod get --raw /api/v1/namespaces/rstwatch/pods/rstwatch-a1b2c:9740/proxy/metrics
+kubectl --context prod get --raw /api/v1/namespaces/rstwatch/pods/rstwatch-d3e4f:9740/proxy/metrics
+EOF
+)" "$(cat "$FAKE_KUBECTL_LOG")"
+
+run "status: no agents" status --agent-namespace=monitoring
+check "exit code" 1 "$code"
+check "stderr" "kubectl rstwatch: no rstwatch agents in namespace monitoring (selector app.kubernetes.io/name=rstwatch,app.kubernetes.io/component=agent)" "$(cat "$work/err")"
+check "kubectl calls" "kubectl get pods -n monitoring -l $sel -o $list_jsonpath" "$(cat "$FAKE_KUBECTL_LOG")"
+
+# ---- trace -------------------------------------------------------------------------------
+run "trace: filters" trace -n shop web-0 --port 8080 --cause idle_close_race,write_after_fin -o json
+check "exit code" 0 "$code"
+check "stream" "$(cat "$here/fixtures/incidents.txt")" "$(cat "$work/out")"
+check "stderr" "kubectl rstwatch: following agent rstwatch/rstwatch-a1b2c on node node-a for pod shop/web-0" "$(cat "$work/err")"
+check "kubectl calls" "$(cat <<EOF
+kubectl get pod -n shop web-0 -o jsonpath=\{.spec.nodeName\}
+kubectl get pods -n rstwatch -l $sel --field-selector spec.nodeName=node-a -o $node_jsonpath
+kubectl exec -n rstwatch rstwatch-a1b2c -c agent -- rstwatch trace --from http://127.0.0.1:9740 --namespace shop --pod web-0 -o json --port 8080 --cause idle_close_race\,write_after_fin
+EOF
+)" "$(cat "$FAKE_KUBECTL_LOG")"
+
+FAKE_KUBECTL_NAMESPACE=shop run "trace: namespace from kubeconfig, = forms" trace web-0 --pid=5120 --comm=nginx --duration 30 --kubeconfig /tmp/kc
+check "exit code" 0 "$code"
+check "kubectl calls" "$(cat <<EOF
+kubectl --kubeconfig /tmp/kc config view --minify -o jsonpath=\{..namespace\}
+kubectl --kubeconfig /tmp/kc get pod -n shop web-0 -o jsonpath=\{.spec.nodeName\}
+kubectl --kubeconfig /tmp/kc get pods -n rstwatch -l $sel --field-selector spec.nodeName=node-a -o $node_jsonpath
+kubectl --kubeconfig /tmp/kc exec -n rstwatch rstwatch-a1b2c -c agent -- rstwatch trace --from http://127.0.0.1:9740 --namespace shop --pod web-0 --pid 5120 --comm nginx --duration 30
+EOF
+)" "$(cat "$FAKE_KUBECTL_LOG")"
+
+FAKE_KUBECTL_NAMESPACE='' run "trace: no namespace anywhere means default" trace web-0
+check "exit code (web-0 is not in default)" 1 "$code"
+check "stderr" "Error from server (NotFound): pods \"web-0\" not found
+kubectl rstwatch: cannot read pod default/web-0" "$(cat "$work/err")"
+
+run "trace: no agent on the node" trace -nshop batch-1
+check "exit code" 1 "$code"
+check "stderr" "kubectl rstwatch: no running rstwatch agent on node node-d (kubectl -n rstwatch get pods -l app.kubernetes.io/name=rstwatch,app.kubernetes.io/component=agent -o wide)" "$(cat "$work/err")"
+check "kubectl calls" "$(cat <<EOF
+kubectl get pod -n shop batch-1 -o jsonpath=\{.spec.nodeName\}
+kubectl get pods -n rstwatch -l $sel --field-selector spec.nodeName=node-d -o $node_jsonpath
+EOF
+)" "$(cat "$FAKE_KUBECTL_LOG")"
+
+run "trace: pod not scheduled" trace --namespace=shop pending-0
+check "exit code" 1 "$code"
+check "stderr" "kubectl rstwatch: pod shop/pending-0 is not scheduled on a node yet" "$(cat "$work/err")"
+
+run "trace: pod not found" trace -n shop nope
+check "exit code" 1 "$code"
+check "stderr" "Error from server (NotFound): pods \"nope\" not found
+kubectl rstwatch: cannot read pod shop/nope" "$(cat "$work/err")"
+
+# ---- usage -------------------------------------------------------------------------------
+check_usage_error "no command"
+check_usage_error "unknown command" logs
+check_usage_error "trace without POD" trace -n shop
+check_usage_error "trace with two PODs" trace -n shop web-0 web-1
+check_usage_error "trace -n without value" trace web-0 -n
+check_usage_error "trace --port not a number" trace -n shop web-0 --port http
+check_usage_error "trace --pid= not a number" trace -n shop web-0 --pid=12x
+check_usage_error "trace -o yaml" trace -n shop web-0 -o yaml
+check_usage_error "trace unknown option" trace -n shop web-0 --follow
+check_usage_error "trace --cause empty" trace -n shop web-0 --cause ''
+check_usage_error "status extra argument" status node-a
+check_usage_error "status --context without value" status --context
+run "usage: message" trace -n shop
+check "message" "kubectl rstwatch: trace needs a POD (see 'kubectl rstwatch help')" "$(cat "$work/err")"
+
+run "help" help
+check "exit code" 0 "$code"
+check "mentions both commands" "2" "$(grep -cE '^  kubectl rstwatch (trace|status)' "$work/out")"
+
+echo "test_plugin: $passes checks passed, $failures failed"
+(( failures == 0 ))
