@@ -27,25 +27,21 @@ Env: RSTWATCH_NGINX_STREAMS (default 8), RSTWATCH_NGINX_REQUESTS (per stream, de
 
 import datetime
 import os
-import re
 import sys
 import time
 import unittest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
 
-from netns import Cluster, Tracer, client_ep, describe, incidents_for, require_bpf, server_ep  # noqa: E402
-from nginx import NGINX, Nginx  # noqa: E402
+from netns import (KernelTestCase, Tracer, client_ep, describe, incidents_for,  # noqa: E402
+                   server_ep)
+from nginx import NGINX  # noqa: E402
+from nginx_incident import RACE_CAUSES, UPSTREAM_PORT, NginxIncident  # noqa: E402
 
 STREAMS = int(os.environ.get("RSTWATCH_NGINX_STREAMS", "8"))
 REQUESTS = int(os.environ.get("RSTWATCH_NGINX_REQUESTS", "32"))  # per stream, buggy config
 FIXED_REQUESTS = 8  # per stream, corrected config
-SWEEP = [2.0 + 0.0002 * i for i in range(15)]  # request spacings (s), around 2.0 s
-UPSTREAM_PORT = 8080
-PROXY_PORT = 8000
 THRESHOLD_S = 1.0
-RACE_CAUSES = ("idle_close_race", "write_after_fin")
-ERROR_RE = re.compile(r"Connection reset by peer|prematurely closed")
 
 
 def parse_ts(ts):
@@ -53,73 +49,37 @@ def parse_ts(ts):
     return datetime.datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp()
 
 
-class TestNginxIncident(unittest.TestCase):
-    maxDiff = None
+class TestNginxIncident(KernelTestCase):
+    """Setup (nginx pair, client actors, traffic, counts): tests/lib/nginx_incident.py."""
 
     def setUp(self):
-        require_bpf()
+        super().setUp()
         if not os.access(NGINX, os.X_OK):
             self.skipTest("nginx not installed at %s" % NGINX)
 
-    def _nginx(self, n):
-        self.addCleanup(n.cleanup)
-        return n
-
-    def _run_traffic(self, proxy_pod, actors, requests):
-        """STREAMS request series in parallel, phase-shifted; returns per-stream results."""
-        for k, actor in enumerate(actors):
-            sweep = SWEEP[k % len(SWEEP):] + SWEEP[:k % len(SWEEP)]
-            spacings = [2.0 * k / len(actors)] + [sweep[i % len(sweep)]
-                                                   for i in range(requests - 1)]
-            actor.start("http_series", host=proxy_pod.ip4, port=PROXY_PORT + k,
-                        spacings=spacings, method="POST", body="rstwatch", timeout=5)
-        out = []
-        for actor in actors:
-            out.append(actor.result(timeout=requests * 2.1 + 60)["results"])
-        return out
-
-    def _start_proxy(self, cluster, keepalive_timeout=None):
-        proxy, upstream = cluster["proxy"], cluster["upstream"]
-        routes = [(PROXY_PORT + k, "%s:%d" % (upstream.ip4, UPSTREAM_PORT + k))
-                  for k in range(STREAMS)]
-        p = self._nginx(Nginx.proxy(proxy, proxy.ip4, routes,
-                                    upstream_keepalive_timeout=keepalive_timeout))
-        return p.start(proxy.ip4, PROXY_PORT)
-
-    def test_stale_keepalive_502_then_fix(self):
-        c = Cluster(names=["proxy", "upstream"])
-        c.__enter__()
-        self.addCleanup(c.close)
-        proxy_pod, upstream_pod = c["proxy"], c["upstream"]
-        up = self._nginx(Nginx.upstream(upstream_pod, upstream_pod.ip4,
-                                        [UPSTREAM_PORT + k for k in range(STREAMS)],
-                                        keepalive_timeout="2s"))
-        up.start(upstream_pod.ip4, UPSTREAM_PORT)
-        actors = []
-        for k in range(STREAMS):
-            a = proxy_pod.actor(comm="rwhttp")
-            self.addCleanup(a.stop)
-            actors.append(a)
-
-        # ---- phase 1: the incident (proxy pool idle timeout 60 s > upstream's 2 s)
-        px = self._start_proxy(c)
-        workers = set(px.worker_pids())
-        tracer = Tracer(["--idle-threshold", str(THRESHOLD_S)], name="buggy")
+    def traced_traffic(self, setup, phase, requests):
+        """Traffic through the running proxy under a tracer, then the proxy stopped:
+        (per-stream results, incidents touching the cluster)."""
+        tracer = Tracer(["--idle-threshold", str(THRESHOLD_S)], name=phase)
         tracer.start()
         self.addCleanup(tracer.kill)
-        results = self._run_traffic(proxy_pod, actors, REQUESTS)
+        results = setup.run_traffic(requests)
         time.sleep(0.5)
         incidents = tracer.stop()
-        print("\n  [buggy] %s" % tracer.summary_line(), file=sys.stderr)
-        px.stop()
+        print("\n  [%s] %s" % (phase, tracer.summary_line()), file=sys.stderr)
+        setup.proxy.stop()
+        return results, incidents_for(incidents, ips=setup.cluster.ips())
 
-        total = sum(len(r) for r in results)
-        failed = [(k, r) for k, rs in enumerate(results) for r in rs if r["status"] != 200]
-        n502 = sum(1 for _, r in failed if r["status"] == 502)
-        access = px.read("access.log").splitlines()
-        n502_access = sum(1 for line in access if line.split()[1:2] == ["502"])
-        errors = [line for line in px.read("error.log").splitlines() if ERROR_RE.search(line)]
-        ours = incidents_for(incidents, ips=c.ips())
+    def test_stale_keepalive_502_then_fix(self):
+        c = self.make_cluster(["proxy", "upstream"])
+        proxy_pod, upstream_pod = c["proxy"], c["upstream"]
+
+        # ---- phase 1: the incident (proxy pool idle timeout 60 s > upstream's 2 s)
+        setup = NginxIncident(c, streams=STREAMS, add_cleanup=self.addCleanup).start()
+        workers = setup.worker_pids()
+        results, ours = self.traced_traffic(setup, "buggy", REQUESTS)
+        st = setup.stats(results)
+        total, failed, n502, errors = st["total"], st["failed"], st["n502"], st["error_lines"]
         race = [i for i in ours if i.get("observer") == "client" and i.get("cause") in RACE_CAUSES]
         client_side = [i for i in ours if i.get("observer") == "client"]
         server_side = [i for i in ours if i.get("observer") == "server"]
@@ -135,12 +95,11 @@ class TestNginxIncident(unittest.TestCase):
         for line in errors:
             print("    nginx: " + line[:200], file=sys.stderr)
 
-        self.assertEqual([f for f in failed if f[1]["status"] != 502], [],
-                         "requests failed other than with 502")
+        self.assertEqual(st["other_failures"], [], "requests failed other than with 502")
         self.assertGreaterEqual(n502, 1, "no 502 in %d requests: the race did not happen" % total)
-        self.assertEqual(n502_access, n502, "access log 502s != 502s the clients saw")
+        self.assertEqual(st["n502_access"], n502, "access log 502s != 502s the clients saw")
         self.assertEqual(len(errors), n502, "error-log reset/prematurely-closed lines != 502s:\n"
-                         + px.read("error.log"))
+                         + setup.proxy.read("error.log"))
 
         # Every client-side incident must be one of the race causes, on a proxy->upstream
         # connection, written by the proxy's nginx worker.
@@ -168,24 +127,17 @@ class TestNginxIncident(unittest.TestCase):
         self.assertEqual(unmatched, [], "incidents without a 502")
 
         # ---- phase 2: the fix (pool idle timeout 1 s < upstream's 2 s)
-        up.truncate_logs()
-        px = self._start_proxy(c, keepalive_timeout="1s")
-        tracer = Tracer(["--idle-threshold", str(THRESHOLD_S)], name="fixed")
-        tracer.start()
-        self.addCleanup(tracer.kill)
-        results = self._run_traffic(proxy_pod, actors, FIXED_REQUESTS)
-        time.sleep(0.5)
-        incidents = tracer.stop()
-        print("\n  [fixed] %s" % tracer.summary_line(), file=sys.stderr)
-        px.stop()
+        setup.upstream.truncate_logs()
+        setup.start_proxy(keepalive_timeout="1s")
+        results, ours = self.traced_traffic(setup, "fixed", FIXED_REQUESTS)
         total = sum(len(r) for r in results)
         n_bad = sum(1 for rs in results for r in rs if r["status"] != 200)
-        ours = incidents_for(incidents, ips=c.ips())
         print("  [fixed] requests=%d 502s=%d incidents=%d" % (total, n_bad, len(ours)),
               file=sys.stderr)
         for inc in ours:
             print("    " + describe(inc), file=sys.stderr)
-        self.assertEqual(n_bad, 0, "failed requests with the fix:\n" + px.read("error.log"))
+        self.assertEqual(n_bad, 0,
+                         "failed requests with the fix:\n" + setup.proxy.read("error.log"))
         self.assertEqual(ours, [], "incidents with the fix")
 
 

@@ -167,59 +167,38 @@ def leaked_rw_links(before):
 
 # ---------------------------------------------------------------- agent process
 
-class Agent:
+class Agent(netns.ManagedProcess):
     """`rstwatch agent --listen 127.0.0.1:PORT ARGS`, stderr collected line by line."""
 
     def __init__(self, args=(), binary=None, name="agent", idle_threshold=0.5, port=None,
                  wait_ready=True, env=None):
+        super().__init__(name)
         self.binary = binary or rstwatch_bin()
         self.args = list(args)
         if idle_threshold is not None and "--idle-threshold" not in self.args:
             self.args += ["--idle-threshold", str(idle_threshold)]
-        self.name = name
         self.port = port
         self.wait_ready = wait_ready
         self.env = env
-        self.proc = None
-        self.stderr_lines = []
         self._serving = threading.Event()
-        self._threads = []
-        self.returncode = None
         self.exit_before_cleanup = None
         self.links = set()  # BPF link ids this agent held (seen while it ran)
-        self._lock = threading.Lock()
-
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc):
-        self.kill()
-        return False
 
     @property
     def url(self):
         return "http://127.0.0.1:%d" % self.port
 
     def start(self):
-        _install_handlers()
         for attempt in range(3):
             port = self.port or free_port()
             cmd = [self.binary, "agent", "--listen", "127.0.0.1:%d" % port] + self.args
-            self.cmd = cmd
             env = dict(os.environ)
             env.pop("KUBERNETES_SERVICE_HOST", None)  # never in-cluster by accident
             if self.env:
                 env.update(self.env)
-            self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                         stderr=subprocess.PIPE, text=True, bufsize=1, env=env)
-            _register_proc(self.proc)
             self.stderr_lines = []
             self._serving.clear()
-            self._threads = []
-            for fn in (self._read_stderr, self._read_stdout):
-                t = threading.Thread(target=fn, daemon=True)
-                t.start()
-                self._threads.append(t)
+            self._spawn(cmd, (self._read_stderr, self._read_stdout), env=env)
             deadline = time.monotonic() + READY_TIMEOUT
             while not self._serving.wait(0.05):
                 if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -243,26 +222,14 @@ class Agent:
             self.wait_readyz()
         return self
 
-    def _read_stderr(self):
-        for line in self.proc.stderr:
-            with self._lock:
-                self.stderr_lines.append(line)
-            if "serving http://" in line or "serving http:\\/\\/" in line:
-                self._serving.set()
+    def _on_stderr_line(self, line):
+        if "serving http://" in line or "serving http:\\/\\/" in line:
+            self._serving.set()
 
     def _read_stdout(self):
         for line in self.proc.stdout:
             with self._lock:
                 self.stderr_lines.append("[stdout] " + line)
-
-    @property
-    def stderr(self):
-        with self._lock:
-            return "".join(self.stderr_lines)
-
-    def lines(self):
-        with self._lock:
-            return list(self.stderr_lines)
 
     def _note_links(self):
         if self.proc is not None and self.proc.poll() is None:
@@ -318,40 +285,9 @@ class Agent:
             time.sleep(0.05)
 
     def stop(self, sig=signal.SIGTERM, timeout=15.0):
-        """Sends sig, waits; asserts exit 0; returns the exit code."""
+        """Sends sig, waits (SIGKILL and AssertionError after timeout); returns the exit code."""
         self._note_links()
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, sig)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.kill()
-                raise AssertionError("%s did not exit within %.0fs of signal %d; stderr:\n%s" % (
-                    self.name, timeout, sig, self.stderr))
-        for t in self._threads:
-            t.join(timeout=5)
-        self._close_pipes()
-        _unregister_proc(self.proc)
-        self.returncode = self.proc.returncode
-        return self.returncode
-
-    def kill(self):
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            kill_proc(self.proc, sig=signal.SIGKILL, timeout=5.0)
-        else:
-            _unregister_proc(self.proc)
-        for t in self._threads:
-            t.join(timeout=5)
-        self._close_pipes()
-
-    def _close_pipes(self):
-        for f in (self.proc.stdout, self.proc.stderr):
-            try:
-                f.close()
-            except Exception:
-                pass
+        return self._signal_and_wait(sig, timeout)
 
 
 def run_agent_expecting_failure(args, timeout=30.0):
@@ -377,30 +313,17 @@ def run_agent_expecting_failure(args, timeout=30.0):
 
 # ---------------------------------------------------------------- followers
 
-class Follower:
+class Follower(netns.ManagedProcess):
     """`rstwatch trace --from URL -o json ARGS`: the agent's stream, JSON lines collected."""
 
     def __init__(self, url, args=(), name="follower"):
+        super().__init__(name)
         self.url = url
         self.args = list(args)
-        self.name = name
-        self.proc = None
-        self.records = []
-        self.bad_lines = []
-        self.stderr_lines = []
-        self._threads = []
-        self.returncode = None
 
     def start(self, timeout=15.0):
-        _install_handlers()
-        self.cmd = [rstwatch_bin(), "trace", "--from", self.url, "-o", "json"] + self.args
-        self.proc = subprocess.Popen(self.cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True, bufsize=1)
-        _register_proc(self.proc)
-        for fn in (self._read_stdout, self._read_stderr):
-            t = threading.Thread(target=fn, daemon=True)
-            t.start()
-            self._threads.append(t)
+        self._spawn([rstwatch_bin(), "trace", "--from", self.url, "-o", "json"] + self.args,
+                    (self._read_json_stdout, self._read_stderr))
         self.wait_connected(timeout)
         return self
 
@@ -413,68 +336,18 @@ class Follower:
             if self.proc.poll() is not None:
                 time.sleep(0.2)
                 raise AssertionError("%s (%s) exited %s; stderr:\n%s" % (
-                    self.name, " ".join(self.cmd), self.proc.poll(), "".join(self.stderr_lines)))
+                    self.name, " ".join(self.cmd), self.proc.poll(), self.stderr))
             if _pid_has_connection(self.proc.pid, port):
                 time.sleep(0.5)
                 return
             time.sleep(0.05)
         raise AssertionError("%s: no connection to port %d within %.0fs; stderr:\n%s" % (
-            self.name, port, timeout, "".join(self.stderr_lines)))
-
-    def _read_stdout(self):
-        for line in self.proc.stdout:
-            s = line.strip()
-            if not s:
-                continue
-            try:
-                self.records.append(json.loads(s))
-            except ValueError:
-                self.bad_lines.append(s)
-
-    def _read_stderr(self):
-        for line in self.proc.stderr:
-            self.stderr_lines.append(line)
-
-    def incidents(self):
-        return [r for r in self.records if isinstance(r, dict) and "cause" in r]
+            self.name, port, timeout, self.stderr))
 
     def stop(self, timeout=10.0):
         """SIGINT; asserts exit 0 and JSON-only stdout; returns the incidents."""
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGINT)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.kill()
-                raise AssertionError("%s did not exit within %.0fs of SIGINT" % (self.name, timeout))
-        for t in self._threads:
-            t.join(timeout=5)
-        _unregister_proc(self.proc)
-        self._close_pipes()
-        self.returncode = self.proc.returncode
-        if self.returncode != 0:
-            raise AssertionError("%s exited %s; stderr:\n%s" % (
-                self.name, self.returncode, "".join(self.stderr_lines)))
-        if self.bad_lines:
-            raise AssertionError("%s: non-JSON stdout lines: %r" % (self.name, self.bad_lines[:5]))
-        return self.incidents()
-
-    def kill(self):
-        if self.proc is not None and self.proc.poll() is None:
-            kill_proc(self.proc, sig=signal.SIGKILL, timeout=5.0)
-        elif self.proc is not None:
-            _unregister_proc(self.proc)
-        if self.proc is not None:
-            for t in self._threads:
-                t.join(timeout=5)
-            self._close_pipes()
-
-    def _close_pipes(self):
-        for f in (self.proc.stdout, self.proc.stderr):
-            try:
-                f.close()
-            except Exception:
-                pass
+        self._signal_and_wait(signal.SIGINT, timeout, expect_zero=True)
+        return self._json_incidents()
 
 
 def _pid_has_connection(pid, port):

@@ -10,11 +10,10 @@ import math
 import os
 import sys
 import time
-import unittest
 
 import agent as agentlib
 from agent import PAIR, Agent, Follower, PodMapFile, metric_pair_key, pair_labels
-from netns import IP, Cluster
+from netns import IP, KernelTestCase
 
 SETTLE_S = 0.7  # let the last records reach the agent before scraping
 
@@ -45,24 +44,13 @@ WRITE_HOOKS = ("tp_btf", "fentry", "kprobe")
 
 
 
-class AgentTestCase(unittest.TestCase):
-    maxDiff = None
+class AgentTestCase(KernelTestCase):
+    """make_cluster and make_actor: netns.KernelTestCase."""
 
     def setUp(self):
-        agentlib.require_agent()
+        agentlib.require_agent()  # includes require_bpf()
 
     # -- fixtures
-    def make_cluster(self, names):
-        c = Cluster(names=list(names))
-        c.__enter__()
-        self.addCleanup(c.close)
-        return c
-
-    def make_actor(self, pod, comm=None):
-        a = pod.actor(comm=comm)
-        self.addCleanup(a.stop)
-        return a
-
     def make_pod_map(self, entries=None, text=None):
         pm = PodMapFile(entries=entries, text=text)
         self.addCleanup(pm.cleanup)

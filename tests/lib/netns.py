@@ -464,54 +464,44 @@ def describe(inc):
         inc.get("reset_reason"))
 
 
-class Tracer:
-    """`rstwatch trace -o json [args]` in the root namespace, stdout JSON collected."""
+class ManagedProcess:
+    """A process this harness starts in the root namespace, stdout and stderr read line by
+    line by threads; registered with the cleanup registry and ended by PID.  The common part
+    of Tracer (here), Agent and Follower (agent.py)."""
 
-    READY_TIMEOUT = 20.0
-
-    def __init__(self, args=(), binary=None, name="tracer"):
-        self.binary = binary or rstwatch_bin()
-        self.args = list(args)
+    def __init__(self, name):
         self.name = name
         self.proc = None
-        self.records = []  # every JSON object printed on stdout
+        self.cmd = None
+        self.records = []  # every JSON object printed on stdout (_read_json_stdout)
         self.bad_lines = []
         self.stderr_lines = []
-        self._ready = threading.Event()
         self._threads = []
+        self._lock = threading.Lock()
         self.returncode = None
 
     def __enter__(self):
-        self.start()
-        return self
+        return self.start()
 
     def __exit__(self, *exc):
         self.kill()
         return False
 
-    def start(self):
+    def _spawn(self, cmd, readers, env=None):
+        """Starts cmd (stdin /dev/null) and one thread per reader function."""
         _install_handlers()
-        cmd = [self.binary, "trace", "-o", "json"] + self.args
         self.cmd = cmd
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True, bufsize=1)
+                                     stderr=subprocess.PIPE, text=True, bufsize=1, env=env)
         _register_proc(self.proc)
-        for fn in (self._read_stdout, self._read_stderr):
+        self._threads = []
+        for fn in readers:
             t = threading.Thread(target=fn, daemon=True)
             t.start()
             self._threads.append(t)
-        deadline = time.monotonic() + self.READY_TIMEOUT
-        while not self._ready.wait(0.05):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                why = ("exited with %s" % self.proc.poll()) if self.proc.poll() is not None \
-                    else "no 'tracing' line within %.0fs" % self.READY_TIMEOUT
-                time.sleep(0.2)
-                self.kill()
-                raise AssertionError("%s (%s) %s; stderr:\n%s" % (
-                    self.name, " ".join(cmd), why, "".join(self.stderr_lines)))
-        return self
+        return self.proc
 
-    def _read_stdout(self):
+    def _read_json_stdout(self):
         for line in self.proc.stdout:
             s = line.strip()
             if not s:
@@ -523,66 +513,115 @@ class Tracer:
 
     def _read_stderr(self):
         for line in self.proc.stderr:
-            self.stderr_lines.append(line)
-            if "tracing" in line:
-                self._ready.set()
+            with self._lock:
+                self.stderr_lines.append(line)
+            self._on_stderr_line(line)
+
+    def _on_stderr_line(self, line):
+        pass
 
     @property
     def stderr(self):
-        return "".join(self.stderr_lines)
+        with self._lock:
+            return "".join(self.stderr_lines)
+
+    def lines(self):
+        with self._lock:
+            return list(self.stderr_lines)
 
     def incidents(self):
         return [r for r in self.records if isinstance(r, dict) and "cause" in r]
 
-    def stop(self, timeout=15.0):
-        """SIGINT, wait; asserts exit 0 and the "records lost" summary; returns incidents."""
-        if self.proc is None:
-            return []
+    def _signal_and_wait(self, sig, timeout, expect_zero=False):
+        """Sends sig (unless already exited), waits; SIGKILL and AssertionError after
+        timeout; with expect_zero, AssertionError unless the exit status is 0.  Returns it."""
+        signame = signal.Signals(sig).name
         if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGINT)
+            os.kill(self.proc.pid, sig)
             try:
                 self.proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
                 self.kill()
-                raise AssertionError("%s did not exit within %.0fs of SIGINT; stderr:\n%s" % (
-                    self.name, timeout, self.stderr))
-        for t in self._threads:
-            t.join(timeout=5)
-        self._close_pipes()
+                raise AssertionError("%s did not exit within %.0fs of %s; stderr:\n%s" % (
+                    self.name, timeout, signame, self.stderr))
+        self._join()
         _unregister_proc(self.proc)
         self.returncode = self.proc.returncode
-        if self.returncode != 0:
-            raise AssertionError("%s exited %s after SIGINT; stderr:\n%s" % (
-                self.name, self.returncode, self.stderr))
-        if not any("records lost" in l for l in self.stderr_lines):
-            raise AssertionError("%s: no summary line with 'records lost' on stderr:\n%s" % (
-                self.name, self.stderr))
+        if expect_zero and self.returncode != 0:
+            raise AssertionError("%s exited %s after %s; stderr:\n%s" % (
+                self.name, self.returncode, signame, self.stderr))
+        return self.returncode
+
+    def _json_incidents(self):
+        """The incidents; AssertionError if stdout had non-JSON lines."""
         if self.bad_lines:
             raise AssertionError("%s: non-JSON stdout lines: %r" % (self.name, self.bad_lines[:5]))
         return self.incidents()
 
-    def summary_line(self):
-        for l in self.stderr_lines:
-            if "records lost" in l:
-                return l.strip()
-        return ""
-
     def kill(self):
-        if self.proc is not None and self.proc.poll() is None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
             kill_proc(self.proc, sig=signal.SIGKILL, timeout=5.0)
-        elif self.proc is not None:
+        else:
             _unregister_proc(self.proc)
-        if self.proc is not None:
-            for t in self._threads:
-                t.join(timeout=5)
-            self._close_pipes()
+        self._join()
 
-    def _close_pipes(self):
+    def _join(self):
+        """Joins the reader threads and closes the pipes."""
+        for t in self._threads:
+            t.join(timeout=5)
         for f in (self.proc.stdout, self.proc.stderr):
             try:
                 f.close()
             except Exception:
                 pass
+
+
+class Tracer(ManagedProcess):
+    """`rstwatch trace -o json [args]` in the root namespace, stdout JSON collected."""
+
+    READY_TIMEOUT = 20.0
+
+    def __init__(self, args=(), binary=None, name="tracer"):
+        super().__init__(name)
+        self.binary = binary or rstwatch_bin()
+        self.args = list(args)
+        self._ready = threading.Event()
+
+    def start(self):
+        cmd = [self.binary, "trace", "-o", "json"] + self.args
+        self._spawn(cmd, (self._read_json_stdout, self._read_stderr))
+        deadline = time.monotonic() + self.READY_TIMEOUT
+        while not self._ready.wait(0.05):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                why = ("exited with %s" % self.proc.poll()) if self.proc.poll() is not None \
+                    else "no 'tracing' line within %.0fs" % self.READY_TIMEOUT
+                time.sleep(0.2)
+                self.kill()
+                raise AssertionError("%s (%s) %s; stderr:\n%s" % (
+                    self.name, " ".join(cmd), why, self.stderr))
+        return self
+
+    def _on_stderr_line(self, line):
+        if "tracing" in line:
+            self._ready.set()
+
+    def stop(self, timeout=15.0):
+        """SIGINT, wait; asserts exit 0 and the "records lost" summary; returns incidents."""
+        if self.proc is None:
+            return []
+        self._signal_and_wait(signal.SIGINT, timeout, expect_zero=True)
+        if not self.summary_line():
+            raise AssertionError("%s: no summary line with 'records lost' on stderr:\n%s" % (
+                self.name, self.stderr))
+        return self._json_incidents()
+
+    def summary_line(self):
+        for l in self.lines():
+            if "records lost" in l:
+                return l.strip()
+        return ""
 
 
 def incidents_for(incidents, ips=None, ports=None):
@@ -596,3 +635,29 @@ def incidents_for(incidents, ips=None, ports=None):
             continue
         out.append(inc)
     return out
+
+
+# ---------------------------------------------------------------- unittest base
+
+class KernelTestCase(unittest.TestCase):
+    """Base of the kernel tests: require_bpf() first; clusters and actors are removed with
+    addCleanup (also on failure)."""
+
+    maxDiff = None
+
+    def setUp(self):
+        require_bpf()
+
+    def make_cluster(self, names=("server", "client")):
+        c = Cluster(names=list(names))
+        c.__enter__()
+        self.addCleanup(c.close)
+        return c
+
+    def make_actor(self, pod, comm=None):
+        """A socket actor in pod; with comm, checks the process really is named so."""
+        a = pod.actor(comm=comm)
+        self.addCleanup(a.stop)
+        if comm:
+            self.assertEqual(a.comm, comm[:15], "actor comm (/proc/PID/comm)")
+        return a

@@ -2,16 +2,21 @@
 between a client actor and a server actor (tests/lib/actor.py), and returns the connection
 and the incidents rstwatch must report for it.
 
-Factored out of tests/kernel/test_causes.py (same steps, same timings by default) so the
-tracer, agent, Prometheus and benchmark tests drive identical traffic.  Plain functions:
+The scenarios of tests/kernel/test_causes.py (same steps, same timings by default), so the
+tracer, agent, Prometheus and benchmark tests drive identical traffic; incident_problems()
+matches rstwatch's JSON incidents against an expected list.  Plain functions:
 they raise AssertionError when the sockets do not behave as the scenario requires.
 
     conn, expected = idle_close_rst(client_actor, server_actor, host=server_pod.ip4, port=8080)
     expected -> [{"cause": "idle_close_race", "observer": "client", "conn": conn, ...}, ...]
+    problems = incident_problems(incidents_of(tracer_incidents, [conn]), expected)
 """
+
+from netns import client_ep, describe, incidents_for, server_ep
 
 THRESHOLD_S = 0.5  # --idle-threshold these scenarios are written for
 IDLE_S = 1.5  # scripted idle before the racing write (well above the threshold)
+IDLE_TOL_MS = 60.0  # tolerance on idle_before_write_ms against an expected idle_ms
 
 
 def plain_ip(ip):
@@ -56,6 +61,12 @@ def connect(client, server, family="inet", host=None, listen_family=None, listen
     if listen_host:
         args["host"] = listen_host
     port = server.step("listen", **args)["port"]
+    return connect_to(client, server, port, family=family, host=host, listener=listener,
+                      name=name)
+
+
+def connect_to(client, server, port, family="inet", host=None, listener="L", name="c"):
+    """Client connects to the server's existing listener on port: returns a Conn."""
     client.start("connect", family=family, host=host, port=port, name=name)
     server.step("accept", listener=listener, name=name)
     cinfo = client.result()
@@ -67,24 +78,51 @@ def _check(cond, msg):
         raise AssertionError(msg)
 
 
+def _idle_then_write(client, server, idle_s, **connect_args):
+    """A used keepalive connection on which the client writes a request after idle_s:
+    (conn, the send step's reply)."""
+    conn = connect(client, server, **connect_args)
+    conn.exchange()
+    client.step("sleep", seconds=idle_s)
+    return conn, client.step("send", size=100)
+
+
+def _close_both(conn):
+    """The client closes the connection, the server its listener (L)."""
+    conn.client.step("close", name=conn.name)
+    conn.server.step("close", name="L")
+
+
+def _client_incident(cause, conn, write):
+    """The client-side incident expected for the write (send step reply) on conn."""
+    return dict(cause=cause, observer="client", conn=conn, pid=conn.client.pid,
+                comm=conn.client.comm, idle_ms=(write["t0"] - conn.last_rx) * 1000.0)
+
+
+def idle_close_fin(client, server, family="inet", host=None, port=0, idle_s=IDLE_S):
+    """Idle keepalive connection; client writes after idle_s; the server reads the request
+    and closes without answering (FIN): client idle_close_race ("prematurely closed")."""
+    conn, w = _idle_then_write(client, server, idle_s, family=family, host=host, port=port)
+    server.step("recv", size=100)
+    server.step("close", name="c")
+    r = client.step("recv", size=200, exact=False)
+    _check(r["eof"], "client recv: %r, expected EOF" % (r,))
+    _close_both(conn)
+    return conn, [_client_incident("idle_close_race", conn, w)]
+
+
 def idle_close_rst(client, server, family="inet", host=None, port=0, idle_s=IDLE_S):
     """Idle keepalive connection; client writes after idle_s; the server closes with the
     request unread -> RST: client idle_close_race, server abort_on_close."""
-    conn = connect(client, server, family=family, host=host, port=port)
-    conn.exchange()
-    client.step("sleep", seconds=idle_s)
-    w = client.step("send", size=100)
+    conn, w = _idle_then_write(client, server, idle_s, family=family, host=host, port=port)
     unread = server.step("wait_readable")["unread"]
     _check(unread > 0, "server saw no unread request")
     server.step("close", name="c")
     r = client.step("recv", size=200, exact=False, expect_ok=False)
     _check(r.get("errno") == "ECONNRESET", "client recv: %r, expected ECONNRESET" % (r,))
-    client.step("close", name="c")
-    server.step("close", name="L")
-    idle_ms = (w["t0"] - conn.last_rx) * 1000.0
+    _close_both(conn)
     expected = [
-        dict(cause="idle_close_race", observer="client", conn=conn, pid=client.pid,
-             comm=client.comm, idle_ms=idle_ms),
+        _client_incident("idle_close_race", conn, w),
         dict(cause="abort_on_close", observer="server", conn=conn,
              reset_reason="TCP_ABORT_ON_CLOSE"),
     ]
@@ -107,12 +145,9 @@ def write_after_fin(client, server, family="inet", host=None, listen_family=None
     w = client.step("send", size=100)  # accepted locally: CLOSE_WAIT may still send
     r = client.step("recv", size=200, exact=False, expect_ok=False, timeout=3)
     # The FIN is queued before the RST: the first read may report EOF.
-    client.step("close", name="c")
-    server.step("close", name="L")
-    idle_ms = (w["t0"] - conn.last_rx) * 1000.0
+    _close_both(conn)
     expected = [
-        dict(cause="write_after_fin", observer="client", conn=conn, pid=client.pid,
-             comm=client.comm, idle_ms=idle_ms),
+        _client_incident("write_after_fin", conn, w),
         dict(cause="data_after_close", observer="server", conn=conn),
     ]
     return conn, expected, r
@@ -134,6 +169,25 @@ def reset_linger0(client, server, family="inet", host=None, port=0, exchanges=20
     return conn, expected
 
 
+def half_close_answered(client, server, family="inet", host=None, port=0):
+    """Server shutdown(SHUT_WR) but keeps reading; the client's write in CLOSE_WAIT is read;
+    both close normally.  No incident: returns (conn, [])."""
+    conn = connect(client, server, family=family, host=host, port=port)
+    conn.exchange()
+    server.step("sleep", seconds=0.2)
+    server.step("shutdown", name="c", how="wr")
+    client.step("wait_state", state="CLOSE_WAIT", timeout=5)
+    client.step("sleep", seconds=0.3)
+    client.step("send", size=100)
+    r = server.step("recv", size=100)
+    _check(r["n"] == 100, "server recv: %r, expected 100 bytes" % (r,))
+    server.step("close", name="c")
+    r = client.step("recv", size=10, exact=False)
+    _check(r["eof"], "client recv: %r, expected EOF" % (r,))
+    _close_both(conn)
+    return conn, []
+
+
 def healthy_reuse(client, server, family="inet", host=None, port=0, gaps_s=(0.8, 0.8),
                   count=6):
     """A keepalive connection with idle gaps (above the threshold) that the server answers
@@ -153,3 +207,65 @@ def healthy_reuse(client, server, family="inet", host=None, port=0, gaps_s=(0.8,
     server.step("close", name="L")
     measured = [t1 - t0 for _, t0, t1 in r["gaps"]]
     return conn, measured
+
+
+# ---------------------------------------------------------------- matching rstwatch's incidents
+
+def incidents_of(incidents, conns):
+    """The incidents touching conns' addresses and ports."""
+    ports, ips = set(), set()
+    for c in conns:
+        ports |= c.ports
+        ips |= {c.client_ep[0], c.server_ep[0]}
+    return incidents_for(incidents, ips=ips, ports=ports)
+
+
+def incident_mismatch(inc, exp, tol_ms=IDLE_TOL_MS):
+    """How incident inc (rstwatch JSON) differs from exp (an entry of an expected list: cause,
+    observer, conn, and optional pid, comm, idle_ms, reset_reason): [] when it matches."""
+    conn = exp["conn"]
+    errs = []
+    if inc.get("cause") != exp["cause"]:
+        errs.append("cause %s" % inc.get("cause"))
+    if inc.get("observer") != exp["observer"]:
+        errs.append("observer %s" % inc.get("observer"))
+    if tuple(client_ep(inc)) != conn.client_ep:
+        errs.append("client %s != %s" % (client_ep(inc), conn.client_ep))
+    if tuple(server_ep(inc)) != conn.server_ep:
+        errs.append("server %s != %s" % (server_ep(inc), conn.server_ep))
+    for key, fmt in (("pid", "pid %s != %s"), ("comm", "comm %r != %r"),
+                     ("reset_reason", "reset_reason %r != %r")):
+        if key in exp and inc.get(key) != exp[key]:
+            errs.append(fmt % (inc.get(key), exp[key]))
+    if "idle_ms" in exp:
+        idle = inc.get("idle_before_write_ms")
+        if not isinstance(idle, (int, float)) or abs(idle - exp["idle_ms"]) > tol_ms:
+            errs.append("idle_before_write_ms %s, expected %.1f +- %.0f" % (
+                idle, exp["idle_ms"], tol_ms))
+    return errs
+
+
+def incident_problems(got, expected, tol_ms=IDLE_TOL_MS):
+    """got must be exactly expected, as a multiset: [] when it is, else one line per missing
+    expected incident (with the closest candidate's differences) and per unexpected one."""
+    unmatched = list(got)
+    problems = []
+    for exp in expected:
+        conn = exp["conn"]
+        best, best_err = None, None
+        for inc in unmatched:
+            errs = incident_mismatch(inc, exp, tol_ms)
+            if not errs:
+                best = inc
+                break
+            if inc.get("cause") == exp["cause"] and inc.get("observer") == exp["observer"]:
+                best_err = errs
+        if best is None:
+            problems.append("missing %s/%s on %s->%s%s" % (
+                exp["cause"], exp["observer"], conn.client_ep, conn.server_ep,
+                (" (closest differs: %s)" % "; ".join(best_err)) if best_err else ""))
+        else:
+            unmatched.remove(best)
+    for inc in unmatched:
+        problems.append("unexpected incident: " + describe(inc))
+    return problems
