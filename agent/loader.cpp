@@ -66,7 +66,8 @@ std::unique_ptr<BpfSession> BpfSession::open(const LoaderOptions& options, const
         std::max(1.0, std::ceil(options.idle_threshold_s * 1e9 / static_cast<double>(jiffy_ns) - 1e-9)));
 
     std::string last_error;
-    auto attempt = [&](WriteMode mode) -> int {
+    // One load with the given write hook and per-socket store.
+    auto load_with = [&](WriteMode mode, bool socket_storage) -> int {
         std::unique_ptr<rstwatch_bpf, SkeletonDeleter> skel(rstwatch_bpf__open());
         if (!skel) {
             last_error = std::string("cannot open BPF object: ") + strerror(errno);
@@ -75,8 +76,10 @@ std::unique_ptr<BpfSession> BpfSession::open(const LoaderOptions& options, const
         skel->rodata->idle_threshold_jiffies = session->idle_threshold_jiffies_;
         skel->rodata->close_idle_threshold_jiffies = std::max<uint32_t>(1, session->idle_threshold_jiffies_ / 2);
         skel->rodata->jiffy_ns = jiffy_ns;
+        skel->rodata->use_sk_storage = socket_storage;
         bpf_map__set_max_entries(skel->maps.events, round_up_pow2(options.ringbuf_bytes));
-        bpf_map__set_max_entries(skel->maps.conns, options.max_connections);
+        // With socket storage the hash stays unused: keep it at one entry (it is preallocated).
+        bpf_map__set_max_entries(skel->maps.conns, socket_storage ? 1 : options.max_connections);
         for (WriteMode m : {WriteMode::tp_btf, WriteMode::fentry, WriteMode::kprobe})
             bpf_program__set_autoload(write_program(skel.get(), m), m == mode);
         bpf_program__set_autoload(skel->progs.rw_rst_sent, features.send_reset_has_reason);
@@ -93,7 +96,16 @@ std::unique_ptr<BpfSession> BpfSession::open(const LoaderOptions& options, const
             return err;
         }
         session->skel_ = std::move(skel);
+        session->socket_storage_ = socket_storage;
         return 0;
+    };
+    // Socket storage where BTF-typed programs can use it (Linux >= 5.11), else the LRU hash.
+    auto attempt = [&](WriteMode mode) -> int {
+        if (mode != WriteMode::kprobe) {
+            if (load_with(mode, true) == 0) return 0;
+            spdlog::debug("{} with socket storage: {}; trying the LRU hash", write_mode_name(mode), last_error);
+        }
+        return load_with(mode, false);
     };
     auto on_refused = [&](WriteMode mode, int err, std::optional<WriteMode> next) {
         if (next)
@@ -155,7 +167,7 @@ uint64_t BpfSession::tracked_connections() const {
     uint64_t added = counter(RW_CNT_TRACK_ADDED);
     uint64_t removed = counter(RW_CNT_TRACK_REMOVED);
     uint64_t live = added > removed ? added - removed : 0;
-    return std::min<uint64_t>(live, max_connections_);
+    return socket_storage_ ? live : std::min<uint64_t>(live, max_connections_);
 }
 
 }  // namespace rstwatch

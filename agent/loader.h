@@ -42,18 +42,21 @@ public:
     BpfSession& operator=(const BpfSession&) = delete;
 
     WriteMode write_mode() const { return write_mode_; }
+    // Per-socket state in socket local storage (else in the LRU hash of max_connections).
+    bool socket_storage() const { return socket_storage_; }
     uint32_t idle_threshold_jiffies() const { return idle_threshold_jiffies_; }
     // Waits up to timeout_ms for records and delivers them; returns the count or -errno.
     int poll(int timeout_ms);
     // Records dropped because the ring buffer was full, summed over CPUs.
     uint64_t lost_records() const;
     uint64_t track_failures() const;
-    // Connections with per-socket state in the kernel now (bounded by max_connections; LRU
-    // evictions are not seen, so this is an upper estimate).
+    // Connections with per-socket state in the kernel now (with the LRU hash: bounded by
+    // max_connections, evictions unseen, so an upper estimate).
     uint64_t tracked_connections() const;
 
 private:
     uint32_t max_connections_ = 0;
+    bool socket_storage_ = false;
     struct SkeletonDeleter {
         void operator()(rstwatch_bpf* skel) const;
     };

@@ -31,6 +31,17 @@ struct {
 	__uint(max_entries, 1 << 22); /* resized by the loader */
 } events SEC(".maps");
 
+/* Per-socket state in socket local storage (Linux >= 5.11, BTF-typed programs): found from
+ * the socket itself, freed with it. Otherwise (kprobe writes, older kernels) in `conns`. */
+const volatile bool use_sk_storage = false;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct rw_conn_snapshot);
+} conn_storage SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 131072); /* resized by the loader */
@@ -102,15 +113,24 @@ static __always_inline void read_tuple(const struct sock *sk, bool full, struct 
 	t->netns = BPF_CORE_READ(skc, skc_net.net, ns.inum);
 }
 
+/* Reads a field through a BTF-typed pointer (a plain load) where the program has one
+ * (tp_btf, fentry), else with a probe read (kprobe). `direct` is a compile-time constant. */
+#define RW_READ(direct, ptr, field) ((direct) ? (ptr)->field : BPF_CORE_READ(ptr, field))
+
 /* Data bytes received: tcp_sock.bytes_received also counts the peer's FIN (one sequence
  * number), which is no response byte. */
-static __always_inline __u64 data_bytes_received(const struct sock *sk, const struct rw_conn_snapshot *st)
+static __always_inline __u64 data_received(__u64 received, const struct rw_conn_snapshot *st)
 {
-	__u64 received = BPF_CORE_READ((const struct tcp_sock *)sk, bytes_received);
-
 	if (st && (st->flags & RW_F_PEER_FIN) && received > 0)
 		received--;
 	return received;
+}
+
+static __always_inline __u32 idle_since(__u32 last_send, __u32 last_recv)
+{
+	__u32 last = (__s32)(last_send - last_recv) > 0 ? last_send : last_recv;
+
+	return (__u32)bpf_jiffies64() - last;
 }
 
 /* Jiffies since the connection last sent or received data. */
@@ -118,17 +138,16 @@ static __always_inline __u32 idle_jiffies(const struct sock *sk)
 {
 	const struct tcp_sock *tp = (const void *)sk;
 	const struct inet_connection_sock *icsk = (const void *)sk;
-	__u32 last_send = BPF_CORE_READ(tp, lsndtime);
-	__u32 last_recv = BPF_CORE_READ(icsk, icsk_ack.lrcvtime);
-	__u32 last = (__s32)(last_send - last_recv) > 0 ? last_send : last_recv;
 
-	return (__u32)bpf_jiffies64() - last;
+	return idle_since(BPF_CORE_READ(tp, lsndtime), BPF_CORE_READ(icsk, icsk_ack.lrcvtime));
 }
 
 static __always_inline struct rw_conn_snapshot *conn_of(const struct sock *sk)
 {
 	__u64 key = (__u64)sk;
 
+	if (use_sk_storage)
+		return bpf_sk_storage_get(&conn_storage, (struct sock *)sk, 0, 0);
 	return bpf_map_lookup_elem(&conns, &key);
 }
 
@@ -162,7 +181,7 @@ static __always_inline void emit(const struct sock *sk, bool full, __u8 type, __
 		const struct tcp_sock *tp = (const void *)sk;
 
 		r->idle_ns = (__u64)idle_jiffies(sk) * jiffy_ns;
-		r->bytes_received = data_bytes_received(sk, snap);
+		r->bytes_received = data_received(BPF_CORE_READ(tp, bytes_received), snap);
 		r->bytes_acked = BPF_CORE_READ(tp, bytes_acked);
 		r->snd_una = BPF_CORE_READ(tp, snd_una);
 		r->unread_bytes = BPF_CORE_READ(tp, rcv_nxt) - BPF_CORE_READ(tp, copied_seq);
@@ -182,7 +201,9 @@ static __always_inline void emit(const struct sock *sk, bool full, __u8 type, __
 
 /* ---- application writes ------------------------------------------------ */
 
-static __always_inline void on_write(const struct sock *sk)
+/* The write hook: runs for every application write, so the common case is a few loads and
+ * returns. `direct`: the program has BTF-typed arguments (tp_btf, fentry). */
+static __always_inline void on_write(const struct sock *sk, const bool direct)
 {
 	struct rw_conn_snapshot *st = conn_of(sk);
 	const struct tcp_sock *tp = (const void *)sk;
@@ -192,8 +213,13 @@ static __always_inline void on_write(const struct sock *sk)
 
 	if (!st)
 		return; /* no history: connection predates rstwatch, or not TCP */
+	if (direct) {
+		tp = bpf_skc_to_tcp_sock((void *)sk);
+		if (!tp)
+			return;
+	}
 
-	received = data_bytes_received(sk, st);
+	received = data_received(RW_READ(direct, tp, bytes_received), st);
 	/* Data arrived since the last counted write: this write starts a new exchange. */
 	if (!(st->flags & RW_F_WROTE)) {
 		/* First write: remember the process that owns the connection (once per connection). */
@@ -217,9 +243,10 @@ static __always_inline void on_write(const struct sock *sk)
 		st->flags &= ~RW_F_ARMED;
 	}
 
-	state = BPF_CORE_READ(sk, __sk_common.skc_state);
+	state = direct ? tp->inet_conn.icsk_inet.sk.__sk_common.skc_state
+		       : BPF_CORE_READ(sk, __sk_common.skc_state);
 	in_close_wait = state == RW_TCP_CLOSE_WAIT;
-	__u32 idle = idle_jiffies(sk);
+	__u32 idle = direct ? idle_since(tp->lsndtime, tp->inet_conn.icsk_ack.lrcvtime) : idle_jiffies(sk);
 	if (!in_close_wait && idle < idle_threshold_jiffies)
 		return;
 
@@ -229,7 +256,7 @@ static __always_inline void on_write(const struct sock *sk)
 	st->armed_write_ns = bpf_ktime_get_ns();
 	st->armed_idle_ns = (__u64)idle * jiffy_ns;
 	st->armed_bytes_received = received;
-	st->armed_write_seq = BPF_CORE_READ(tp, write_seq);
+	st->armed_write_seq = RW_READ(direct, tp, write_seq);
 	st->armed_state = state;
 	st->writer_pid = pid_tgid >> 32;
 	st->writer_tid = (__u32)pid_tgid;
@@ -243,21 +270,21 @@ SEC("tp_btf/tcp_sendmsg_locked")
 int BPF_PROG(rw_write_tp, const struct sock *sk, const struct msghdr *msg, const struct sk_buff *skb,
 	     int size_goal)
 {
-	on_write(sk);
+	on_write(sk, true);
 	return 0;
 }
 
 SEC("fentry/tcp_sendmsg")
 int BPF_PROG(rw_write_fentry, struct sock *sk)
 {
-	on_write(sk);
+	on_write(sk, true);
 	return 0;
 }
 
 SEC("kprobe/tcp_sendmsg")
 int BPF_KPROBE(rw_write_kprobe, struct sock *sk)
 {
-	on_write(sk);
+	on_write(sk, false);
 	return 0;
 }
 
@@ -270,6 +297,20 @@ static __always_inline void track_new(const struct sock *sk, __u8 role)
 
 	fresh.start_ns = bpf_ktime_get_ns();
 	fresh.role = role;
+	if (use_sk_storage) {
+		struct rw_conn_snapshot *st =
+			bpf_sk_storage_get(&conn_storage, (struct sock *)sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+
+		if (!st) {
+			count(RW_CNT_TRACK_FAILED);
+			return;
+		}
+		/* A reused socket (connect() again after close) starts a new connection. */
+		if (st->start_ns == 0)
+			count(RW_CNT_TRACK_ADDED);
+		*st = fresh;
+		return;
+	}
 	if (bpf_map_update_elem(&conns, &key, &fresh, BPF_NOEXIST) == 0) {
 		count(RW_CNT_TRACK_ADDED);
 		return;
@@ -286,7 +327,7 @@ int BPF_PROG(rw_state, const struct sock *sk, int old_state, int new_state)
 	__u32 idle;
 	bool idle_long;
 
-	if (BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
+	if (sk->sk_protocol != IPPROTO_TCP)
 		return 0;
 	if (new_state == RW_TCP_SYN_SENT) {
 		track_new(sk, RW_ROLE_CLIENT);
@@ -315,6 +356,7 @@ int BPF_PROG(rw_state, const struct sock *sk, int old_state, int new_state)
 		st->flags |= RW_F_APP_CLOSED;
 		st->app_close_ns = bpf_ktime_get_ns();
 		idle_long = old_state == RW_TCP_ESTABLISHED && idle_jiffies(sk) >= close_idle_threshold_jiffies;
+		st->idle_closed = idle_long;
 		if ((st->flags & RW_F_ARMED) || idle_long)
 			emit(sk, true, RW_REC_OWN_CLOSE, old_state, new_state, st, 0, RW_RST_REASON_NONE);
 		return 0;
@@ -331,12 +373,13 @@ int BPF_PROG(rw_state, const struct sock *sk, int old_state, int new_state)
 	}
 	if (st->flags & RW_F_ARMED)
 		emit(sk, true, RW_REC_CLOSED, old_state, new_state, st, 0, RW_RST_REASON_NONE);
-	/* Closed after our own close (entering TIME_WAIT, or aborted on late data): keep the
-	 * history under the 4-tuple, so the RST that the timewait socket sends for late data,
-	 * or that follows the socket's destruction, is tied to this connection. */
+	/* Closed after our own close of an idle connection (entering TIME_WAIT, or aborted on
+	 * late data): keep the history under the 4-tuple, so the RST that the timewait socket
+	 * sends for a request that raced the close, or that follows the socket's destruction,
+	 * is tied to this connection. Busy closes (Connection: close) skip this map update. */
 	if ((old_state == RW_TCP_FIN_WAIT1 || old_state == RW_TCP_FIN_WAIT2 ||
 	     old_state == RW_TCP_CLOSING) &&
-	    (st->role == RW_ROLE_SERVER || (st->flags & RW_F_ARMED))) {
+	    ((st->role == RW_ROLE_SERVER && st->idle_closed) || (st->flags & RW_F_ARMED))) {
 		struct rw_tuple tuple = {};
 		__u8 family;
 
@@ -351,6 +394,12 @@ int BPF_PROG(rw_destroy, const struct sock *sk)
 {
 	__u64 key = (__u64)sk;
 
+	/* Socket storage goes with the socket (freed by the kernel at destruct): only count it. */
+	if (use_sk_storage) {
+		if (conn_of(sk))
+			count(RW_CNT_TRACK_REMOVED);
+		return 0;
+	}
 	if (bpf_map_delete_elem(&conns, &key) == 0)
 		count(RW_CNT_TRACK_REMOVED);
 	return 0;

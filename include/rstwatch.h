@@ -86,7 +86,7 @@ struct rw_conn_snapshot {
 	__u8 role; /* enum rw_role */
 	__u8 flags; /* enum rw_conn_flags */
 	__u8 armed_state; /* socket state at the armed write */
-	__u8 pad;
+	__u8 idle_closed; /* our application closed it after it idled >= the close threshold */
 	__u32 exchange_mark; /* low 32 bits of bytes_received at the last new exchange */
 };
 
