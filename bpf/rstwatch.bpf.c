@@ -195,6 +195,10 @@ static __always_inline void emit(const struct sock *sk, bool full, __u8 type, __
 	}
 	if (snap)
 		__builtin_memcpy(&r->conn, snap, sizeof(r->conn));
+	/* Servers are not followed per write: their requests are the data segments received
+	 * (one per request for ordinary HTTP requests). */
+	if (full && snap && snap->role == RW_ROLE_SERVER)
+		r->conn.requests = BPF_CORE_READ((const struct tcp_sock *)sk, data_segs_in);
 	r->conn.flags |= extra_flags;
 	bpf_ringbuf_submit(r, 0);
 }
@@ -213,6 +217,9 @@ static __always_inline void on_write(const struct sock *sk, const bool direct)
 
 	if (!st)
 		return; /* no history: connection predates rstwatch, or not TCP */
+	/* Only the connecting side reuses pooled connections: a server's writes cost one lookup. */
+	if (st->role != RW_ROLE_CLIENT)
+		return;
 	if (direct) {
 		tp = bpf_skc_to_tcp_sock((void *)sk);
 		if (!tp)
@@ -220,7 +227,6 @@ static __always_inline void on_write(const struct sock *sk, const bool direct)
 	}
 
 	received = data_received(RW_READ(direct, tp, bytes_received), st);
-	/* Data arrived since the last counted write: this write starts a new exchange. */
 	if (!(st->flags & RW_F_WROTE)) {
 		/* First write: remember the process that owns the connection (once per connection). */
 		__u64 pid_tgid = bpf_get_current_pid_tgid();
@@ -229,13 +235,12 @@ static __always_inline void on_write(const struct sock *sk, const bool direct)
 		st->writer_tid = (__u32)pid_tgid;
 		bpf_get_current_comm(st->writer_comm, sizeof(st->writer_comm));
 	}
+	/* Data arrived since the last counted write: this write starts a new exchange. */
 	if (!(st->flags & RW_F_WROTE) || (__u32)received != st->exchange_mark) {
 		st->requests++;
 		st->exchange_mark = (__u32)received;
 		st->flags |= RW_F_WROTE;
 	}
-	if (st->role != RW_ROLE_CLIENT)
-		return;
 	if (st->flags & RW_F_ARMED) {
 		/* Answered: a response byte arrived after the armed write. */
 		if ((st->flags & RW_F_WRITE_IN_CLOSE_WAIT) || received == st->armed_bytes_received)

@@ -79,8 +79,9 @@ struct rw_conn_snapshot {
 	__u64 peer_fin_ns; /* when the peer's FIN was processed, 0 if not */
 	__u64 app_close_ns; /* when our application closed, 0 if not */
 	__u32 armed_write_seq; /* tcp_sock.write_seq before the armed write */
-	__u32 requests; /* writes that started a new exchange (after data was received) */
-	__u32 writer_pid; /* process of the armed write, else of the first write (never softirq) */
+	__u32 requests; /* client: writes that started a new exchange (after data was received);
+			 * server: data segments received (filled in records) */
+	__u32 writer_pid; /* client: process of the armed write, else of the first write (never softirq) */
 	__u32 writer_tid;
 	char writer_comm[RW_COMM_LEN];
 	__u8 role; /* enum rw_role */
