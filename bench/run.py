@@ -1,0 +1,1218 @@
+#!/usr/bin/python3
+"""rstwatch benchmark: every budget of docs/performance.md in one run, as root.
+
+    sudo /usr/bin/python3 bench/run.py [--reps N] [--round-seconds S] [--churn-minutes M] ...
+    (bench/run.sh installs what is missing, builds, then runs this)
+
+Measurements (each repeated; medians, min, max):
+  http      wrk -> nginx proxy (upstream keepalive pool) -> upstream nginx, one network
+            namespace each; rounds of conditions none / rstwatch agent / rstwatch agent with
+            kernel.bpf_stats_enabled=1 / tcpdump -w in the proxy namespace / naive bpftrace,
+            interleaved (the order rotates every repetition); throughput ratio vs none.
+  hooks     per-program run_time_ns / run_cnt of the agent's own rw_* programs (bpf_stats
+            rounds only; the sysctl is restored after every round and at exit).
+  corr      Correlator::on_raw throughput (bench/correlator_bench, Google Benchmark), 1 core.
+  storm     connection churn ending in RSTs (bench/connload storm) paced at the target
+            record rate: records/s reached, records lost, agent CPU.
+  memory    agent RSS and BPF map memory with N connections held open, then a churn of
+            >= 1M connections (RSS sampled every 10 s, slope reported).
+  latency   a scripted write-after-FIN race: client sees EOF/ECONNRESET -> incident line in
+            `rstwatch trace -o json` (standalone) and `trace --from` the agent -> /metrics.
+
+Reuses tests/lib (netns.py namespaces and process registry, nginx.py, agent.py, prom.py).
+Only loopback and the run's own namespaces are used; every process started here is ended
+by PID, namespaces and temp files are removed, sysctls restored, also on failure and on
+SIGINT/SIGTERM. The table goes to stdout and bench/results/latest.md (raw data: latest.json).
+"""
+
+import argparse
+import datetime
+import glob
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "tests", "lib"))
+
+import agent as agentlib  # noqa: E402
+import netns  # noqa: E402
+import prom  # noqa: E402
+from nginx import Nginx  # noqa: E402
+
+BPFTOOL = agentlib.BPFTOOL
+WRK = shutil.which("wrk") or "/usr/bin/wrk"
+TCPDUMP = shutil.which("tcpdump") or "/usr/bin/tcpdump"
+BPFTRACE = shutil.which("bpftrace") or "/usr/bin/bpftrace"
+STATS_SYSCTL = "/proc/sys/kernel/bpf_stats_enabled"
+
+STATE = {"tmp": None, "stats_orig": None}
+
+
+def log(msg):
+    sys.stderr.write("[bench %s] %s\n" % (time.strftime("%H:%M:%S"), msg))
+    sys.stderr.flush()
+
+
+# ---------------------------------------------------------------- cleanup
+
+def read_sysctl(path):
+    with open(path) as f:
+        return f.read().strip()
+
+
+def write_sysctl(path, value):
+    with open(path, "w") as f:
+        f.write(str(value))
+
+
+def restore_everything():
+    """Sysctl back to its original value, temp dir removed (processes and namespaces are
+    netns.cleanup_all's job)."""
+    if STATE["stats_orig"] is not None:
+        try:
+            write_sysctl(STATS_SYSCTL, STATE["stats_orig"])
+        except OSError:
+            pass
+    if STATE["tmp"]:
+        shutil.rmtree(STATE["tmp"], ignore_errors=True)
+        STATE["tmp"] = None
+
+
+def _on_term(signum, frame):
+    # netns's handler (installed after this one) kills our processes and namespaces first,
+    # then calls this, then dies with the signal.
+    restore_everything()
+
+
+def set_stats(on):
+    write_sysctl(STATS_SYSCTL, "1" if on else "0")
+
+
+# ---------------------------------------------------------------- small helpers
+
+def median(xs):
+    return statistics.median(xs) if xs else None
+
+
+def summary(xs):
+    xs = [x for x in xs if x is not None]
+    if not xs:
+        return {"median": None, "min": None, "max": None, "n": 0, "values": []}
+    return {"median": statistics.median(xs), "min": min(xs), "max": max(xs), "n": len(xs),
+            "values": xs}
+
+
+def proc_stat_cpu(pid):
+    """utime + stime of a process (all threads), in seconds."""
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks
+
+
+def proc_status_kib(pid, key):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    return None
+
+
+def bpf_ids_held_by(pid):
+    """(prog ids, map ids, link ids) of the BPF objects process pid holds fds of."""
+    progs, maps, links = set(), set(), set()
+    for path in glob.glob("/proc/%d/fdinfo/*" % pid):
+        try:
+            with open(path) as f:
+                text = f.read()
+        except OSError:
+            continue
+        for key, dst in (("prog_id", progs), ("map_id", maps), ("link_id", links)):
+            m = re.search(r"^%s:\s*(\d+)" % key, text, re.M)
+            if m:
+                dst.add(int(m.group(1)))
+    if links:
+        out = subprocess.run([BPFTOOL, "-j", "link", "show"], stdout=subprocess.PIPE,
+                             text=True, timeout=30).stdout or "[]"
+        for l in json.loads(out):
+            if l.get("id") in links and l.get("prog_id"):
+                progs.add(l["prog_id"])
+    return progs, maps, links
+
+
+def prog_stats(ids):
+    """{id: (name, run_time_ns, run_cnt)} for the given prog ids."""
+    out = subprocess.run([BPFTOOL, "-j", "prog", "show"], stdout=subprocess.PIPE, text=True,
+                         timeout=30).stdout or "[]"
+    res = {}
+    for p in json.loads(out):
+        if p.get("id") in ids:
+            res[p["id"]] = (p.get("name", "?"), int(p.get("run_time_ns", 0)),
+                            int(p.get("run_cnt", 0)))
+    return res
+
+
+def hook_delta(before, after):
+    """{prog name: {"ns": average ns per call, "calls": n}} between two prog_stats()."""
+    hooks = {}
+    for pid_, (name, t, c) in after.items():
+        t0, c0 = before.get(pid_, (name, 0, 0))[1:]
+        dc, dt = c - c0, t - t0
+        if dc > 0:
+            h = hooks.setdefault(name, [0, 0])
+            h[0] += dt
+            h[1] += dc
+    return {k: {"ns": v[0] / v[1], "calls": v[1]} for k, v in hooks.items()}
+
+
+def map_memory(ids):
+    """{name: bytes_memlock} of the given map ids (as bpftool reports them)."""
+    out = subprocess.run([BPFTOOL, "-j", "map", "show"], stdout=subprocess.PIPE, text=True,
+                         timeout=30).stdout or "[]"
+    res = {}
+    for m in json.loads(out):
+        if m.get("id") in ids:
+            name = m.get("name", "?")
+            res[name] = res.get(name, 0) + int(m.get("bytes_memlock", 0))
+    return res
+
+
+def pin(pid, cpus):
+    """Pins a process and all its threads (best effort)."""
+    if cpus is None:
+        return
+    for tid in os.listdir("/proc/%d/task" % pid) if os.path.isdir("/proc/%d/task" % pid) else []:
+        try:
+            os.sched_setaffinity(int(tid), cpus)
+        except OSError:
+            pass
+
+
+def metric_total(url, name, **labels):
+    return prom.scrape(url + "/metrics").total(name, **labels)
+
+
+class Machine:
+    def __init__(self):
+        self.cores = os.cpu_count() or 1
+        self.cpu = "?"
+        try:
+            with open("/proc/cpuinfo") as f:
+                for line in f:
+                    if line.startswith("model name"):
+                        self.cpu = line.split(":", 1)[1].strip()
+                        break
+        except OSError:
+            pass
+        self.kernel = platform.release()
+        self.mem_gib = 0.0
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    self.mem_gib = int(line.split()[1]) / 1024 / 1024
+        virt = subprocess.run(["systemd-detect-virt"], stdout=subprocess.PIPE, text=True,
+                              stderr=subprocess.DEVNULL).stdout.strip() \
+            if shutil.which("systemd-detect-virt") else ""
+        self.virt = virt
+        self.load = os.getloadavg()
+
+    def describe(self):
+        return "%s, %d cores, Linux %s, %.1f GiB RAM%s" % (
+            self.cpu, self.cores, self.kernel, self.mem_gib,
+            (", virtualised (%s)" % self.virt) if self.virt and self.virt != "none" else "")
+
+    def cpu_plan(self):
+        """CPU sets for proxy, upstream, wrk (observers are never pinned: they take their
+        cost wherever the scheduler puts it, as in production)."""
+        n = self.cores
+        if n >= 4:
+            return {"proxy": {0}, "upstream": {1}, "wrk": {2}, "wrk_threads": min(2, n - 3) or 1}
+        if n >= 2:
+            # 2 cores: the proxy (the measured hop, two connections per request) gets one,
+            # the upstream and the load generator share the other.
+            return {"proxy": {0}, "upstream": {1}, "wrk": {1}, "wrk_threads": 1}
+        return {"proxy": None, "upstream": None, "wrk": None, "wrk_threads": 1}
+
+
+# ---------------------------------------------------------------- observers
+
+class AgentObserver:
+    name = "rstwatch"
+
+    def __init__(self, stats=False):
+        self.stats = stats
+        self.agent = None
+        self.prog_ids = set()
+        self.before = {}
+
+    def start(self):
+        self.agent = agentlib.Agent(idle_threshold=None, name="agent").start()
+        self.prog_ids, _, _ = bpf_ids_held_by(self.agent.proc.pid)
+
+    def load_started(self):
+        if self.stats:
+            set_stats(True)
+            self.before = prog_stats(self.prog_ids)
+
+    def load_finished(self):
+        if self.stats:
+            after = prog_stats(self.prog_ids)
+            set_stats(False)
+            return {"hooks": hook_delta(self.before, after)}
+        return {}
+
+    def stop(self):
+        info = {}
+        if self.agent is not None and self.agent.running():
+            try:
+                info["lost"] = metric_total(self.agent.url, "rstwatch_records_lost_total")
+            except Exception:
+                pass
+            self.agent.stop()
+        return info
+
+
+class TcpdumpObserver:
+    name = "tcpdump"
+
+    def __init__(self, pod, tmp):
+        self.pod = pod
+        self.path = os.path.join(tmp, "capture.pcap")
+        self.errpath = os.path.join(tmp, "tcpdump.err")
+        self.proc = None
+
+    def start(self):
+        err = open(self.errpath, "w")
+        self.proc = self.pod.popen([TCPDUMP, "-i", "any", "-n", "-w", self.path],
+                                   stdout=subprocess.DEVNULL, stderr=err)
+        err.close()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            with open(self.errpath) as f:
+                if "listening on" in f.read():
+                    time.sleep(0.3)
+                    return
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        raise RuntimeError("tcpdump did not start: %s" % open(self.errpath).read())
+
+    def load_started(self):
+        pass
+
+    def load_finished(self):
+        return {}
+
+    def stop(self):
+        netns.kill_proc(self.proc, sig=signal.SIGINT, timeout=15)
+        info = {}
+        try:
+            info["bytes"] = os.path.getsize(self.path)
+            os.unlink(self.path)
+        except OSError:
+            pass
+        m = re.search(r"(\d+) packets dropped by kernel", open(self.errpath).read())
+        if m:
+            info["dropped"] = int(m.group(1))
+        return info
+
+
+BPFTRACE_SCRIPT = r"""
+tracepoint:tcp:tcp_sendmsg_locked
+{ printf("%llu W %d %s %d\n", nsecs, pid, comm, args->skb_len); }
+tracepoint:sock:inet_sock_set_state /args->protocol == 6/
+{ printf("%llu S %d %s %llx %d %d %d %d\n", nsecs, pid, comm, args->skaddr, args->oldstate,
+         args->newstate, args->sport, args->dport); }
+tracepoint:tcp:tcp_receive_reset
+{ printf("%llu RR %llx %d %d\n", nsecs, args->skaddr, args->sport, args->dport); }
+tracepoint:tcp:tcp_send_reset
+{ printf("%llu RS %llx %d\n", nsecs, args->skaddr, args->state); }
+"""
+
+
+class BpftraceObserver:
+    """The naive approach: one printed event per write, state change and reset, written to
+    a file (Debian's bpftrace, classic tracepoints). bpftrace needs tracefs: when it is not
+    mounted it runs in a private mount namespace with tracefs mounted there (the host's
+    mounts are untouched)."""
+    name = "bpftrace"
+
+    def __init__(self, tmp):
+        self.script = os.path.join(tmp, "naive.bt")
+        with open(self.script, "w") as f:
+            f.write(BPFTRACE_SCRIPT)
+        self.out = os.path.join(tmp, "bpftrace.out")
+        self.err = os.path.join(tmp, "bpftrace.err")
+        self.proc = None
+
+    @staticmethod
+    def command(script):
+        if os.path.isdir("/sys/kernel/tracing/events"):
+            return [BPFTRACE, script]
+        return ["unshare", "-m", "--propagation", "private", "sh", "-c",
+                'mount -t tracefs nodev /sys/kernel/tracing && exec "$0" "$1"', BPFTRACE, script]
+
+    def start(self):
+        out, err = open(self.out, "w"), open(self.err, "w")
+        netns._install_handlers()
+        self.proc = subprocess.Popen(self.command(self.script), stdin=subprocess.DEVNULL,
+                                     stdout=out, stderr=err)
+        netns._register_proc(self.proc)
+        out.close()
+        err.close()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with open(self.out, errors="replace") as f:
+                if "Attaching" in f.read(4096):
+                    time.sleep(0.5)
+                    return
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        netns.kill_proc(self.proc)
+        raise RuntimeError("bpftrace did not attach: %s" % open(self.err).read()[-2000:])
+
+    def load_started(self):
+        pass
+
+    def load_finished(self):
+        return {}
+
+    def stop(self):
+        netns.kill_proc(self.proc, sig=signal.SIGINT, timeout=20)
+        info = {}
+        try:
+            info["bytes"] = os.path.getsize(self.out)
+            lost = 0
+            with open(self.out, errors="replace") as f:
+                for line in f:
+                    if line.startswith("Lost "):
+                        m = re.match(r"Lost (\d+)", line)
+                        lost += int(m.group(1)) if m else 0
+            info["lost_events"] = lost
+            os.unlink(self.out)
+        except OSError:
+            pass
+        return info
+
+
+class NoObserver:
+    name = "none"
+
+    def start(self):
+        pass
+
+    def load_started(self):
+        pass
+
+    def load_finished(self):
+        return {}
+
+    def stop(self):
+        return {}
+
+
+# ---------------------------------------------------------------- http load
+
+UPSTREAM_BLOCK = """\
+    access_log off;
+    keepalive_timeout 300s;
+    keepalive_requests 10000000;
+    server {{
+        listen {ip}:{port};
+        location / {{ return 200 "ok\\n"; }}
+    }}
+"""
+
+PROXY_BLOCK = """\
+    access_log off;
+    keepalive_timeout 300s;
+    keepalive_requests 10000000;
+    upstream backend {{
+        server {up}:{up_port} max_fails=0;
+        keepalive {pool};
+        keepalive_requests 10000000;
+        keepalive_timeout 300s;
+    }}
+    server {{
+        listen {ip}:{port};
+        location / {{
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }}
+    }}
+"""
+
+
+def run_wrk(pod, url, seconds, threads, conns, cpus):
+    pre = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
+    proc = pod.popen([WRK, "-t", str(threads), "-c", str(conns), "-d", "%ds" % seconds, url],
+                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                     preexec_fn=pre)
+    try:
+        out, _ = proc.communicate(timeout=seconds + 30)
+    finally:
+        netns.kill_proc(proc)
+    m = re.search(r"Requests/sec:\s*([\d.]+)", out)
+    if not m:
+        raise RuntimeError("wrk output without Requests/sec:\n" + out)
+    errors = 0
+    m2 = re.search(r"Non-2xx or 3xx responses:\s*(\d+)", out)
+    if m2:
+        errors += int(m2.group(1))
+    m3 = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    if m3:
+        errors += sum(int(x) for x in m3.groups())
+    total = re.search(r"(\d+) requests in", out)
+    return float(m.group(1)), errors, int(total.group(1)) if total else None
+
+
+def measure_http(args, machine, tmp, results):
+    plan = machine.cpu_plan()
+    conns = args.connections
+    conditions = ["none", "rstwatch", "tcpdump", "bpftrace", "rstwatch+stats"]
+    if args.skip_bpftrace:
+        conditions.remove("bpftrace")
+    rounds = {c: [] for c in conditions}
+    extra = {c: [] for c in conditions}
+    with netns.Cluster(names=["client", "proxy", "upstream"]) as cl:
+        client, proxy, upstream = cl["client"], cl["proxy"], cl["upstream"]
+        up = Nginx(upstream, UPSTREAM_BLOCK.format(ip=upstream.ip, port=8081), name="upstream")
+        px = Nginx(proxy, PROXY_BLOCK.format(ip=proxy.ip, port=8080, up=upstream.ip,
+                                             up_port=8081, pool=max(conns, 8)), name="proxy")
+        try:
+            up.start(upstream.ip, 8081)
+            px.start(proxy.ip, 8080)
+            for ng, key in ((up, "upstream"), (px, "proxy")):
+                for pid in [ng.proc.pid] + ng.worker_pids():
+                    pin(pid, plan[key])
+            url = "http://%s:8080/" % proxy.ip
+            log("http: warm-up %ds (wrk -t%d -c%d, cpus %s)" % (
+                args.warmup_seconds, plan["wrk_threads"], conns, plan))
+            run_wrk(client, url, args.warmup_seconds, plan["wrk_threads"], conns, plan["wrk"])
+            for rep in range(args.reps):
+                order = conditions[rep % len(conditions):] + conditions[:rep % len(conditions)]
+                for cond in order:
+                    obs = {"none": NoObserver, "rstwatch": lambda: AgentObserver(False),
+                           "rstwatch+stats": lambda: AgentObserver(True),
+                           "tcpdump": lambda: TcpdumpObserver(proxy, tmp),
+                           "bpftrace": lambda: BpftraceObserver(tmp)}[cond]()
+                    obs.start()
+                    try:
+                        obs.load_started()
+                        rps, errors, total = run_wrk(client, url, args.round_seconds,
+                                                     plan["wrk_threads"], conns, plan["wrk"])
+                        info = obs.load_finished()
+                    finally:
+                        info_stop = obs.stop()
+                    info.update(info_stop)
+                    info.update(errors=errors, requests=total)
+                    rounds[cond].append(rps)
+                    extra[cond].append(info)
+                    log("http rep %d/%d %-15s %9.0f req/s %s" % (
+                        rep + 1, args.reps, cond, rps,
+                        {k: v for k, v in info.items() if k != "hooks"}))
+        finally:
+            px.cleanup()
+            up.cleanup()
+    base = rounds["none"]
+    res = {"conditions": {}, "plan": {k: sorted(v) if isinstance(v, set) else v
+                                      for k, v in plan.items()},
+           "connections": conns, "round_seconds": args.round_seconds, "reps": args.reps}
+    for cond in conditions:
+        s = summary(rounds[cond])
+        # Ratio per repetition (each condition's round vs that repetition's baseline round),
+        # then the median of those ratios.
+        ratios = [r / b for r, b in zip(rounds[cond], base) if b]
+        s["ratio"] = summary(ratios)
+        s["info"] = extra[cond]
+        res["conditions"][cond] = s
+    hooks = {}
+    for info in extra.get("rstwatch+stats", []):
+        for name, h in info.get("hooks", {}).items():
+            hooks.setdefault(name, {"ns": [], "calls": []})
+            hooks[name]["ns"].append(h["ns"])
+            hooks[name]["calls"].append(h["calls"])
+    reqs = [i.get("requests") for i in extra.get("rstwatch+stats", [])]
+    res["hooks"] = {n: {"ns": summary(h["ns"]), "calls": summary(h["calls"]),
+                        "calls_per_request": summary([c / r for c, r in zip(h["calls"], reqs) if r])}
+                    for n, h in hooks.items()}
+    results["http"] = res
+
+
+# ---------------------------------------------------------------- correlator
+
+def measure_correlator(args, machine, results):
+    binary = args.correlator_bench
+    if not binary or not os.access(binary, os.X_OK):
+        results["correlator"] = {"error": "correlator_bench not built (libbenchmark-dev missing?)"}
+        return
+    cpu = {machine.cores - 1}
+    log("correlator: %s (pinned to CPU %s, %d repetitions)" % (binary, cpu, args.corr_reps))
+    r = subprocess.run([binary, "--benchmark_format=json",
+                        "--benchmark_repetitions=%d" % args.corr_reps,
+                        "--benchmark_min_time=0.3"], stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE, text=True, timeout=600,
+                       preexec_fn=lambda: os.sched_setaffinity(0, cpu))
+    if r.returncode != 0:
+        results["correlator"] = {"error": r.stderr[-2000:]}
+        return
+    data = json.loads(r.stdout)
+    per = {}
+    for b in data["benchmarks"]:
+        if b.get("run_type") == "aggregate":
+            continue
+        per.setdefault(b["run_name"], []).append(b["items_per_second"])
+    results["correlator"] = {name: summary(v) for name, v in per.items()}
+
+
+# ---------------------------------------------------------------- storm
+
+def connload_cmd(args, *rest):
+    return [args.connload] + [str(x) for x in rest]
+
+
+def read_json_lines(proc, sink):
+    for line in proc.stdout:
+        line = line.strip()
+        if line.startswith("{"):
+            try:
+                sink.append((time.monotonic(), json.loads(line)))
+            except ValueError:
+                pass
+
+
+def drain_records(ag, timeout=10.0):
+    """Waits until rstwatch_records_total stops moving; returns (records, lost)."""
+    last = None
+    deadline = time.monotonic() + timeout
+    while True:
+        m = ag.scrape()
+        cur = (m.total("rstwatch_records_total"), m.total("rstwatch_records_lost_total"))
+        if cur == last or time.monotonic() > deadline:
+            return cur
+        last = cur
+        time.sleep(0.5)
+
+
+def measure_storm(args, machine, results):
+    # 2 records per connection (RST sent + RST received); re-aimed after every repetition
+    # from the records per connection actually seen.
+    per_conn = 2.0
+    rows, by_type, storm_hooks = [], [], []
+    with netns.Cluster(names=["storm"]) as cl:
+        pod = cl["storm"]
+        # Repetition 0 is a 2-second calibration (records per connection), not reported.
+        for rep in range(args.storm_reps + 1):
+            ag = agentlib.Agent(idle_threshold=None, name="agent-storm").start()
+            try:
+                conn_rate = args.storm_rate / per_conn
+                rec0, lost0 = drain_records(ag, 3)
+                types0 = {x.labels_dict.get("type"): x.value
+                          for x in ag.scrape().samples_of("rstwatch_records_total")}
+                progs, _, _ = bpf_ids_held_by(ag.proc.pid)
+                set_stats(True)  # per-hook cost under churn (state changes, RSTs)
+                pstats0 = prog_stats(progs)
+                cpu0, t0 = proc_stat_cpu(ag.proc.pid), time.monotonic()
+                proc = pod.popen(connload_cmd(args, "storm", "--port", 800 + rep, "--rate",
+                                              conn_rate, "--seconds",
+                                              args.storm_seconds if rep else 2),
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                out, err = proc.communicate(timeout=args.storm_seconds + 30)
+                netns.kill_proc(proc)
+                t1, cpu1 = time.monotonic(), proc_stat_cpu(ag.proc.pid)
+                hooks = hook_delta(pstats0, prog_stats(progs))
+                set_stats(False)
+                rec1, lost1 = drain_records(ag)
+                cpu2, t2 = proc_stat_cpu(ag.proc.pid), time.monotonic()
+                done = [json.loads(l) for l in out.splitlines() if '"done"' in l]
+                if not done:
+                    raise RuntimeError("connload storm failed: %s" % err)
+                d = done[-1]
+                secs = d["seconds"]
+                types1 = {x.labels_dict.get("type"): x.value
+                          for x in ag.scrape().samples_of("rstwatch_records_total")}
+                if d["connections"] and rec1 > rec0:
+                    per_conn = (rec1 - rec0) / d["connections"]
+                row = {"records_per_s": (rec1 - rec0) / secs, "records": rec1 - rec0,
+                       "lost": lost1 - lost0, "conn_per_s": d["rate"],
+                       "cpu_pct": 100.0 * (cpu1 - cpu0) / (t1 - t0),
+                       "cpu_pct_incl_drain": 100.0 * (cpu2 - cpu0) / (t2 - t0),
+                       "rss_mib": proc_status_kib(ag.proc.pid, "VmRSS") / 1024.0,
+                       "records_per_conn": per_conn}
+                if rep == 0:
+                    log("storm calibration: %.2f records per connection" % per_conn)
+                    continue
+                rows.append(row)
+                storm_hooks.append(hooks)
+                by_type.append({k: v - types0.get(k, 0) for k, v in types1.items()})
+                log("storm rep %d/%d: %s" % (rep, args.storm_reps,
+                                             {k: round(v, 1) for k, v in row.items()}))
+            finally:
+                ag.stop()
+    results["storm"] = {k: summary([r[k] for r in rows]) for k in rows[0]} if rows else {}
+    results["storm"]["target_records_per_s"] = args.storm_rate
+    results["storm"]["records_by_type"] = by_type
+    names = sorted({n for h in storm_hooks for n in h})
+    results["storm"]["hooks"] = {
+        n: {"ns": summary([h[n]["ns"] for h in storm_hooks if n in h]),
+            "calls": summary([h[n]["calls"] for h in storm_hooks if n in h])} for n in names}
+    results["storm"]["seconds"] = args.storm_seconds
+
+
+# ---------------------------------------------------------------- memory
+
+def agent_memory(ag, map_ids):
+    pid = ag.proc.pid
+    maps = map_memory(map_ids)
+    m = ag.scrape()
+    return {"rss_mib": proc_status_kib(pid, "VmRSS") / 1024.0,
+            "hwm_mib": proc_status_kib(pid, "VmHWM") / 1024.0,
+            "map_mib": sum(maps.values()) / 1048576.0,
+            "maps": {k: round(v / 1048576.0, 2) for k, v in maps.items()},
+            "tracked": m.total("rstwatch_tracked_connections")}
+
+
+def nofile_hard():
+    import resource
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+
+
+def measure_memory(args, machine, results):
+    res = {}
+    with netns.Cluster(names=["mem"]) as cl:
+        pod = cl["mem"]
+        pod.run(["sysctl", "-q", "-w", "net.ipv4.ip_local_port_range=1024 65535"])
+        ag = agentlib.Agent(idle_threshold=None, name="agent-mem").start()
+        try:
+            _, map_ids, _ = bpf_ids_held_by(ag.proc.pid)
+            time.sleep(1)
+            res["idle"] = agent_memory(ag, map_ids)
+            res["max_connections"] = 131072
+            # -- N connections held open (both ends in the namespace: 2 sockets each)
+            hard = nofile_hard()
+            per = max(1000, (hard - 200) // 2) if hard != -1 else args.hold
+            per = min(per, args.hold)
+            procs, lines = [], []
+            left, k = args.hold, 0
+            log("memory: opening %d connections (%d per process, fd hard limit %s)" % (
+                args.hold, per, hard))
+            t0 = time.monotonic()
+            while left > 0:
+                n = min(per, left)
+                p = pod.popen(connload_cmd(args, "hold", "--port", 900 + k, "--ports", 1,
+                                           "--count", n, "--seconds", 120),
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+                sink = []
+                threading.Thread(target=read_json_lines, args=(p, sink), daemon=True).start()
+                procs.append(p)
+                lines.append(sink)
+                left -= n
+                k += 1
+            deadline = time.monotonic() + 180
+            held = 0
+            while time.monotonic() < deadline:
+                held = sum(o.get("ready", 0) for sink in lines for _, o in sink)
+                if all(any("ready" in o for _, o in sink) for sink in lines):
+                    break
+                if any(p.poll() is not None for p in procs):
+                    break
+                time.sleep(0.2)
+            failed = [p.returncode for p in procs if p.poll() not in (None, 0)]
+            if failed:
+                errs = [p.stderr.read() for p in procs if p.poll() not in (None, 0)]
+                log("memory: %d hold processes failed: %s" % (len(failed), errs[:3]))
+            res["hold_failed_processes"] = len(failed)
+            res["hold_open_seconds"] = time.monotonic() - t0
+            time.sleep(2)  # let the agent take in the records of the setup
+            res["held"] = held
+            res["holding"] = agent_memory(ag, map_ids)
+            log("memory: %d connections held: %s" % (held, res["holding"]))
+            for p in procs:
+                try:
+                    p.stdin.write("close\n")
+                    p.stdin.flush()
+                except OSError:
+                    pass
+            for p in procs:
+                try:
+                    p.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    pass
+                netns.kill_proc(p)
+            time.sleep(2)
+            res["after_hold"] = agent_memory(ag, map_ids)
+            # -- churn: >= churn_total connections, RSS sampled every sample_s
+            seconds = args.churn_minutes * 60.0
+            rate = max(args.churn_rate, 1.2 * args.churn_total / seconds)
+            log("memory: churn %.1f min at %.0f conn/s (RSS every %ds)" % (
+                args.churn_minutes, rate, args.sample_seconds))
+            p = pod.popen(connload_cmd(args, "churn", "--port", 999, "--rate", rate,
+                                       "--seconds", seconds, "--rst-every", 10),
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            sink = []
+            reader = threading.Thread(target=read_json_lines, args=(p, sink), daemon=True)
+            reader.start()
+            t0 = time.monotonic()
+            samples, at_total = [], None
+            next_sample = t0
+            while p.poll() is None and time.monotonic() < t0 + seconds + 60:
+                now = time.monotonic()
+                if now >= next_sample:
+                    conns = max([o.get("connections", 0) for _, o in sink] or [0])
+                    s = agent_memory(ag, map_ids)
+                    s.update(t=now - t0, connections=conns)
+                    samples.append(s)
+                    if at_total is None and conns >= args.churn_total:
+                        at_total = s
+                    next_sample += args.sample_seconds
+                time.sleep(0.2)
+            netns.kill_proc(p)
+            reader.join(timeout=5)
+            done = [o for _, o in sink if "done" in o]
+            s = agent_memory(ag, map_ids)
+            s.update(t=time.monotonic() - t0,
+                     connections=done[-1]["connections"] if done else None)
+            samples.append(s)
+            if at_total is None and (s["connections"] or 0) >= args.churn_total:
+                at_total = s
+            res["churn"] = {"samples": samples, "at_total": at_total, "rate": rate,
+                            "minutes": args.churn_minutes, "done": done[-1] if done else None}
+                    # The correlator remembers finished connections (bounded, see correlator.h):
+            # its memory fills during the first minute (measured: ~60 s at 10k conn/s), so
+            # the slope is taken over the second half of the churn, at the earliest from 60 s.
+            warm = max(0.5 * seconds, 60.0)
+            pts = [(x["t"] / 60.0, x["rss_mib"]) for x in samples if x["t"] >= warm]
+            res["churn"]["slope_from_s"] = warm
+            if len(pts) >= 3:
+                mx = sum(p_[0] for p_ in pts) / len(pts)
+                my = sum(p_[1] for p_ in pts) / len(pts)
+                den = sum((p_[0] - mx) ** 2 for p_ in pts)
+                res["churn"]["slope_mib_per_min"] = (
+                    sum((p_[0] - mx) * (p_[1] - my) for p_ in pts) / den if den else 0.0)
+            res["final"] = s
+        finally:
+            ag.stop()
+    results["memory"] = res
+
+
+# ---------------------------------------------------------------- latency
+
+class TimedFollower(agentlib.Follower):
+    """`trace --from` whose stdout lines are timestamped (CLOCK_MONOTONIC) as read."""
+
+    def _read_json_stdout(self):
+        self.timed = []
+        for line in self.proc.stdout:
+            s = line.strip()
+            if s:
+                try:
+                    self.timed.append((time.monotonic(), json.loads(s)))
+                except ValueError:
+                    self.bad_lines.append(s)
+
+
+class TimedTracer(netns.Tracer):
+    def _read_json_stdout(self):
+        self.timed = []
+        for line in self.proc.stdout:
+            s = line.strip()
+            if s:
+                try:
+                    self.timed.append((time.monotonic(), json.loads(s)))
+                except ValueError:
+                    self.bad_lines.append(s)
+
+
+def _find(timed, port, after):
+    for t, o in list(timed):
+        if t >= after - 1.0 and isinstance(o, dict) and "cause" in o:
+            c, s = netns.client_ep(o), netns.server_ep(o)
+            if c[1] == port or s[1] == port:
+                return t, o
+    return None
+
+
+def measure_latency(args, machine, results):
+    rows = []
+    with netns.Cluster(names=["server", "client"]) as cl:
+        server, client = cl["server"], cl["client"]
+        ag = agentlib.Agent(idle_threshold=None, name="agent-latency").start()
+        fol = TimedFollower(ag.url).start()
+        tr = TimedTracer().start()
+        srv = server.actor(comm="rwbsrv")
+        cli = client.actor(comm="rwbcli")
+        try:
+            port = srv.step("listen", host=server.ip, port=18090)["port"]
+            for rep in range(args.latency_reps):
+                srv.start("accept", name="c", timeout=10)
+                local = cli.step("connect", name="c", host=server.ip, port=port)["local"]
+                srv.result()
+                cport = local[1]
+                cli.step("send", name="c", size=100)
+                srv.step("recv", name="c", size=100)
+                srv.step("send", name="c", size=100)
+                cli.step("recv", name="c", size=100)
+                srv.step("close", name="c")  # the server closes: FIN
+                cli.step("wait_state", name="c", state="CLOSE_WAIT", timeout=5)
+                before = metric_total(ag.url, "rstwatch_incidents_total",
+                                      client_workload=client.ip)
+                # The client reuses the connection: its request meets the server's RST.
+                # Reference: the moment the failing write returned in the client (on this
+                # path the RST is processed within microseconds of it; the client's next
+                # read then reports the failure).
+                sent = cli.step("send", name="c", size=100, expect_ok=False)
+                seen = cli.step("recv", name="c", size=100, exact=False, timeout=2,
+                                expect_ok=False)
+                t_client = sent["t1"]
+                what = seen.get("errno") or ("EOF" if seen.get("eof") else "data")
+                got = {"trace": None, "follower": None, "metrics": None}
+                scrapes_after_stream = 0
+                deadline = time.monotonic() + 5
+                while time.monotonic() < deadline and None in got.values():
+                    if got["trace"] is None:
+                        f = _find(tr.timed, cport, t_client)
+                        if f:
+                            got["trace"] = f[0] - t_client
+                    if got["follower"] is None:
+                        f = _find(fol.timed, cport, t_client)
+                        if f:
+                            got["follower"] = f[0] - t_client
+                    if got["metrics"] is None:
+                        stream_seen = got["follower"] is not None
+                        v = metric_total(ag.url, "rstwatch_incidents_total",
+                                         client_workload=client.ip)
+                        if stream_seen:
+                            scrapes_after_stream += 1
+                        if v > before:
+                            got["metrics"] = time.monotonic() - t_client
+                            got["scrapes_after_stream"] = scrapes_after_stream
+                    time.sleep(0.05)
+                cli.step("close", name="c")
+                got["client_saw"] = what
+                rows.append(got)
+                log("latency rep %d/%d: %s" % (rep + 1, args.latency_reps, got))
+        finally:
+            srv.stop()
+            cli.stop()
+            try:
+                tr.stop()
+            except AssertionError:
+                tr.kill()
+            try:
+                fol.stop()
+            except AssertionError:
+                fol.kill()
+            ag.stop()
+    ms = lambda xs: [x * 1000.0 for x in xs if x is not None]  # noqa: E731
+    results["latency"] = {
+        "trace_ms": summary(ms([r["trace"] for r in rows])),
+        "follower_ms": summary(ms([r["follower"] for r in rows])),
+        "metrics_ms": summary(ms([r["metrics"] for r in rows])),
+        "missed": {k: sum(1 for r in rows if r[k] is None) for k in ("trace", "follower",
+                                                                    "metrics")},
+        "metrics_next_scrape": sum(1 for r in rows if r.get("scrapes_after_stream", 9) <= 1),
+        "reps": len(rows), "client_saw": sorted({r["client_saw"] for r in rows})}
+
+
+# ---------------------------------------------------------------- table
+
+def fmt(x, unit="", digits=0):
+    if x is None:
+        return "n/a"
+    if isinstance(x, float) and digits == 0 and abs(x) < 10 and x != int(x):
+        digits = 2
+    return ("%." + str(digits) + "f%s") % (x, unit)
+
+
+def verdict(ok):
+    return "n/a" if ok is None else ("PASS" if ok else "MISS")
+
+
+HOOK_TARGETS = {"write": 50.0, "state": 200.0}
+MIN_CALLS = 10000  # fewer calls than this in a round: the average is not a verdict
+
+
+def hook_rows(results, row):
+    """Per-hook kernel cost rows: under the keepalive load (the write hook's budget) and
+    under the RST churn of the storm (state changes and resets happen there)."""
+    sources = []
+    if results.get("http", {}).get("hooks"):
+        sources.append(("keepalive load", results["http"]["hooks"]))
+    if results.get("storm", {}).get("hooks"):
+        sources.append(("RST churn", results["storm"]["hooks"]))
+    for label, hooks in sources:
+        for name in sorted(hooks):
+            h = hooks[name]
+            kind = "write" if "write" in name else "state" if "state" in name else None
+            t = HOOK_TARGETS.get(kind)
+            calls = h["calls"]["median"] or 0
+            target = ("<= %d ns" % t) if t else "reported"
+            per_req = h.get("calls_per_request", {}).get("median")
+            if per_req is not None:
+                target += ", %.2f calls/request" % per_req
+            else:
+                target += ", %d calls/round" % calls
+            if label == "keepalive load" and kind != "write" and calls < MIN_CALLS:
+                continue  # a handful of stray calls from elsewhere on the machine: noise
+            ok = None
+            if t and h["ns"]["median"] is not None and calls >= MIN_CALLS:
+                ok = h["ns"]["median"] <= t
+            elif t:
+                target += " (too few calls)"
+            row("kernel cost %s, %s (ns/call)" % (name, label), h["ns"], digits=1,
+                target=target, ok=ok)
+
+
+def build_table(results, machine, args, started, elapsed):
+    rows = []  # (measurement, median, min, max, ratio/target, verdict)
+
+    def row(name, s, unit="", digits=0, target="", ok=None):
+        rows.append((name, fmt(s.get("median"), unit, digits), fmt(s.get("min"), unit, digits),
+                     fmt(s.get("max"), unit, digits), target, verdict(ok)))
+
+    http = results.get("http")
+    if http:
+        c = http["conditions"]
+        row("proxy throughput, no observer (req/s)", c["none"])
+        for cond, label in (("rstwatch", "rstwatch agent"), ("tcpdump", "tcpdump -w (proxy ns)"),
+                            ("bpftrace", "naive bpftrace"),
+                            ("rstwatch+stats", "rstwatch agent + bpf_stats")):
+            if cond not in c:
+                continue
+            r = c[cond]["ratio"]["median"]
+            if cond == "rstwatch":
+                target, ok = "ratio %s (>= 0.99)" % fmt(r, digits=3), (r is not None and r >= 0.99)
+            else:
+                target, ok = "ratio %s" % fmt(r, digits=3), None
+            row("proxy throughput, %s (req/s)" % label, c[cond], target=target, ok=ok)
+        rw = c["rstwatch"]["ratio"]["median"]
+        for cond, label in (("tcpdump", "tcpdump"), ("bpftrace", "bpftrace")):
+            if cond in c and rw is not None and c[cond]["ratio"]["median"]:
+                other = c[cond]["ratio"]["median"]
+                rows.append(("rstwatch vs %s: throughput kept" % label,
+                             "%.3f vs %.3f" % (rw, other), "", "",
+                             "rstwatch keeps %.1f%% more req/s" % (100.0 * (rw / other - 1)),
+                             verdict(rw > other)))
+    hook_rows(results, row)
+    corr = results.get("correlator")
+    if corr:
+        if "error" in corr:
+            rows.append(("correlator throughput", "n/a", "", "", ">= 2M records/s", "n/a"))
+        for name in sorted(corr):
+            if name == "error":
+                continue
+            s = corr[name]
+            s = {k: (v / 1e6 if isinstance(v, (int, float)) and k in ("median", "min", "max")
+                     else v) for k, v in s.items()}
+            ok = s["median"] >= 2.0 if s.get("median") is not None else None
+            row("correlator %s (M records/s, 1 core)" % name.replace("BM_", ""), s, digits=2,
+                target=">= 2M/s", ok=ok)
+    st = results.get("storm")
+    if st and "records_per_s" in st:
+        tgt = st["target_records_per_s"]
+        ok_rate = st["records_per_s"]["median"] >= 0.95 * tgt
+        row("storm: records/s reached (%ds, RST churn)" % st["seconds"], st["records_per_s"],
+            target="%d/s asked" % tgt, ok=ok_rate)
+        row("storm: records lost", st["lost"], digits=0, target="0", ok=st["lost"]["max"] == 0)
+        row("storm: agent CPU (% of one core)", st["cpu_pct"], digits=1, target="reported")
+        row("storm: agent RSS (MiB)", st["rss_mib"], digits=1, target="<= 64 MiB",
+            ok=st["rss_mib"]["max"] <= 64)
+    mem = results.get("memory")
+    if mem and "holding" in mem:
+        one = lambda v: {"median": v, "min": v, "max": v}  # noqa: E731
+        row("memory: agent RSS idle (MiB)", one(mem["idle"]["rss_mib"]), digits=1)
+        row("memory: agent RSS, %d connections open (MiB)" % mem["held"],
+            one(mem["holding"]["rss_mib"]), digits=1, target="<= 64 MiB",
+            ok=mem["holding"]["rss_mib"] <= 64)
+        row("memory: tracked connections (gauge) with %d open" % mem["held"],
+            one(mem["holding"]["tracked"]), target="LRU max %d" % mem["max_connections"])
+        row("memory: BPF map memory (MiB, memlock)", one(mem["holding"]["map_mib"]), digits=1,
+            target="fixed by --max-connections")
+        ch = mem.get("churn", {})
+        at = ch.get("at_total")
+        if at:
+            row("memory: agent RSS after %.1fM connections churned (MiB)" % (
+                at["connections"] / 1e6), one(at["rss_mib"]), digits=1, target="<= 64 MiB",
+                ok=at["rss_mib"] <= 64)
+        else:
+            rows.append(("memory: agent RSS after %dM churned" % (args.churn_total // 1000000),
+                         "n/a", "", "", "churn did not reach it", "MISS"))
+        row("memory: agent VmHWM over the whole run (MiB)", one(mem["final"]["hwm_mib"]),
+            digits=1, target="<= 64 MiB", ok=mem["final"]["hwm_mib"] <= 64)
+        if "slope_mib_per_min" in ch:
+            sl = ch["slope_mib_per_min"]
+            rss = [x["rss_mib"] for x in ch["samples"]]
+            rows.append(("memory: RSS slope over a %.1f-min churn, from %ds (MiB/min)" % (
+                ch["minutes"], ch.get("slope_from_s", 0)),
+                         "%.3f" % sl, fmt(min(rss), "", 1), fmt(max(rss), "", 1),
+                         "flat (< 0.2 MiB/min)%s" % (
+                             "" if ch["minutes"] >= 10 else "; issue asks 10 min"),
+                         verdict(sl < 0.2)))
+    lat = results.get("latency")
+    if lat:
+        row("latency: client error -> `rstwatch trace` line (ms)", lat["trace_ms"], digits=1,
+            target="<= 100 ms", ok=(lat["trace_ms"]["max"] or 1e9) <= 100 and
+            lat["missed"]["trace"] == 0)
+        row("latency: client error -> `trace --from` agent line (ms)", lat["follower_ms"],
+            digits=1, target="<= 100 ms", ok=(lat["follower_ms"]["max"] or 1e9) <= 100 and
+            lat["missed"]["follower"] == 0)
+        row("latency: client error -> /metrics (ms, 50 ms polls)", lat["metrics_ms"], digits=1,
+            target="next scrape: %d/%d" % (lat["metrics_next_scrape"], lat["reps"]),
+            ok=lat["metrics_next_scrape"] == lat["reps"] and lat["missed"]["metrics"] == 0)
+    return rows
+
+
+def render(rows, machine, args, results, started, elapsed, markdown):
+    head = ("measurement", "median", "min", "max", "ratio / target", "verdict")
+    binfo = results.get("binary", {})
+    meta = [
+        "machine: %s" % machine.describe(),
+        "load average at start: %.2f %.2f %.2f" % machine.load,
+        "rstwatch: %s (%s), git %s" % (binfo.get("path"), binfo.get("mtime"), binfo.get("git")),
+        "run: %s UTC, %.1f min; %d interleaved repetitions of %d s per condition (wrk -c%d); "
+        "storm %d x %d s; churn %.1f min; latency %d races" % (
+            started, elapsed / 60.0, args.reps, args.round_seconds, args.connections,
+            args.storm_reps, args.storm_seconds, args.churn_minutes, args.latency_reps),
+    ]
+    if "http" in results:
+        meta.append("cpu plan: %s" % results["http"]["plan"])
+    if markdown:
+        out = ["<!-- generated by bench/run.py; do not edit -->", ""]
+        out += ["- " + m for m in meta] + [""]
+        out.append("| " + " | ".join(head) + " |")
+        out.append("|" + "---|" * len(head))
+        for r in rows:
+            out.append("| " + " | ".join(str(c) for c in r) + " |")
+        return "\n".join(out) + "\n"
+    widths = [max(len(str(r[i])) for r in rows + [head]) for i in range(len(head))]
+    line = lambda r: "  ".join(str(c).ljust(w) for c, w in zip(r, widths))  # noqa: E731
+    out = meta + ["", line(head), line(["-" * w for w in widths])] + [line(r) for r in rows]
+    return "\n".join(out) + "\n"
+
+
+# ---------------------------------------------------------------- main
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--reps", type=int, default=None,
+                   help="interleaved repetitions per HTTP condition (default: 5 on <= 4 cores, "
+                        "else 7)")
+    p.add_argument("--round-seconds", type=int, default=5)
+    p.add_argument("--warmup-seconds", type=int, default=3)
+    p.add_argument("--connections", type=int, default=None,
+                   help="wrk connections (default 4 x cores, at least 8)")
+    p.add_argument("--skip-bpftrace", action="store_true")
+    p.add_argument("--corr-reps", type=int, default=5)
+    p.add_argument("--storm-rate", type=int, default=100000, help="records/s asked")
+    p.add_argument("--storm-seconds", type=int, default=8)
+    p.add_argument("--storm-reps", type=int, default=3)
+    p.add_argument("--hold", type=int, default=100000, help="connections held open")
+    p.add_argument("--churn-total", type=int, default=1000000)
+    p.add_argument("--churn-minutes", type=float, default=2.0)
+    p.add_argument("--churn-rate", type=float, default=10000.0, help="minimum connections/s")
+    p.add_argument("--sample-seconds", type=int, default=10)
+    p.add_argument("--latency-reps", type=int, default=10)
+    p.add_argument("--only", default="http,correlator,storm,memory,latency",
+                   help="comma-separated subset of http,correlator,storm,memory,latency")
+    p.add_argument("--build-dir", default=os.path.join(REPO, "build"))
+    p.add_argument("--connload", default=None)
+    p.add_argument("--correlator-bench", default=None)
+    p.add_argument("--out", default=os.path.join(REPO, "bench", "results", "latest.md"))
+    args = p.parse_args()
+
+    machine = Machine()
+    if args.reps is None:
+        args.reps = 5 if machine.cores <= 4 else 7
+    if args.connections is None:
+        args.connections = max(8, 4 * machine.cores)
+    for attr, name in (("connload", "connload"), ("correlator_bench", "correlator_bench")):
+        if getattr(args, attr) is None:
+            for d in ("bench", "bench-standalone"):
+                cand = os.path.join(args.build_dir, d, name)
+                if os.access(cand, os.X_OK):
+                    setattr(args, attr, cand)
+                    break
+    only = set(args.only.split(","))
+    if os.geteuid() != 0:
+        sys.exit("bench/run.py needs root (namespaces, BPF)")
+    import unittest
+    try:
+        netns.require_bpf()
+    except unittest.SkipTest as e:
+        sys.exit("rstwatch cannot run here: %s" % e)
+    if ({"storm", "memory"} & only) and not args.connload:
+        sys.exit("connload not built (bench/run.sh builds it)")
+    for tool in ([WRK, "/usr/sbin/nginx"] if "http" in only else []):
+        if not os.access(tool, os.X_OK):
+            sys.exit("missing %s (bench/run.sh installs it)" % tool)
+
+    # Cleanup first in line for SIGTERM: netns's handler (installed next) ends processes
+    # and namespaces, then chains to ours (sysctl, temp dir), then dies with the signal.
+    signal.signal(signal.SIGTERM, _on_term)
+    netns._install_handlers()
+    import atexit
+    atexit.register(restore_everything)
+    STATE["stats_orig"] = read_sysctl(STATS_SYSCTL)
+    STATE["tmp"] = tempfile.mkdtemp(prefix="rw-bench-")
+    started = datetime.datetime.utcnow().strftime("%Y-%m-%d %H:%M")
+    t0 = time.monotonic()
+    binary = netns.rstwatch_bin()
+    git = subprocess.run(["git", "-C", REPO, "describe", "--always", "--dirty"],
+                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True).stdout.strip()
+    results = {"binary": {"path": binary, "git": git or "?", "mtime": time.strftime(
+        "%Y-%m-%d %H:%M", time.gmtime(os.path.getmtime(binary)))},
+        "machine": machine.describe(), "args": vars(args)}
+    log("machine: %s; bpf_stats_enabled was %s (set to 0 for throughput rounds, 1 only in "
+        "bpf_stats rounds, restored at exit)" % (machine.describe(), STATE["stats_orig"]))
+    try:
+        set_stats(False)
+        steps = [("correlator", measure_correlator), ("http", measure_http),
+                 ("storm", measure_storm), ("memory", measure_memory),
+                 ("latency", measure_latency)]
+        for name, fn in steps:
+            if name not in only:
+                continue
+            log("== %s" % name)
+            try:
+                if name == "http":
+                    fn(args, machine, STATE["tmp"], results)
+                else:
+                    fn(args, machine, results)
+            except Exception as e:  # one failed measurement must not lose the others
+                import traceback
+                traceback.print_exc()
+                results.setdefault("errors", {})[name] = "%s: %s" % (type(e).__name__, e)
+                netns.cleanup_all()
+    finally:
+        netns.cleanup_all()
+        restore_everything()
+    elapsed = time.monotonic() - t0
+    rows = build_table(results, machine, args, started, elapsed)
+    for name, err in results.get("errors", {}).items():
+        rows.append(("%s: FAILED" % name, "n/a", "", "", err[:80], "MISS"))
+    text = render(rows, machine, args, results, started, elapsed, markdown=False)
+    sys.stdout.write("\n" + text)
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    with open(args.out, "w") as f:
+        f.write(render(rows, machine, args, results, started, elapsed, markdown=True))
+    with open(os.path.splitext(args.out)[0] + ".json", "w") as f:
+        json.dump(results, f, indent=1, default=str)
+    log("table written to %s (raw data: %s)" % (args.out, os.path.splitext(args.out)[0] + ".json"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
