@@ -17,6 +17,7 @@
 #include "diagnosis.h"
 #include "http_server.h"
 #include "kube_client.h"
+#include "privileges.h"
 #include "rstwatch.h"
 #include "stream_client.h"
 #include "timeout_inference.h"
@@ -313,6 +314,23 @@ int Agent::run() {
     install_signal_handlers();
 
     // Configuration first: nothing is attached or started when it is wrong.
+    // The incident stream reveals peer addresses: never served beyond loopback without
+    // credentials unless explicitly allowed.
+    const bool auth_configured = !options_.auth_token_file.empty() || !options_.basic_auth_file.empty();
+    if (!auth_configured && !options_.allow_unauthenticated && !is_loopback_listen(options_.listen) &&
+        listen_address_error(options_.listen).empty()) {
+        spdlog::error("refusing to serve /incidents and /metrics on {} without authentication: pass --auth-token-file "
+                      "or --basic-auth-file, or --allow-unauthenticated to accept that",
+                      options_.listen);
+        return kExitUsage;
+    }
+    if (!options_.tls_cert_file.empty() || !options_.tls_key_file.empty()) {
+        std::string why;
+        if (!tls_support(&why)) {
+            spdlog::error("--tls-cert/--tls-key: TLS is not available: {}", why);
+            return kExitUsage;
+        }
+    }
     if (!load_pod_map(true)) return kExitUsage;
     std::optional<KubeConfig> kube_config;
     if (options_.kube_enabled) {
@@ -352,6 +370,10 @@ int Agent::run() {
 
     HttpServerOptions http_options;
     http_options.listen = options_.listen;
+    http_options.auth.token_file = options_.auth_token_file;
+    http_options.auth.basic_auth_file = options_.basic_auth_file;
+    http_options.tls_cert_file = options_.tls_cert_file;
+    http_options.tls_key_file = options_.tls_key_file;
     http_options.collect = [this] { return metrics_->collect(); };
     http_options.readiness = [this] { return readiness(); };
     http_options.diagnose = [this](const std::string& query) { return diagnose(query); };
@@ -382,6 +404,19 @@ int Agent::run() {
         return kExitFailure;  // destructors stop the watcher and the HTTP server
     }
     metrics_->set_build_info(RSTWATCH_VERSION, std::string(write_mode_name(bpf_->write_mode())));
+    // Attached and bound: from here on only open file descriptors are used. Before readiness,
+    // so a ready agent is an unprivileged one.
+    const PrivilegeDrop dropped = drop_privileges();
+    if (dropped.ok) {
+        spdlog::info("dropped capabilities {} on {} threads; kept {}{}; bounding set {}; no_new_privs set",
+                     capability_names(dropped.dropped), dropped.threads, capability_names(dropped.kept),
+                     dropped.kept != 0 ? " (this kernel refuses bpf() map reads without it: "
+                                         "kernel.unprivileged_bpf_disabled, kernel < 6.5)"
+                                       : "",
+                     dropped.bounding_emptied ? "emptied" : "left to the container runtime (no CAP_SETPCAP)");
+    } else {
+        spdlog::error("dropping capabilities failed, running with them: {}", dropped.error);
+    }
     bpf_attached_ = true;
     spdlog::info("rstwatch agent {}: write hook {}, idle threshold {:.3f} s, kernel HZ {} ({}), attribution: {}{}{}",
                  RSTWATCH_VERSION, write_mode_name(bpf_->write_mode()), options_.loader.idle_threshold_s, features_.hz,
@@ -389,8 +424,10 @@ int Agent::run() {
                  pod_map_ ? "pod map " + *options_.pod_map_path : std::string("no pod map"),
                  kube_config ? ", Kubernetes API " + kube_config->api_url : std::string(", no Kubernetes"),
                  options_.pair_labels == PairLabelMode::workload ? ", workload pair labels" : "");
-    spdlog::info("serving http://{}/metrics, /healthz, /readyz and the incident stream /incidents (port {})",
-                 options_.listen, http_->port());
+    spdlog::info("serving http{}://{}/metrics, /healthz, /readyz and the incident stream /incidents (port {}){}",
+                 options_.tls_cert_file.empty() ? "" : "s", options_.listen, http_->port(),
+                 auth_configured ? ", credentials required except on /healthz and /readyz"
+                                 : ", no authentication");
 
     int rc = kExitOk;
     uint64_t lost_seen = 0;

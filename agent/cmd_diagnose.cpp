@@ -14,6 +14,7 @@
 #include "commands.h"
 #include "correlator.h"
 #include "diagnosis.h"
+#include "stream_client.h"
 #include "timeout_inference.h"
 
 namespace rstwatch {
@@ -33,7 +34,8 @@ struct CurlDeleter {
 };
 
 // GET URL/diagnose?level=LEVEL from a running agent.
-std::optional<std::string> fetch_diagnosis(std::string url, const std::string& level, std::string* error) {
+std::optional<std::string> fetch_diagnosis(std::string url, const std::string& level, const ClientAuth& auth,
+                                           std::string* error) {
     if (url.find("://") == std::string::npos) url = "http://" + url;
     while (!url.empty() && url.back() == '/') url.pop_back();
     url += "/diagnose?level=" + level;
@@ -48,6 +50,18 @@ std::optional<std::string> fetch_diagnosis(std::string url, const std::string& l
     curl_easy_setopt(curl.get(), CURLOPT_WRITEDATA, &body);
     curl_easy_setopt(curl.get(), CURLOPT_CONNECTTIMEOUT, 10L);
     curl_easy_setopt(curl.get(), CURLOPT_TIMEOUT, 30L);
+    curl_easy_setopt(curl.get(), CURLOPT_PROTOCOLS_STR, "http,https");
+    std::unique_ptr<curl_slist, decltype(&curl_slist_free_all)> headers(nullptr, &curl_slist_free_all);
+    if (!auth.bearer_token.empty()) {
+        const std::string authorization = "Authorization: Bearer " + auth.bearer_token;
+        headers.reset(curl_slist_append(nullptr, authorization.c_str()));
+        curl_easy_setopt(curl.get(), CURLOPT_HTTPHEADER, headers.get());
+    }
+    if (!auth.ca_file.empty()) curl_easy_setopt(curl.get(), CURLOPT_CAINFO, auth.ca_file.c_str());
+    // Messages never show "user:password@" from the URL.
+    if (const size_t at = url.find('@'), host = url.find("://") + 3; at != std::string::npos && at > host &&
+                                                                       url.find('/', host) > at)
+        url = url.substr(0, host) + url.substr(at + 1);
     CURLcode rc = curl_easy_perform(curl.get());
     if (rc != CURLE_OK) {
         *error = fmt::format("{}: {}", url, curl_easy_strerror(rc));
@@ -56,7 +70,8 @@ std::optional<std::string> fetch_diagnosis(std::string url, const std::string& l
     long status = 0;
     curl_easy_getinfo(curl.get(), CURLINFO_RESPONSE_CODE, &status);
     if (status != 200) {
-        *error = fmt::format("{}: HTTP {}", url, status);
+        *error = fmt::format("{}: HTTP {}{}", url, status,
+                             status == 401 ? " (the agent needs credentials: --token-file FILE)" : "");
         return std::nullopt;
     }
     return body;
@@ -81,7 +96,12 @@ int64_t monotonic_ns() {
 int run_diagnose(const DiagnoseOptions& options) {
     if (options.from_url) {
         std::string error;
-        auto body = fetch_diagnosis(*options.from_url, options.level, &error);
+        ClientAuth auth;
+        if (!load_client_auth(token_file_or_env(options.token_file), options.ca_file.value_or(""), &auth, &error)) {
+            spdlog::error("{}", error);
+            return kExitUsage;
+        }
+        auto body = fetch_diagnosis(*options.from_url, options.level, auth, &error);
         if (!body) {
             spdlog::error("cannot read the diagnosis: {}", error);
             return kExitFailure;

@@ -47,6 +47,12 @@ int64_t monotonic_to_unix_offset_ns() { return clock_ns(CLOCK_REALTIME) - clock_
 
 // `trace --from URL`: the same output from a running agent's stream, with pod names.
 int run_trace_from(const TraceOptions& options, const IncidentFilter& filter) {
+    ClientAuth auth;
+    if (std::string error; !load_client_auth(token_file_or_env(options.token_file), options.ca_file.value_or(""),
+                                             &auth, &error)) {
+        spdlog::error("{}", error);
+        return kExitUsage;
+    }
     std::array<uint64_t, kCauseCount> incidents_by_cause{};
     std::atomic<bool> stop{false};
     std::thread watchdog([&] {
@@ -78,6 +84,7 @@ int run_trace_from(const TraceOptions& options, const IncidentFilter& filter) {
     };
     StreamClientOptions client_options;
     client_options.url = *options.from_url;
+    client_options.auth = auth;
     spdlog::info("following {}", client_options.url);
     StreamResult result = follow_incidents(
         client_options, stop,

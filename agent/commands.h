@@ -26,6 +26,9 @@ struct TraceOptions {
     std::optional<std::string> from_url;
     std::optional<std::string> namespace_;  // only with --from: either end in this namespace
     std::optional<std::string> pod;         // only with --from: either end is this pod
+    // With --from: bearer token file (else $RSTWATCH_TOKEN_FILE) and CA bundle for https.
+    std::optional<std::string> token_file;
+    std::optional<std::string> ca_file;
 };
 
 // The agent's default listen address: loopback only, so a laptop or VM run does not expose
@@ -46,6 +49,13 @@ struct AgentOptions {
     PairLabelMode pair_labels = PairLabelMode::pod;
     // How long an incident waits for its pod to become known before it is labelled anyway.
     std::chrono::milliseconds attribution_hold{2000};
+    // Protection of /metrics, /incidents and /diagnose (http_server.h). A listen address
+    // that is not loopback needs one of the two files, or allow_unauthenticated.
+    std::string auth_token_file;
+    std::string basic_auth_file;
+    std::string tls_cert_file;
+    std::string tls_key_file;
+    bool allow_unauthenticated = false;
 };
 
 int run_agent(const AgentOptions& options);
@@ -57,6 +67,9 @@ struct DiagnoseOptions {
     std::string level = "workload";       // "workload" or "pod"
     LoaderOptions loader;
     std::optional<std::string> pod_map_path;
+    // With --from: bearer token file (else $RSTWATCH_TOKEN_FILE) and CA bundle for https.
+    std::optional<std::string> token_file;
+    std::optional<std::string> ca_file;
 };
 
 int run_diagnose(const DiagnoseOptions& options);

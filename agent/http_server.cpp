@@ -7,7 +7,10 @@
 #include <netinet/in.h>
 #include <prometheus/text_serializer.h>
 #include <spdlog/spdlog.h>
+#include <dlfcn.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -15,7 +18,9 @@
 #include <charconv>
 #include <condition_variable>
 #include <cstdio>
+#include <cstring>
 #include <deque>
+#include <fstream>
 #include <mutex>
 #include <optional>
 #include <thread>
@@ -27,7 +32,9 @@ namespace {
 constexpr const char* kMetricsContentType = "text/plain; version=0.0.4; charset=utf-8";
 constexpr const char* kStreamContentType = "application/x-ndjson";
 constexpr size_t kMaxChunkBytes = 64 * 1024;
-constexpr unsigned kFeatureIpv6 = 8;  // mg_check_feature bit
+constexpr unsigned kFeatureTls = 2;   // mg_check_feature bits
+constexpr unsigned kFeatureIpv6 = 8;
+constexpr size_t kMaxCredentialFileBytes = 64 * 1024;
 
 using Line = std::shared_ptr<const std::string>;
 
@@ -150,6 +157,133 @@ void append_chunk(std::string& out, std::string_view data) {
 
 bool write_all(mg_connection* conn, const std::string& data) {
     return mg_write(conn, data.data(), data.size()) == static_cast<int>(data.size());
+}
+
+std::string_view trim(std::string_view text) {
+    while (!text.empty() && std::isspace(static_cast<unsigned char>(text.front()))) text.remove_prefix(1);
+    while (!text.empty() && std::isspace(static_cast<unsigned char>(text.back()))) text.remove_suffix(1);
+    return text;
+}
+
+// RFC 4648 base64 (padding optional); nullopt on any other character.
+std::optional<std::string> base64_decode(std::string_view in) {
+    std::string out;
+    uint32_t acc = 0;
+    int bits = 0;
+    for (char c : in) {
+        int v;
+        if (c >= 'A' && c <= 'Z') v = c - 'A';
+        else if (c >= 'a' && c <= 'z') v = c - 'a' + 26;
+        else if (c >= '0' && c <= '9') v = c - '0' + 52;
+        else if (c == '+') v = 62;
+        else if (c == '/') v = 63;
+        else if (c == '=') break;
+        else return std::nullopt;
+        acc = (acc << 6) | static_cast<uint32_t>(v);
+        bits += 6;
+        if (bits >= 8) {
+            bits -= 8;
+            out.push_back(static_cast<char>((acc >> bits) & 0xff));
+        }
+    }
+    return out;
+}
+
+bool iequals_prefix(std::string_view text, std::string_view prefix) {
+    if (text.size() < prefix.size()) return false;
+    for (size_t i = 0; i < prefix.size(); ++i)
+        if (std::tolower(static_cast<unsigned char>(text[i])) != std::tolower(static_cast<unsigned char>(prefix[i])))
+            return false;
+    return true;
+}
+
+struct FileStamp {
+    dev_t dev = 0;
+    ino_t ino = 0;
+    off_t size = 0;
+    int64_t mtime_ns = 0;
+    int64_t ctime_ns = 0;
+    bool operator==(const FileStamp&) const = default;
+};
+
+// stat() follows symlinks: a Kubernetes Secret volume swaps its ..data symlink on update.
+std::optional<FileStamp> stamp_of(const std::string& path) {
+    struct stat st {};
+    if (::stat(path.c_str(), &st) != 0) return std::nullopt;
+    return FileStamp{st.st_dev, st.st_ino, st.st_size,
+                     st.st_mtim.tv_sec * 1'000'000'000LL + st.st_mtim.tv_nsec,
+                     st.st_ctim.tv_sec * 1'000'000'000LL + st.st_ctim.tv_nsec};
+}
+
+bool read_small_file(const std::string& path, std::string* out, std::string* error) {
+    std::ifstream in(path, std::ios::binary);
+    if (!in) {
+        *error = "cannot read " + path + ": " + std::strerror(errno);
+        return false;
+    }
+    out->assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+    if (in.bad()) {
+        *error = "cannot read " + path;
+        return false;
+    }
+    if (out->size() > kMaxCredentialFileBytes) {
+        *error = path + " is larger than 64 KiB";
+        return false;
+    }
+    return true;
+}
+
+// Token file: one token per non-empty line.
+bool parse_tokens(const std::string& path, std::vector<std::string>* tokens, std::string* error) {
+    std::string text;
+    if (!read_small_file(path, &text, error)) return false;
+    tokens->clear();
+    size_t start = 0;
+    while (start <= text.size()) {
+        size_t nl = text.find('\n', start);
+        if (nl == std::string::npos) nl = text.size();
+        std::string_view line = trim(std::string_view(text).substr(start, nl - start));
+        if (!line.empty()) tokens->emplace_back(line);
+        start = nl + 1;
+    }
+    explicit_bzero(text.data(), text.size());
+    if (tokens->empty()) {
+        *error = "no token in " + path + " (the file is empty)";
+        return false;
+    }
+    return true;
+}
+
+// Basic-auth file: "user:password" lines, '#' comments.
+bool parse_basic(const std::string& path, std::vector<std::string>* entries, std::string* error) {
+    std::string text;
+    if (!read_small_file(path, &text, error)) return false;
+    entries->clear();
+    size_t start = 0;
+    int number = 0;
+    bool ok = true;
+    while (ok && start <= text.size()) {
+        size_t nl = text.find('\n', start);
+        if (nl == std::string::npos) nl = text.size();
+        ++number;
+        std::string_view line = std::string_view(text).substr(start, nl - start);
+        if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
+        start = nl + 1;
+        if (trim(line).empty() || trim(line).front() == '#') continue;
+        const size_t colon = line.find(':');
+        if (colon == 0 || colon == std::string_view::npos || colon + 1 == line.size()) {
+            *error = path + " line " + std::to_string(number) + ": expected user:password";
+            ok = false;
+            break;
+        }
+        entries->emplace_back(line);
+    }
+    explicit_bzero(text.data(), text.size());
+    if (ok && entries->empty()) {
+        *error = "no user:password line in " + path;
+        ok = false;
+    }
+    return ok;
 }
 
 struct Follower {
@@ -296,6 +430,85 @@ struct HttpServer::Hub {
     }
 };
 
+struct HttpServer::Credentials {
+    HttpAuthOptions options;
+    std::mutex mutex;
+    std::vector<std::string> tokens;
+    std::vector<std::string> basic;  // "user:password"
+    std::optional<FileStamp> token_stamp;
+    std::optional<FileStamp> basic_stamp;
+    std::chrono::steady_clock::time_point next_check{};
+    std::atomic<uint64_t> unauthorized{0};
+
+    ~Credentials() {
+        for (auto& t : tokens) explicit_bzero(t.data(), t.size());
+        for (auto& b : basic) explicit_bzero(b.data(), b.size());
+    }
+
+    // Start: every configured file must be valid.
+    bool load(std::string* error) {
+        std::lock_guard lock(mutex);
+        if (!options.token_file.empty()) {
+            token_stamp = stamp_of(options.token_file);
+            if (!parse_tokens(options.token_file, &tokens, error)) return false;
+        }
+        if (!options.basic_auth_file.empty()) {
+            basic_stamp = stamp_of(options.basic_auth_file);
+            if (!parse_basic(options.basic_auth_file, &basic, error)) return false;
+        }
+        next_check = std::chrono::steady_clock::now() + std::chrono::seconds(1);
+        return true;
+    }
+
+    // Under `mutex`: re-reads a file whose stat changed; a bad file keeps the old credentials.
+    void reload_changed() {
+        const auto now = std::chrono::steady_clock::now();
+        if (now < next_check) return;
+        next_check = now + std::chrono::seconds(1);
+        auto reload = [](const std::string& path, std::optional<FileStamp>& stamp, auto parse,
+                         std::vector<std::string>& current, const char* what) {
+            if (path.empty()) return;
+            auto now_stamp = stamp_of(path);
+            if (now_stamp == stamp) return;
+            std::vector<std::string> fresh;
+            std::string error;
+            if (!parse(path, &fresh, &error)) {
+                spdlog::error("{} changed but is not usable, keeping the previous credentials: {}", what,
+                              one_line(error));
+                stamp = now_stamp;  // logged once per change
+                return;
+            }
+            for (auto& c : current) explicit_bzero(c.data(), c.size());
+            current = std::move(fresh);
+            stamp = now_stamp;
+            spdlog::info("{} {} reloaded: {} entries", what, path, current.size());
+        };
+        reload(options.token_file, token_stamp, &parse_tokens, tokens, "auth token file");
+        reload(options.basic_auth_file, basic_stamp, &parse_basic, basic, "basic auth file");
+    }
+
+    // The Authorization header's value (nullptr when absent) -> allowed?
+    bool check(const char* header) {
+        if (header == nullptr) return false;
+        std::string_view value = trim(header);
+        std::lock_guard lock(mutex);
+        reload_changed();
+        bool ok = false;
+        if (iequals_prefix(value, "Bearer ")) {
+            std::string_view token = trim(value.substr(7));
+            // Every entry is compared: the time does not tell which (or whether one) matched.
+            for (const auto& t : tokens) ok |= constant_time_equal(token, t);
+        } else if (iequals_prefix(value, "Basic ")) {
+            auto decoded = base64_decode(trim(value.substr(6)));
+            if (decoded) {
+                for (const auto& b : basic) ok |= constant_time_equal(*decoded, b);
+                explicit_bzero(decoded->data(), decoded->size());
+            }
+        }
+        return ok;
+    }
+};
+
 class HttpHandler : public CivetHandler {
 public:
     using Fn = std::function<void(mg_connection*)>;
@@ -308,6 +521,67 @@ public:
 private:
     Fn fn_;
 };
+
+bool constant_time_equal(std::string_view a, std::string_view b) {
+    // Walks the longer length every time; a length mismatch is folded in at the end.
+    const size_t n = std::max(a.size(), b.size());
+    volatile unsigned char diff = 0;
+    for (size_t i = 0; i < n; ++i) {
+        const unsigned char x = i < a.size() ? static_cast<unsigned char>(a[i]) : 0;
+        const unsigned char y = i < b.size() ? static_cast<unsigned char>(b[i]) : 0;
+        diff = static_cast<unsigned char>(diff | (x ^ y));
+    }
+    return (diff == 0) & (a.size() == b.size());
+}
+
+bool is_loopback_listen(const std::string& listen) {
+    const size_t colon = listen.rfind(':');
+    if (colon == std::string::npos) return false;
+    std::string host = listen.substr(0, colon);
+    if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
+        in6_addr a6{};
+        if (inet_pton(AF_INET6, host.substr(1, host.size() - 2).c_str(), &a6) != 1) return false;
+        if (IN6_IS_ADDR_LOOPBACK(&a6)) return true;
+        // ::ffff:127.x.y.z
+        return IN6_IS_ADDR_V4MAPPED(&a6) && a6.s6_addr[12] == 127;
+    }
+    in_addr a4{};
+    if (inet_pton(AF_INET, host.c_str(), &a4) != 1) return false;
+    return (ntohl(a4.s_addr) >> 24) == 127;
+}
+
+std::string listen_address_error(const std::string& listen) {
+    std::string error;
+    return civet_listen_spec(listen, &error) ? std::string() : error;
+}
+
+bool tls_support(std::string* why) {
+    std::string ignored;
+    if (why == nullptr) why = &ignored;
+    if (mg_check_feature(kFeatureTls) == 0) {
+        *why = "this build's civetweb has no TLS support";
+        return false;
+    }
+    for (const char* lib : {"libssl.so", "libcrypto.so"}) {
+        void* handle = dlopen(lib, RTLD_LAZY | RTLD_LOCAL);
+        if (handle == nullptr) {
+            *why = std::string("civetweb loads OpenSSL as ") + lib +
+                   " at run time and it is not installed (install libssl-dev, or link " + lib +
+                   " to the libssl3 package's " + lib + ".3)";
+            return false;
+        }
+        // civetweb 1.15 as Debian 12 builds it uses the OpenSSL 1.1 API: it resolves
+        // SSL_get_peer_certificate, which OpenSSL 3 (Debian 12's only libssl) no longer exports.
+        if (std::string(lib) == "libssl.so" && dlsym(handle, "SSL_get_peer_certificate") == nullptr) {
+            *why = "this civetweb uses the OpenSSL 1.1 API (SSL_get_peer_certificate) and the installed "
+                   "libssl.so is OpenSSL 3, which lacks it (Debian 12); terminate TLS in front of the agent";
+            dlclose(handle);
+            return false;
+        }
+        // Left loaded: civetweb opens the same library when the server starts.
+    }
+    return true;
+}
 
 HttpServer::HttpServer(HttpServerOptions options)
     : options_(std::move(options)), hub_(std::make_shared<Hub>()) {
@@ -328,13 +602,69 @@ bool HttpServer::start(std::string* error) {
     auto spec = civet_listen_spec(options_.listen, error);
     if (!spec) return false;
 
-    const std::vector<std::string> civet_options = {
-        "listening_ports",    *spec,
+    if (options_.auth.enabled()) {
+        credentials_ = std::make_shared<Credentials>();
+        credentials_->options = options_.auth;
+        if (!credentials_->load(error)) {
+            credentials_.reset();
+            return false;
+        }
+    }
+
+    const bool tls = !options_.tls_cert_file.empty() || !options_.tls_key_file.empty();
+    // civetweb reads one PEM file holding both key and certificate(s): give it an anonymous
+    // memory file (memfd) with both, so the key is never written to disk; closed after start.
+    int pem_fd = -1;
+    struct PemFdCloser {
+        int& fd;
+        ~PemFdCloser() {
+            if (fd >= 0) close(fd);
+        }
+    } pem_closer{pem_fd};
+    std::string pem_path;
+    if (tls) {
+        if (options_.tls_cert_file.empty() || options_.tls_key_file.empty()) {
+            *error = "TLS needs both a certificate and a key file";
+            return false;
+        }
+        std::string why;
+        if (!tls_support(&why)) {
+            *error = "TLS is not available: " + why;
+            return false;
+        }
+        std::string cert, key;
+        if (!read_small_file(options_.tls_cert_file, &cert, error) ||
+            !read_small_file(options_.tls_key_file, &key, error)) {
+            explicit_bzero(key.data(), key.size());
+            return false;
+        }
+        pem_fd = memfd_create("rstwatch-tls", MFD_CLOEXEC);
+        std::string pem = cert + "\n" + key + "\n";
+        explicit_bzero(key.data(), key.size());
+        const bool written = pem_fd >= 0 && ::write(pem_fd, pem.data(), pem.size()) ==
+                                                static_cast<ssize_t>(pem.size());
+        explicit_bzero(pem.data(), pem.size());
+        if (!written) {
+            *error = std::string("cannot prepare the TLS key for civetweb: ") + std::strerror(errno);
+            return false;
+        }
+        pem_path = "/proc/self/fd/" + std::to_string(pem_fd);
+    }
+
+    std::vector<std::string> civet_options = {
+        "listening_ports",    tls ? *spec + "s" : *spec,
         "num_threads",        std::to_string(options_.max_followers + 4),
         "request_timeout_ms", std::to_string(options_.write_timeout.count()),
         "enable_keep_alive",  "no",
         "tcp_nodelay",        "1",
     };
+    if (tls) {
+        civet_options.insert(civet_options.end(), {
+                                                      "ssl_certificate", pem_path,
+                                                      "ssl_certificate_chain", pem_path,
+                                                      "ssl_protocol_version", "4",  // TLS 1.2 and later
+                                                  });
+    }
     CivetCallbacks callbacks;
     callbacks.log_message = &log_message;
 
@@ -348,8 +678,8 @@ bool HttpServer::start(std::string* error) {
     t_start_log = nullptr;
     if (!server_ || server_->getContext() == nullptr) {
         server_.reset();
-        *error =
-            "cannot listen on " + options_.listen + ": " + one_line(bind_error_reason(start_log));
+        *error = (tls ? "cannot serve TLS on " : "cannot listen on ") + options_.listen + ": " +
+                 one_line(bind_error_reason(start_log));
         return false;
     }
     const auto ports = server_->getListeningPorts();
@@ -359,7 +689,35 @@ bool HttpServer::start(std::string* error) {
     if (wake_ip_ == "0.0.0.0") wake_ip_ = "127.0.0.1";
     if (wake_ip_ == "::") wake_ip_ = "::1";
 
-    handlers_.push_back(std::make_unique<HttpHandler>([this](mg_connection* conn) {
+    // /metrics, /diagnose and /incidents (it reveals peer addresses) need credentials when
+    // any are configured; /healthz and /readyz never do.
+    std::shared_ptr<Credentials> credentials = credentials_;
+    auto protect = [credentials](HttpHandler::Fn fn) -> HttpHandler::Fn {
+        if (!credentials) return fn;
+        return [credentials, fn = std::move(fn)](mg_connection* conn) {
+            if (credentials->check(mg_get_header(conn, "Authorization"))) {
+                fn(conn);
+                return;
+            }
+            credentials->unauthorized.fetch_add(1, std::memory_order_relaxed);
+            const std::string body = "unauthorized: send Authorization: Bearer TOKEN (or Basic)\n";
+            std::string challenge;
+            if (!credentials->options.token_file.empty()) challenge += "WWW-Authenticate: Bearer realm=\"rstwatch\"\r\n";
+            if (!credentials->options.basic_auth_file.empty())
+                challenge += "WWW-Authenticate: Basic realm=\"rstwatch\", charset=\"UTF-8\"\r\n";
+            mg_printf(conn,
+                      "HTTP/1.1 401 Unauthorized\r\n"
+                      "%s"
+                      "Content-Type: text/plain; charset=utf-8\r\n"
+                      "Content-Length: %zu\r\n"
+                      "Cache-Control: no-cache\r\n"
+                      "Connection: close\r\n\r\n",
+                      challenge.c_str(), body.size());
+            mg_write(conn, body.data(), body.size());
+        };
+    };
+
+    handlers_.push_back(std::make_unique<HttpHandler>(protect([this](mg_connection* conn) {
         if (!options_.collect) {
             respond(conn, 404, "Not Found", "text/plain; charset=utf-8", "no metrics\n");
             return;
@@ -373,7 +731,7 @@ bool HttpServer::start(std::string* error) {
             return;
         }
         respond(conn, 200, "OK", kMetricsContentType, body);
-    }));
+    })));
     server_->addHandler("/metrics$", handlers_.back().get());
 
     handlers_.push_back(std::make_unique<HttpHandler>([](mg_connection* conn) {
@@ -398,7 +756,7 @@ bool HttpServer::start(std::string* error) {
     }));
     server_->addHandler("/readyz$", handlers_.back().get());
 
-    handlers_.push_back(std::make_unique<HttpHandler>([this](mg_connection* conn) {
+    handlers_.push_back(std::make_unique<HttpHandler>(protect([this](mg_connection* conn) {
         if (!options_.diagnose) {
             respond(conn, 404, "Not Found", "text/plain; charset=utf-8", "no diagnosis\n");
             return;
@@ -406,11 +764,11 @@ bool HttpServer::start(std::string* error) {
         const mg_request_info* info = mg_get_request_info(conn);
         std::string query = info && info->query_string ? info->query_string : "";
         respond(conn, 200, "OK", "application/json", options_.diagnose(query) + "\n");
-    }));
+    })));
     server_->addHandler("/diagnose$", handlers_.back().get());
 
     std::shared_ptr<Hub> hub = hub_;
-    handlers_.push_back(std::make_unique<HttpHandler>([hub](mg_connection* conn) {
+    handlers_.push_back(std::make_unique<HttpHandler>(protect([hub](mg_connection* conn) {
         auto follower = hub->add();
         if (!follower) {
             respond(conn, 503, "Service Unavailable", "text/plain; charset=utf-8",
@@ -418,7 +776,7 @@ bool HttpServer::start(std::string* error) {
             return;
         }
         hub->serve(conn, follower);
-    }));
+    })));
     server_->addHandler("/incidents$", handlers_.back().get());
     return true;
 }
@@ -435,6 +793,10 @@ void HttpServer::publish_line(std::string line) {
 size_t HttpServer::follower_count() const { return hub_->count(); }
 
 uint64_t HttpServer::dropped_lines_total() const { return hub_->dropped_total.load(); }
+
+uint64_t HttpServer::unauthorized_total() const {
+    return credentials_ ? credentials_->unauthorized.load() : 0;
+}
 
 void HttpServer::stop() {
     if (stopped_) return;

@@ -98,6 +98,11 @@ int main(int argc, char** argv) {
         ->needs(from_opt);
     trace_cmd->add_option("--pod", trace.pod, "with --from: only incidents with this pod at either end")
         ->needs(from_opt);
+    trace_cmd->add_option("--token-file", trace.token_file,
+                          "with --from: bearer token file for a protected agent (default $RSTWATCH_TOKEN_FILE)")
+        ->needs(from_opt);
+    trace_cmd->add_option("--ca-file", trace.ca_file, "with --from https://...: CA bundle that signed the agent's certificate")
+        ->needs(from_opt);
 
     rstwatch::AgentOptions agent;
     std::string agent_write_hook = "auto";
@@ -106,7 +111,9 @@ int main(int argc, char** argv) {
     double series_ttl_s = 300;
     CLI::App* agent_cmd = app.add_subcommand("agent", "run on the node: metrics per pod pair, incident stream");
     agent_cmd->add_option("--listen", agent.listen, std::string("ADDR:PORT for /metrics, /healthz, /readyz, /incidents (default ") +
-                                                        rstwatch::kDefaultListen + ")");
+                                                        rstwatch::kDefaultListen +
+                                                        "; not loopback: needs --auth-token-file, "
+                                                        "--basic-auth-file or --allow-unauthenticated)");
     agent_cmd->add_option("--pod-map", agent.pod_map_path, "YAML file naming endpoints (SIGHUP reloads it)")
         ->check(CLI::ExistingFile);
     agent_cmd->add_option("--kube", kube_mode, "auto (in-cluster when KUBERNETES_SERVICE_HOST is set, or --kube-api) or off")
@@ -125,6 +132,17 @@ int main(int argc, char** argv) {
                           "connections tracked in the kernel (LRU, default 131072)")
         ->check(CLI::Range(1024U, 16U << 20));
     agent_cmd->add_option("--write-hook", agent_write_hook, "auto, tp_btf, fentry or kprobe")->check(validate_write_hook);
+    agent_cmd->add_option("--auth-token-file", agent.auth_token_file,
+                          "require Authorization: Bearer TOKEN (a token per line; re-read when it changes) on /metrics, "
+                          "/incidents, /diagnose");
+    agent_cmd->add_option("--basic-auth-file", agent.basic_auth_file,
+                          "require basic auth, USER:PASSWORD per line (re-read when it changes), on the same endpoints");
+    auto* tls_cert = agent_cmd->add_option("--tls-cert", agent.tls_cert_file, "serve https: PEM certificate (chain) file");
+    auto* tls_key = agent_cmd->add_option("--tls-key", agent.tls_key_file, "serve https: PEM private key file");
+    tls_cert->needs(tls_key);
+    tls_key->needs(tls_cert);
+    agent_cmd->add_flag("--allow-unauthenticated", agent.allow_unauthenticated,
+                        "serve /metrics and /incidents without credentials on a non-loopback --listen address");
 
     rstwatch::DiagnoseOptions diagnose;
     std::string diagnose_output = "table";
@@ -136,6 +154,12 @@ int main(int argc, char** argv) {
                                   ->check(CLI::PositiveNumber);
     diagnose_from->excludes(diagnose_duration);
     diagnose_cmd->add_option("-o,--output", diagnose_output, "table or json")->check(CLI::IsMember({"table", "json"}));
+    diagnose_cmd->add_option("--token-file", diagnose.token_file,
+                             "with --from: bearer token file for a protected agent (default $RSTWATCH_TOKEN_FILE)")
+        ->needs(diagnose_from);
+    diagnose_cmd->add_option("--ca-file", diagnose.ca_file,
+                             "with --from https://...: CA bundle that signed the agent's certificate")
+        ->needs(diagnose_from);
     diagnose_cmd->add_option("--level", diagnose.level, "workload (default) or pod")
         ->check(CLI::IsMember({"workload", "pod"}));
     diagnose_cmd->add_option("--pod-map", diagnose.pod_map_path, "without --from: YAML file naming endpoints")

@@ -3,6 +3,11 @@
 
 #include <curl/curl.h>
 
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <iterator>
 #include <mutex>
 #include <string_view>
 
@@ -44,6 +49,16 @@ std::string normalize_url(std::string url) {
     if (slash == std::string::npos) return url + "/incidents";
     if (slash == url.size() - 1) return url + "incidents";
     return url;
+}
+
+// The URL without "user:password@", for messages.
+std::string redact_url(const std::string& url) {
+    const size_t scheme = url.find("://");
+    const size_t host_start = scheme == std::string::npos ? 0 : scheme + 3;
+    const size_t at = url.find('@', host_start);
+    const size_t slash = url.find('/', host_start);
+    if (at == std::string::npos || (slash != std::string::npos && at > slash)) return url;
+    return url.substr(0, host_start) + url.substr(at + 1);
 }
 
 struct Follow {
@@ -126,6 +141,43 @@ void global_init() {
 
 }  // namespace
 
+std::string token_file_or_env(const std::optional<std::string>& flag) {
+    if (flag) return *flag;
+    const char* env = std::getenv("RSTWATCH_TOKEN_FILE");
+    return env != nullptr ? env : "";
+}
+
+bool load_client_auth(const std::string& token_file, const std::string& ca_file, ClientAuth* auth,
+                      std::string* error) {
+    auth->bearer_token.clear();
+    auth->ca_file = ca_file;
+    if (token_file.empty()) return true;
+    std::ifstream in(token_file, std::ios::binary);
+    if (!in) {
+        *error = "cannot read the token file " + token_file + ": " + std::strerror(errno);
+        return false;
+    }
+    std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    size_t start = 0;
+    while (start < text.size()) {
+        size_t nl = text.find('\n', start);
+        if (nl == std::string::npos) nl = text.size();
+        std::string_view line = std::string_view(text).substr(start, nl - start);
+        while (!line.empty() && std::isspace(static_cast<unsigned char>(line.front()))) line.remove_prefix(1);
+        while (!line.empty() && std::isspace(static_cast<unsigned char>(line.back()))) line.remove_suffix(1);
+        if (!line.empty()) {
+            auth->bearer_token = std::string(line);
+            break;
+        }
+        start = nl + 1;
+    }
+    if (auth->bearer_token.empty()) {
+        *error = "the token file " + token_file + " is empty";
+        return false;
+    }
+    return true;
+}
+
 nlohmann::json streamed_incident_to_json(const StreamedIncident& s, int64_t offset_ns) {
     auto json = incident_to_json(s.incident, offset_ns);
     add_identity(json["client"], s.client);
@@ -154,7 +206,8 @@ StreamResult follow_incidents(const StreamClientOptions& options, const std::ato
                               const std::function<void(const StreamedIncident&)>& on_incident,
                               const std::function<void(uint64_t)>& on_dropped) {
     global_init();
-    const std::string url = normalize_url(options.url);
+    const std::string full_url = normalize_url(options.url);
+    const std::string url = redact_url(full_url);  // in messages
     Follow follow;
     follow.options = &options;
     follow.on_incident = &on_incident;
@@ -175,7 +228,7 @@ StreamResult follow_incidents(const StreamClientOptions& options, const std::ato
     }
     follow.easy = easy;
     char errbuf[CURL_ERROR_SIZE] = {};
-    curl_easy_setopt(easy, CURLOPT_URL, url.c_str());
+    curl_easy_setopt(easy, CURLOPT_URL, full_url.c_str());
     curl_easy_setopt(easy, CURLOPT_ERRORBUFFER, errbuf);
     curl_easy_setopt(easy, CURLOPT_WRITEFUNCTION, &Follow::write_cb);
     curl_easy_setopt(easy, CURLOPT_WRITEDATA, &follow);
@@ -186,6 +239,18 @@ StreamResult follow_incidents(const StreamClientOptions& options, const std::ato
     curl_easy_setopt(easy, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(easy, CURLOPT_TCP_KEEPALIVE, 1L);
     curl_easy_setopt(easy, CURLOPT_PROTOCOLS_STR, "http,https");
+    curl_slist* headers = nullptr;
+    std::string authorization;
+    if (!options.auth.bearer_token.empty()) {
+        authorization = "Authorization: Bearer " + options.auth.bearer_token;
+        headers = curl_slist_append(headers, authorization.c_str());
+        curl_easy_setopt(easy, CURLOPT_HTTPHEADER, headers);
+    }
+    if (!options.auth.ca_file.empty()) curl_easy_setopt(easy, CURLOPT_CAINFO, options.auth.ca_file.c_str());
+    struct HeaderFree {
+        curl_slist*& list;
+        ~HeaderFree() { curl_slist_free_all(list); }
+    } header_free{headers};
     curl_multi_add_handle(multi, easy);
 
     bool stopped = false;

@@ -43,9 +43,25 @@ std::optional<StreamedIncident> streamed_incident_from_json(
 std::string format_streamed_incident_line(const StreamedIncident& streamed,
                                           int64_t monotonic_to_unix_offset_ns);
 
+// Client credentials for an agent whose endpoints are protected (http_server.h).
+struct ClientAuth {
+    std::string bearer_token;  // sent as "Authorization: Bearer TOKEN"; "" = none
+    std::string ca_file;       // CA bundle for https URLs; "" = the system's
+};
+
+// The token file to use: `flag` when given, else $RSTWATCH_TOKEN_FILE (the DaemonSet sets it,
+// so `kubectl exec ... rstwatch trace --from http://127.0.0.1:9740` authenticates), else "".
+std::string token_file_or_env(const std::optional<std::string>& flag);
+// Reads a bearer token file (first non-empty line, blanks trimmed). "" path: empty token.
+// False with a one-line *error when unreadable or empty.
+bool load_client_auth(const std::string& token_file, const std::string& ca_file, ClientAuth* auth,
+                      std::string* error);
+
 struct StreamClientOptions {
     // "http://HOST:PORT/incidents". "http://HOST:PORT" or "HOST:PORT" get "/incidents" added.
+    // Basic auth: put it in the URL (http://USER:PASSWORD@HOST:PORT).
     std::string url;
+    ClientAuth auth;
     std::chrono::seconds connect_timeout{10};
     // The agent sends a heartbeat every 15 s: no byte for this long means it is gone.
     std::chrono::seconds idle_timeout{60};

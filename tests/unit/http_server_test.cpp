@@ -647,3 +647,256 @@ TEST(HttpServer, BindErrors) {
         EXPECT_NE(v6.port(), 0);
     }
 }
+
+// ---------------------------------------------------------------- endpoint protection
+
+namespace {
+
+struct AuthResponse {
+    long status = 0;
+    std::string body;
+    std::string headers;
+};
+
+size_t append_header_cb(char* data, size_t size, size_t nmemb, void* out) {
+    static_cast<std::string*>(out)->append(data, size * nmemb);
+    return size * nmemb;
+}
+
+// GET with an optional Authorization header value ("" = none); `userpwd` uses curl's basic auth.
+AuthResponse http_get_auth(const std::string& url, const std::string& authorization,
+                           const std::string& userpwd = "", const std::string& ca_file = "") {
+    AuthResponse r;
+    CURL* easy = curl_easy_init();
+    curl_slist* headers = nullptr;
+    if (!authorization.empty()) {
+        headers = curl_slist_append(headers, ("Authorization: " + authorization).c_str());
+        curl_easy_setopt(easy, CURLOPT_HTTPHEADER, headers);
+    }
+    if (!userpwd.empty()) {
+        curl_easy_setopt(easy, CURLOPT_HTTPAUTH, CURLAUTH_BASIC);
+        curl_easy_setopt(easy, CURLOPT_USERPWD, userpwd.c_str());
+    }
+    if (!ca_file.empty()) curl_easy_setopt(easy, CURLOPT_CAINFO, ca_file.c_str());
+    curl_easy_setopt(easy, CURLOPT_URL, url.c_str());
+    curl_easy_setopt(easy, CURLOPT_WRITEFUNCTION, &append_cb);
+    curl_easy_setopt(easy, CURLOPT_WRITEDATA, &r.body);
+    curl_easy_setopt(easy, CURLOPT_HEADERFUNCTION, &append_header_cb);
+    curl_easy_setopt(easy, CURLOPT_HEADERDATA, &r.headers);
+    curl_easy_setopt(easy, CURLOPT_TIMEOUT, 10L);
+    curl_easy_setopt(easy, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_perform(easy);
+    curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &r.status);
+    curl_slist_free_all(headers);
+    curl_easy_cleanup(easy);
+    return r;
+}
+
+// A file in a private temp directory, removed with the object.
+class TempFile {
+public:
+    explicit TempFile(const std::string& text) {
+        char dir[] = "/tmp/rw-auth-XXXXXX";
+        dir_ = mkdtemp(dir);
+        path_ = dir_ + "/secret";
+        write(text);
+    }
+    ~TempFile() {
+        unlink(path_.c_str());
+        unlink((path_ + ".tmp").c_str());
+        rmdir(dir_.c_str());
+    }
+    // Atomic replace, as a Kubernetes Secret update.
+    void write(const std::string& text) {
+        const std::string tmp = path_ + ".tmp";
+        FILE* f = std::fopen(tmp.c_str(), "w");
+        std::fwrite(text.data(), 1, text.size(), f);
+        std::fclose(f);
+        std::rename(tmp.c_str(), path_.c_str());
+    }
+    const std::string& path() const { return path_; }
+
+private:
+    std::string dir_;
+    std::string path_;
+};
+
+HttpServerOptions protected_options(const std::string& token_file, const std::string& basic_file = "") {
+    auto o = loopback_options();
+    o.auth.token_file = token_file;
+    o.auth.basic_auth_file = basic_file;
+    o.collect = [] { return std::vector<prometheus::MetricFamily>{}; };
+    o.diagnose = [](const std::string&) { return std::string("{}"); };
+    return o;
+}
+
+}  // namespace
+
+TEST(HttpAuth, ConstantTimeEqual) {
+    EXPECT_TRUE(constant_time_equal("", ""));
+    EXPECT_TRUE(constant_time_equal("s3cret-token", "s3cret-token"));
+    EXPECT_FALSE(constant_time_equal("s3cret-token", "s3cret-tokeN"));
+    EXPECT_FALSE(constant_time_equal("s3cret-token", "s3cret-token2"));
+    EXPECT_FALSE(constant_time_equal("s3cret", ""));
+    EXPECT_FALSE(constant_time_equal("", "x"));
+    // A prefix is not a match, whichever side is longer; NUL bytes count.
+    EXPECT_FALSE(constant_time_equal(std::string("abc\0", 4), "abc"));
+    EXPECT_FALSE(constant_time_equal("abc", std::string("abc\0", 4)));
+}
+
+TEST(HttpAuth, LoopbackListen) {
+    for (const char* loopback : {"127.0.0.1:9740", "127.1.2.3:0", "[::1]:9740", "[::ffff:127.0.0.1]:1"})
+        EXPECT_TRUE(is_loopback_listen(loopback)) << loopback;
+    for (const char* open : {"0.0.0.0:9740", ":9740", "[::]:9740", "10.0.0.1:9740", "[fd00::1]:9740",
+                             "128.0.0.1:1", "localhost:9740", "garbage"})
+        EXPECT_FALSE(is_loopback_listen(open)) << open;
+    EXPECT_EQ(listen_address_error("0.0.0.0:9740"), "");
+    EXPECT_NE(listen_address_error("localhost:9740"), "");
+}
+
+TEST(HttpAuth, BearerTokenProtectsMetricsDiagnoseAndIncidentsNotProbes) {
+    TempFile token("  0123456789abcdef-token \n");
+    HttpServer server(protected_options(token.path()));
+    std::string error;
+    ASSERT_TRUE(server.start(&error)) << error;
+    const std::string base = base_url(server);
+    for (const char* path : {"/metrics", "/diagnose", "/incidents"}) {
+        auto none = http_get_auth(base + path, "");
+        EXPECT_EQ(none.status, 401) << path;
+        EXPECT_NE(none.headers.find("WWW-Authenticate: Bearer realm=\"rstwatch\""), std::string::npos)
+            << none.headers;
+        EXPECT_EQ(http_get_auth(base + path, "Bearer wrong").status, 401) << path;
+        EXPECT_EQ(http_get_auth(base + path, "Bearer 0123456789abcdef-toke").status, 401) << path;
+        EXPECT_EQ(http_get_auth(base + path, "Bearer 0123456789abcdef-token2").status, 401) << path;
+        EXPECT_EQ(http_get_auth(base + path, "Basic MDEyMzQ1Njc4OWFiY2RlZi10b2tlbg==").status, 401) << path;
+        EXPECT_EQ(http_get_auth(base + path, "0123456789abcdef-token").status, 401) << path;
+    }
+    EXPECT_EQ(http_get_auth(base + "/metrics", "Bearer 0123456789abcdef-token").status, 200);
+    EXPECT_EQ(http_get_auth(base + "/metrics", "bearer 0123456789abcdef-token").status, 200);  // scheme: any case
+    EXPECT_EQ(http_get_auth(base + "/diagnose", "Bearer 0123456789abcdef-token").status, 200);
+    // Probes stay open.
+    EXPECT_EQ(http_get_auth(base + "/healthz", "").status, 200);
+    EXPECT_EQ(http_get_auth(base + "/readyz", "").status, 200);
+    EXPECT_EQ(http_get_auth(base + "/healthz", "Bearer wrong").status, 200);
+    EXPECT_GE(server.unauthorized_total(), 18u);
+
+    // The stream: stream_client with the token follows; without it, a one-line HTTP 401 error.
+    StreamClientOptions client;
+    client.url = base;
+    client.auth.bearer_token = "0123456789abcdef-token";
+    std::atomic<bool> stop{false};
+    std::vector<StreamedIncident> got;
+    std::thread publisher([&] {
+        wait_until([&] { return server.follower_count() == 1; });
+        server.publish(sample(1), kOffset);
+        wait_until([&] { return !got.empty(); });
+        stop = true;
+    });
+    auto result = follow_incidents(client, stop, [&](const StreamedIncident& s) { got.push_back(s); }, {});
+    publisher.join();
+    EXPECT_EQ(result.end, StreamResult::End::stopped) << result.error;
+    ASSERT_EQ(got.size(), 1u);
+    EXPECT_EQ(got[0].incident.requests, 1u);
+
+    client.auth.bearer_token = "wrong";
+    std::atomic<bool> never{false};
+    auto refused = follow_incidents(client, never, {}, {});
+    EXPECT_EQ(refused.end, StreamResult::End::error);
+    EXPECT_NE(refused.error.find("HTTP 401"), std::string::npos) << refused.error;
+    EXPECT_EQ(refused.error.find('\n'), std::string::npos);
+}
+
+TEST(HttpAuth, TokenFileRotationAndSeveralTokens) {
+    TempFile token("old-token-aaaaaaaa\n");
+    HttpServer server(protected_options(token.path()));
+    std::string error;
+    ASSERT_TRUE(server.start(&error)) << error;
+    const std::string url = base_url(server) + "/metrics";
+    EXPECT_EQ(http_get_auth(url, "Bearer old-token-aaaaaaaa").status, 200);
+    token.write("old-token-aaaaaaaa\nnew-token-bbbbbbbb\n");  // rotation: both valid
+    EXPECT_TRUE(wait_until([&] { return http_get_auth(url, "Bearer new-token-bbbbbbbb").status == 200; }, 3000ms));
+    EXPECT_EQ(http_get_auth(url, "Bearer old-token-aaaaaaaa").status, 200);
+    token.write("new-token-bbbbbbbb\n");
+    EXPECT_TRUE(wait_until([&] { return http_get_auth(url, "Bearer old-token-aaaaaaaa").status == 401; }, 3000ms));
+    // An emptied file keeps the previous credentials (never opens the endpoints).
+    token.write("");
+    std::this_thread::sleep_for(1100ms);
+    EXPECT_EQ(http_get_auth(url, "Bearer new-token-bbbbbbbb").status, 200);
+    EXPECT_EQ(http_get_auth(url, "").status, 401);
+}
+
+TEST(HttpAuth, BasicAuth) {
+    TempFile basic("# prometheus\nprometheus:pa:ss word\n\nalice:wonderland\n");
+    HttpServer server(protected_options("", basic.path()));
+    std::string error;
+    ASSERT_TRUE(server.start(&error)) << error;
+    const std::string url = base_url(server) + "/metrics";
+    auto none = http_get_auth(url, "");
+    EXPECT_EQ(none.status, 401);
+    EXPECT_NE(none.headers.find("WWW-Authenticate: Basic realm=\"rstwatch\""), std::string::npos);
+    EXPECT_EQ(http_get_auth(url, "", "prometheus:pa:ss word").status, 200);  // password may hold ':'
+    EXPECT_EQ(http_get_auth(url, "", "alice:wonderland").status, 200);
+    EXPECT_EQ(http_get_auth(url, "", "alice:wonderlan").status, 401);
+    EXPECT_EQ(http_get_auth(url, "", "bob:wonderland").status, 401);
+    EXPECT_EQ(http_get_auth(url, "Basic !!!notbase64").status, 401);
+    EXPECT_EQ(http_get_auth(url, "Bearer alice:wonderland").status, 401);  // no token file: no bearer
+    EXPECT_EQ(http_get_auth(base_url(server) + "/healthz", "").status, 200);
+}
+
+TEST(HttpAuth, BadCredentialFilesFailStart) {
+    TempFile empty("\n  \n");
+    HttpServer a(protected_options(empty.path()));
+    std::string error;
+    EXPECT_FALSE(a.start(&error));
+    EXPECT_NE(error.find("empty"), std::string::npos) << error;
+
+    TempFile bad("alice\n");
+    HttpServer b(protected_options("", bad.path()));
+    error.clear();
+    EXPECT_FALSE(b.start(&error));
+    EXPECT_NE(error.find("line 1: expected user:password"), std::string::npos) << error;
+
+    HttpServer c(protected_options("/nonexistent/rstwatch-token"));
+    error.clear();
+    EXPECT_FALSE(c.start(&error));
+    EXPECT_EQ(error, "cannot read /nonexistent/rstwatch-token: No such file or directory");
+}
+
+TEST(HttpAuth, TlsWithBearerToken) {
+    std::string why;
+    if (!tls_support(&why)) {
+        // Debian 12: civetweb 1.15 needs the OpenSSL 1.1 API. start() says so in one line and
+        // serves nothing (never plain http when TLS was asked for).
+        auto options = loopback_options();
+        options.tls_cert_file = "/nonexistent/cert.pem";
+        options.tls_key_file = "/nonexistent/key.pem";
+        HttpServer server(options);
+        std::string error;
+        EXPECT_FALSE(server.start(&error));
+        EXPECT_EQ(error, "TLS is not available: " + why);
+        EXPECT_EQ(error.find('\n'), std::string::npos);
+        GTEST_SKIP() << why;
+    }
+    char dir[] = "/tmp/rw-tls-XXXXXX";
+    ASSERT_NE(mkdtemp(dir), nullptr);
+    const std::string d = dir;
+    const std::string cmd = "openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=localhost "
+                            "-addext subjectAltName=IP:127.0.0.1 -keyout " + d + "/key.pem -out " + d +
+                            "/cert.pem >/dev/null 2>&1";
+    if (std::system(cmd.c_str()) != 0) GTEST_SKIP() << "no openssl command to make a certificate";
+    TempFile token("tls-token-cccccccc\n");
+    auto options = protected_options(token.path());
+    options.tls_cert_file = d + "/cert.pem";
+    options.tls_key_file = d + "/key.pem";
+    HttpServer server(options);
+    std::string error;
+    ASSERT_TRUE(server.start(&error)) << error;
+    const std::string base = "https://127.0.0.1:" + std::to_string(server.port());
+    EXPECT_EQ(http_get_auth(base + "/metrics", "", "", d + "/cert.pem").status, 401);
+    EXPECT_EQ(http_get_auth(base + "/metrics", "Bearer tls-token-cccccccc", "", d + "/cert.pem").status, 200);
+    EXPECT_EQ(http_get_auth(base + "/healthz", "", "", d + "/cert.pem").status, 200);
+    // Plain http on the TLS port gets nothing useful.
+    EXPECT_NE(http_get_auth("http://127.0.0.1:" + std::to_string(server.port()) + "/healthz", "").status, 200);
+    server.stop();
+    std::system(("rm -rf " + d).c_str());
+}
