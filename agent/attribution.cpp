@@ -5,13 +5,16 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
+#include <sstream>
 #include <utility>
 
 #include <fcntl.h>
 #include <unistd.h>
 
 #include <nlohmann/json.hpp>
+#include <yaml-cpp/eventhandler.h>
 #include <yaml-cpp/yaml.h>
 
 namespace rstwatch {
@@ -132,8 +135,68 @@ int line_of(const YAML::Node& node) {
     return mark.is_null() ? 1 : mark.line + 1;
 }
 
+// "line N: what", always one line: control characters in `what` (yaml-cpp quotes the offending
+// character, which may be a newline) are escaped.
 std::string at_line(int line, const std::string& what) {
-    return "line " + std::to_string(line) + ": " + what;
+    std::string text = "line " + std::to_string(line) + ": ";
+    for (unsigned char c : what) {
+        if (c < 0x20 || c == 0x7f) {
+            char escaped[8];
+            std::snprintf(escaped, sizeof(escaped), "\\x%02x", c);
+            text += escaped;
+        } else {
+            text += static_cast<char>(c);
+        }
+    }
+    return text;
+}
+
+// Counts the documents of a YAML stream, at most `limit` of them: yaml-cpp 0.7 can report
+// documents without end on some malformed inputs (LoadAll then allocates without bound).
+class DocumentCounter : public YAML::EventHandler {
+public:
+    void OnDocumentStart(const YAML::Mark& mark) override {
+        ++documents_;
+        if (documents_ == 2) second_line_ = mark.line + 1;
+        first_content_pending_ = documents_ == 2;
+    }
+    void OnDocumentEnd() override {}
+    void OnNull(const YAML::Mark& mark, YAML::anchor_t) override { content(mark); }
+    void OnAlias(const YAML::Mark& mark, YAML::anchor_t) override { content(mark); }
+    void OnScalar(const YAML::Mark& mark, const std::string&, YAML::anchor_t, const std::string&) override {
+        content(mark);
+    }
+    void OnSequenceStart(const YAML::Mark& mark, const std::string&, YAML::anchor_t,
+                         YAML::EmitterStyle::value) override {
+        content(mark);
+    }
+    void OnSequenceEnd() override {}
+    void OnMapStart(const YAML::Mark& mark, const std::string&, YAML::anchor_t, YAML::EmitterStyle::value) override {
+        content(mark);
+    }
+    void OnMapEnd() override {}
+    // Where the second document's content starts (its "---" line if it has none).
+    int second_line() const { return second_line_; }
+
+private:
+    void content(const YAML::Mark& mark) {
+        if (!first_content_pending_) return;
+        first_content_pending_ = false;
+        second_line_ = mark.line + 1;
+    }
+    int documents_ = 0;
+    int second_line_ = 1;
+    bool first_content_pending_ = false;
+};
+
+// The line of the second document, or 0 when there is at most one.
+int second_document_line(std::string_view yaml_text) {
+    std::istringstream in{std::string(yaml_text)};
+    YAML::Parser parser(in);
+    DocumentCounter counter;
+    if (!parser.HandleNextDocument(counter)) return 0;
+    if (!parser.HandleNextDocument(counter)) return 0;
+    return std::max(counter.second_line(), 1);
 }
 
 // One-line form of a YAML scalar for messages.
@@ -288,7 +351,15 @@ std::optional<PodMap> PodMap::parse(std::string_view yaml_text, std::string* err
     if (!error) error = &scratch;
     std::vector<YAML::Node> docs;
     try {
-        docs = YAML::LoadAll(std::string(yaml_text));
+        if (int second = second_document_line(yaml_text)) {
+            *error = at_line(second, "expected one YAML document, found more");
+            return std::nullopt;
+        }
+        YAML::Node doc = YAML::Load(std::string(yaml_text));
+        if (doc.IsDefined() && !doc.IsNull()) docs.push_back(doc);
+    } catch (const std::bad_alloc&) {
+        *error = at_line(1, "the YAML parser ran out of memory on this file");
+        return std::nullopt;
     } catch (const YAML::Exception& e) {
         // At the end of input yaml-cpp points past the last line: name the last line instead.
         int last_line = static_cast<int>(std::count(yaml_text.begin(), yaml_text.end(), '\n'));

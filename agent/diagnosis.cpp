@@ -3,6 +3,8 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <limits>
+#include <stdexcept>
 
 namespace rstwatch {
 namespace {
@@ -29,7 +31,7 @@ json histogram_json(const std::array<uint64_t, kBuckets>& counts) { return json(
 bool histogram_from(const json& j, std::array<uint64_t, kBuckets>& out) {
     if (!j.is_array() || j.size() != kBuckets) return false;
     for (size_t i = 0; i < kBuckets; ++i) {
-        if (!j[i].is_number_unsigned()) return false;
+        if (!j[i].is_number_unsigned()) return false;  // no floats, no negatives
         out[i] = j[i].get<uint64_t>();
     }
     return true;
@@ -91,25 +93,45 @@ json verdict_to_json(const PairVerdict& v) {
     return j;
 }
 
+// A non-negative integer that fits T, or an exception naming the field (nlohmann's get<>
+// would convert floats and wrap negatives: undefined behaviour on untrusted input).
+template <typename T>
+T whole(const json& j, const char* field) {
+    const json& v = j.at(field);
+    if (!v.is_number_unsigned()) throw std::runtime_error(std::string(field) + " is not a non-negative integer");
+    const uint64_t value = v.get<uint64_t>();
+    if (value > std::numeric_limits<T>::max()) throw std::runtime_error(std::string(field) + " is out of range");
+    return static_cast<T>(value);
+}
+
+double number(const json& j, const char* field) {
+    const json& v = j.at(field);
+    if (!v.is_number()) throw std::runtime_error(std::string(field) + " is not a number");
+    return v.get<double>();
+}
+
 std::optional<PairVerdict> verdict_from_json(const json& j, std::string* error) {
     try {
         PairVerdict v;
         v.pair.client = identity_from(j.at("client"));
         v.pair.server = identity_from(j.at("server"));
-        v.pair.server_port = j.at("server_port").get<uint16_t>();
+        v.pair.server_port = whole<uint16_t>(j, "server_port");
         if (!j.at("server_idle_timeout_s").is_null())
-            v.server_timeout = TimeoutEstimate{j["server_idle_timeout_s"].get<double>(),
-                                               j.at("server_idle_timeout_evidence").get<size_t>()};
+            v.server_timeout = TimeoutEstimate{number(j, "server_idle_timeout_s"),
+                                               whole<size_t>(j, "server_idle_timeout_evidence")};
         if (!j.at("client_idle_timeout_s").is_null())
-            v.client_timeout = TimeoutEstimate{j["client_idle_timeout_s"].get<double>(),
-                                               j.at("client_idle_timeout_evidence").get<size_t>()};
-        if (!j.at("max_reuse_idle_s").is_null()) v.max_reuse_idle_s = j["max_reuse_idle_s"].get<double>();
-        v.reuses = j.at("reuses").get<size_t>();
-        v.server_closes = j.at("server_closes").get<size_t>();
-        v.client_closes = j.at("client_closes").get<size_t>();
-        for (const auto& [name, count] : j.at("incidents").items()) {
+            v.client_timeout = TimeoutEstimate{number(j, "client_idle_timeout_s"),
+                                               whole<size_t>(j, "client_idle_timeout_evidence")};
+        if (!j.at("max_reuse_idle_s").is_null()) v.max_reuse_idle_s = number(j, "max_reuse_idle_s");
+        v.reuses = whole<size_t>(j, "reuses");
+        v.server_closes = whole<size_t>(j, "server_closes");
+        v.client_closes = whole<size_t>(j, "client_closes");
+        const json& incidents = j.at("incidents");
+        if (!incidents.is_object()) throw std::runtime_error("incidents is not an object");
+        for (const auto& [name, count] : incidents.items()) {
             auto cause = parse_cause(name);
             if (!cause) throw std::runtime_error("unknown cause " + name);
+            if (!count.is_number_unsigned()) throw std::runtime_error("incident count is not a non-negative integer");
             v.incidents[static_cast<size_t>(*cause)] = count.get<uint64_t>();
         }
         if (!j.at("mismatch").is_null()) v.mismatch = j["mismatch"].get<bool>();
@@ -117,7 +139,7 @@ std::optional<PairVerdict> verdict_from_json(const json& j, std::string* error) 
         v.client_comm = j.value("client_comm", "");
         if (!j.at("fix").is_null()) {
             const json& f = j["fix"];
-            v.fix = KeepaliveFix{f.at("client_kind").get<std::string>(), f.at("value_s").get<double>(),
+            v.fix = KeepaliveFix{f.at("client_kind").get<std::string>(), number(f, "value_s"),
                                  f.at("setting").get<std::string>()};
         }
         const json& h = j.at("histograms");

@@ -1,6 +1,8 @@
 // Formatting and filtering of incidents.
 #include "output.h"
 
+#include <cstdint>
+
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -48,8 +50,12 @@ int64_t days_from_civil(int64_t y, unsigned m, unsigned d) {
     return era * 146097 + static_cast<int64_t>(doe) - 719468;
 }
 
+// Saturates instead of overflowing: records are untrusted input (fuzzed).
 int64_t wall_ns(uint64_t monotonic_ns, int64_t offset_ns) {
-    return static_cast<int64_t>(monotonic_ns) + offset_ns;
+    const int64_t mono = monotonic_ns > static_cast<uint64_t>(INT64_MAX) ? INT64_MAX : static_cast<int64_t>(monotonic_ns);
+    int64_t sum;
+    if (__builtin_add_overflow(mono, offset_ns, &sum)) return offset_ns < 0 ? INT64_MIN : INT64_MAX;
+    return sum;
 }
 
 double round_tenth(double v) { return std::round(v * 10.0) / 10.0; }

@@ -296,3 +296,14 @@ TEST(Summary, Formats) {
     EXPECT_EQ(format_summary(tie, 12),
               "8 incidents (reset_other=4 data_after_close=4), 12 records lost");
 }
+
+TEST(OutputFuzzRegressions, TimestampsNearTheEndOfTimeDoNotOverflow) {
+    // From fuzz/corpus/fuzz_records: a record's ts_ns near 2^63 plus the wall-clock offset.
+    rstwatch::Incident incident;
+    incident.ts_ns = 0x7fffffffffffff00ULL;
+    incident.client = {"10.0.0.1", 40000};
+    incident.server = {"10.0.0.2", 80};
+    const std::string line = rstwatch::format_incident_json_line(incident, 1'700'000'000'000'000'000LL);
+    EXPECT_NE(line.find("\"ts\""), std::string::npos);
+    EXPECT_FALSE(rstwatch::format_incident_row(incident, INT64_MAX).empty());
+}

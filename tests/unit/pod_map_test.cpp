@@ -299,3 +299,19 @@ TEST(PodMap, NullErrorPointerIsAllowed) {
     EXPECT_FALSE(PodMap::parse("endpoints: 1\n", nullptr));
     EXPECT_TRUE(PodMap::parse("endpoints: []\n", nullptr));
 }
+
+// Regression seeds from fuzz/crashes: yaml-cpp's document loop ran away on these, and its
+// messages may echo a newline; the parser must fail cleanly with one line.
+TEST(PodMapFuzzRegressions, MalformedInputsFailCleanlyOnOneLine) {
+    for (const char* name : {"pod_map_yaml_cpp_memory_exhaustion.yaml", "pod_map_yaml_cpp_memory_exhaustion_2.yaml",
+                             "pod_map_error_has_newline.yaml"}) {
+        std::ifstream in(std::string(RSTWATCH_SOURCE_DIR) + "/fuzz/corpus/fuzz_pod_map/" + name, std::ios::binary);
+        ASSERT_TRUE(in) << name;
+        std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+        std::string error;
+        auto map = rstwatch::PodMap::parse(text, &error);
+        EXPECT_FALSE(map) << name;
+        EXPECT_EQ(error.find('\n'), std::string::npos) << name << ": " << error;
+        EXPECT_EQ(error.rfind("line ", 0), 0u) << name << ": " << error;
+    }
+}

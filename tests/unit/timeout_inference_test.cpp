@@ -3,6 +3,7 @@
 
 #include <random>
 
+#include "diagnosis.h"
 #include "timeout_inference.h"
 
 using namespace rstwatch;
@@ -232,4 +233,21 @@ TEST(TimeoutInference, ClientNameFromTheDuplicateCloseRecordIsKept) {
     auto changes = inference.take_changes();
     ASSERT_EQ(changes.size(), 1u);
     EXPECT_EQ(changes[0].fix->client_kind, "nginx");
+}
+
+TEST(DiagnosisJson, FloatsAndNegativeCountsAreRejected) {
+    PairVerdict v;
+    v.pair = proxy_to_tomcat();
+    auto j = verdict_to_json(v);
+    std::string error;
+    ASSERT_TRUE(verdict_from_json(j, &error)) << error;
+    j["server_closes"] = 1.2e120;  // from fuzz/corpus/fuzz_diagnosis: was undefined behaviour
+    EXPECT_FALSE(verdict_from_json(j, &error));
+    EXPECT_NE(error.find("server_closes"), std::string::npos) << error;
+    j = verdict_to_json(v);
+    j["server_port"] = -1;
+    EXPECT_FALSE(verdict_from_json(j, &error));
+    j = verdict_to_json(v);
+    j["server_port"] = 70000;
+    EXPECT_FALSE(verdict_from_json(j, &error));
 }
