@@ -44,6 +44,13 @@ class TestAgentNginx(AgentTestCase):
         setup = NginxIncident(c, streams=STREAMS, add_cleanup=self.addCleanup).start()
         ag = self.start_agent(["--pod-map", pm.path, "--kube", "off"], idle_threshold=THRESHOLD_S)
         results = setup.run_traffic(REQUESTS)
+        # The race needs the request and the upstream's idle timer to cross within about a
+        # millisecond; on a loaded machine a round can miss it: at most two more rounds.
+        for _ in range(2):
+            if setup.stats(results)["n502"] >= 1:
+                break
+            more = setup.run_traffic(REQUESTS)
+            results = [a + b for a, b in zip(results, more)]
         self.settle(1.0)
         m = ag.scrape()
         st = setup.stats(results)
