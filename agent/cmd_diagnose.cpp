@@ -1,6 +1,5 @@
 // `rstwatch diagnose`: inferred idle timeouts per pair, the keepalive verdict and the fix,
 // from a running agent (--from) or by watching this node for --duration.
-#include <curl/curl.h>
 #include <spdlog/spdlog.h>
 
 #include <cerrno>
@@ -24,57 +23,17 @@ volatile std::sig_atomic_t g_diagnose_stop = 0;
 
 void on_stop(int) { g_diagnose_stop = 1; }
 
-size_t append_body(char* data, size_t size, size_t count, void* user) {
-    static_cast<std::string*>(user)->append(data, size * count);
-    return size * count;
-}
-
-struct CurlDeleter {
-    void operator()(CURL* curl) const { curl_easy_cleanup(curl); }
-};
-
 // GET URL/diagnose?level=LEVEL from a running agent.
-std::optional<std::string> fetch_diagnosis(std::string url, const std::string& level, const ClientAuth& auth,
+std::optional<std::string> fetch_diagnosis(const std::string& url, const std::string& level, const ClientAuth& auth,
                                            std::string* error) {
-    if (url.find("://") == std::string::npos) url = "http://" + url;
-    while (!url.empty() && url.back() == '/') url.pop_back();
-    url += "/diagnose?level=" + level;
-    std::unique_ptr<CURL, CurlDeleter> curl(curl_easy_init());
-    if (!curl) {
-        *error = "cannot initialise libcurl";
+    auto response = get_from_agent(url, "/diagnose?level=" + level, auth, std::chrono::seconds(30), error);
+    if (!response) return std::nullopt;
+    if (response->status != 200) {
+        *error = fmt::format("{}: HTTP {}{}", response->url, response->status,
+                             response->status == 401 ? " (the agent needs credentials: --token-file FILE)" : "");
         return std::nullopt;
     }
-    std::string body;
-    curl_easy_setopt(curl.get(), CURLOPT_URL, url.c_str());
-    curl_easy_setopt(curl.get(), CURLOPT_WRITEFUNCTION, append_body);
-    curl_easy_setopt(curl.get(), CURLOPT_WRITEDATA, &body);
-    curl_easy_setopt(curl.get(), CURLOPT_CONNECTTIMEOUT, 10L);
-    curl_easy_setopt(curl.get(), CURLOPT_TIMEOUT, 30L);
-    curl_easy_setopt(curl.get(), CURLOPT_PROTOCOLS_STR, "http,https");
-    std::unique_ptr<curl_slist, decltype(&curl_slist_free_all)> headers(nullptr, &curl_slist_free_all);
-    if (!auth.bearer_token.empty()) {
-        const std::string authorization = "Authorization: Bearer " + auth.bearer_token;
-        headers.reset(curl_slist_append(nullptr, authorization.c_str()));
-        curl_easy_setopt(curl.get(), CURLOPT_HTTPHEADER, headers.get());
-    }
-    if (!auth.ca_file.empty()) curl_easy_setopt(curl.get(), CURLOPT_CAINFO, auth.ca_file.c_str());
-    // Messages never show "user:password@" from the URL.
-    if (const size_t at = url.find('@'), host = url.find("://") + 3; at != std::string::npos && at > host &&
-                                                                       url.find('/', host) > at)
-        url = url.substr(0, host) + url.substr(at + 1);
-    CURLcode rc = curl_easy_perform(curl.get());
-    if (rc != CURLE_OK) {
-        *error = fmt::format("{}: {}", url, curl_easy_strerror(rc));
-        return std::nullopt;
-    }
-    long status = 0;
-    curl_easy_getinfo(curl.get(), CURLINFO_RESPONSE_CODE, &status);
-    if (status != 200) {
-        *error = fmt::format("{}: HTTP {}{}", url, status,
-                             status == 401 ? " (the agent needs credentials: --token-file FILE)" : "");
-        return std::nullopt;
-    }
-    return body;
+    return std::move(response->body);
 }
 
 int print(const std::vector<PairVerdict>& verdicts, const DiagnoseOptions& options) {

@@ -74,6 +74,17 @@ struct DiagnoseOptions {
 
 int run_diagnose(const DiagnoseOptions& options);
 
+struct StatusOptions {
+    std::string from_url = std::string("http://") + kDefaultListen;
+    // Bearer token file (else $RSTWATCH_TOKEN_FILE) and CA bundle for https.
+    std::optional<std::string> token_file;
+    std::optional<std::string> ca_file;
+    bool json = false;
+    bool headers = true;
+};
+
+int run_status(const StatusOptions& options);
+
 int run_trace(const TraceOptions& options);
 int run_check(const LoaderOptions& options);
 

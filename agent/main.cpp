@@ -170,6 +170,18 @@ int main(int argc, char** argv) {
         ->check(CLI::Range(0.01, 86400.0))
         ->excludes(diagnose_from);
 
+    rstwatch::StatusOptions status;
+    std::string status_output = "table";
+    CLI::App* status_cmd = app.add_subcommand(
+        "status", "one agent's readiness, write hook, lost records and incident count (from its /readyz and /metrics)");
+    status_cmd->add_option("--from", status.from_url, "the agent (default http://127.0.0.1:9740, this node's)");
+    status_cmd->add_option("--token-file", status.token_file,
+                           "bearer token file for a protected agent (default $RSTWATCH_TOKEN_FILE)");
+    status_cmd->add_option("--ca-file", status.ca_file, "with --from https://...: CA bundle that signed the agent's certificate");
+    status_cmd->add_option("-o,--output", status_output, "table or json")->check(CLI::IsMember({"table", "json"}));
+    bool status_no_headers = false;
+    status_cmd->add_flag("--no-headers", status_no_headers, "table without its header row (for scripts)");
+
     rstwatch::LoaderOptions check_loader;
     std::string check_write_hook = "auto";
     CLI::App* check_cmd = app.add_subcommand("check", "report which hooks this kernel supports; exit 0 if rstwatch can run");
@@ -199,6 +211,11 @@ int main(int argc, char** argv) {
         }
         diagnose.json = diagnose_output == "json";
         return rstwatch::run_diagnose(diagnose);
+    }
+    if (*status_cmd) {
+        status.json = status_output == "json";
+        status.headers = !status_no_headers;
+        return rstwatch::run_status(status);
     }
     if (*trace_cmd) {
         trace.json = output == "json";

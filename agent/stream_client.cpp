@@ -3,11 +3,15 @@
 
 #include <curl/curl.h>
 
+#include <fmt/format.h>
+
+#include <algorithm>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <iterator>
+#include <memory>
 #include <mutex>
 #include <string_view>
 
@@ -305,6 +309,52 @@ StreamResult follow_incidents(const StreamClientOptions& options, const std::ato
     follow.result.end = StreamResult::End::server_closed;
     follow.result.error = "the agent at " + url + " closed the stream";
     return follow.result;
+}
+
+namespace {
+size_t append_body(char* data, size_t size, size_t count, void* body) {
+    static_cast<std::string*>(body)->append(data, size * count);
+    return size * count;
+}
+}  // namespace
+
+std::optional<AgentResponse> get_from_agent(const std::string& base_url, const std::string& path,
+                                            const ClientAuth& auth, std::chrono::seconds timeout,
+                                            std::string* error) {
+    global_init();
+    std::string url = base_url.find("://") == std::string::npos ? "http://" + base_url : base_url;
+    while (!url.empty() && url.back() == '/') url.pop_back();
+    url += path;
+    std::unique_ptr<CURL, decltype(&curl_easy_cleanup)> easy(curl_easy_init(), &curl_easy_cleanup);
+    if (!easy) {
+        *error = "cannot initialize libcurl";
+        return std::nullopt;
+    }
+    AgentResponse response;
+    char errbuf[CURL_ERROR_SIZE] = {};
+    curl_easy_setopt(easy.get(), CURLOPT_URL, url.c_str());
+    curl_easy_setopt(easy.get(), CURLOPT_ERRORBUFFER, errbuf);
+    curl_easy_setopt(easy.get(), CURLOPT_WRITEFUNCTION, &append_body);
+    curl_easy_setopt(easy.get(), CURLOPT_WRITEDATA, &response.body);
+    curl_easy_setopt(easy.get(), CURLOPT_CONNECTTIMEOUT, static_cast<long>(std::min<int64_t>(timeout.count(), 10)));
+    curl_easy_setopt(easy.get(), CURLOPT_TIMEOUT, static_cast<long>(timeout.count()));
+    curl_easy_setopt(easy.get(), CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(easy.get(), CURLOPT_PROTOCOLS_STR, "http,https");
+    std::unique_ptr<curl_slist, decltype(&curl_slist_free_all)> headers(nullptr, &curl_slist_free_all);
+    if (!auth.bearer_token.empty()) {
+        const std::string authorization = "Authorization: Bearer " + auth.bearer_token;
+        headers.reset(curl_slist_append(nullptr, authorization.c_str()));
+        curl_easy_setopt(easy.get(), CURLOPT_HTTPHEADER, headers.get());
+    }
+    if (!auth.ca_file.empty()) curl_easy_setopt(easy.get(), CURLOPT_CAINFO, auth.ca_file.c_str());
+    const CURLcode rc = curl_easy_perform(easy.get());
+    if (rc != CURLE_OK) {
+        *error = fmt::format("{}: {}", redact_url(url), one_line(errbuf[0] != 0 ? errbuf : curl_easy_strerror(rc)));
+        return std::nullopt;
+    }
+    curl_easy_getinfo(easy.get(), CURLINFO_RESPONSE_CODE, &response.status);
+    response.url = redact_url(url);
+    return response;
 }
 
 }  // namespace rstwatch

@@ -57,6 +57,19 @@ std::string token_file_or_env(const std::optional<std::string>& flag);
 bool load_client_auth(const std::string& token_file, const std::string& ca_file, ClientAuth* auth,
                       std::string* error);
 
+// One plain GET of an agent endpoint: BASE_URL ("http://HOST:PORT", "HOST:PORT" or https) plus
+// PATH ("/metrics", "/readyz", "/diagnose?level=pod"). Any HTTP status is an answer; nullopt
+// with a one-line *error (the URL without credentials) when the agent cannot be reached or
+// does not answer within `timeout`.
+struct AgentResponse {
+    long status = 0;
+    std::string body;
+    std::string url;  // what was asked, without credentials: for messages
+};
+std::optional<AgentResponse> get_from_agent(const std::string& base_url, const std::string& path,
+                                            const ClientAuth& auth, std::chrono::seconds timeout,
+                                            std::string* error);
+
 struct StreamClientOptions {
     // "http://HOST:PORT/incidents". "http://HOST:PORT" or "HOST:PORT" get "/incidents" added.
     // Basic auth: put it in the URL (http://USER:PASSWORD@HOST:PORT).

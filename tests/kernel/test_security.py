@@ -5,7 +5,8 @@
 - --auth-token-file: /metrics, /incidents and /diagnose answer 401 without the token, 200 with
   it; /healthz and /readyz stay open; `rstwatch trace --from --token-file` follows the stream
   and gets an incident; without the token it fails with HTTP 401; `diagnose --from
-  --token-file` works;
+  --token-file` works; `rstwatch status` reads the token from $RSTWATCH_TOKEN_FILE and
+  reports what /metrics says;
 - --tls-cert/--tls-key: served, or (Debian 12's civetweb) refused with one line, exit 2;
 - capabilities: once /readyz is 200 every thread of the agent (started as root) has empty
   CapEff/CapPrm/CapInh/CapAmb/CapBnd and NoNewPrivs 1, and the agent still counts incidents
@@ -15,6 +16,7 @@ Run as root from the repo root:  /usr/bin/python3 -m unittest -v tests/kernel/te
 """
 
 import glob
+import json
 import os
 import re
 import socket
@@ -282,6 +284,30 @@ class TestSecurity(AgentTestCase):
         r = subprocess.run([rstwatch_bin(), "diagnose", "--from", ag.url, "-o", "json"], env=env,
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=30)
         self.assertEqual(r.returncode, 1, r.stderr)
+        self.assertIn("HTTP 401", r.stderr)
+
+        # status (what `kubectl rstwatch status` runs in each agent pod): token from
+        # $RSTWATCH_TOKEN_FILE; the row matches /metrics; without the token: one line, exit 1.
+        env = dict(os.environ, RSTWATCH_TOKEN_FILE=token_file)
+        r = subprocess.run([rstwatch_bin(), "status", "--from", ag.url, "-o", "json"], env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=30)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        st = json.loads(r.stdout)
+        metrics = prom.parse(self.get(ag, "/metrics", token=token)[2])
+        build = metrics.samples_of("rstwatch_build_info")[0].labels_dict
+        self.assertEqual((st["ready"], st["write_hook"], st["version"]), (True, build["write_hook"], build["version"]))
+        self.assertEqual(st["records_lost"], metrics.samples_of("rstwatch_records_lost_total")[0].value)
+        self.assertEqual(st["incidents"], sum(s_.value for s_ in metrics.samples_of("rstwatch_incidents_total")))
+        self.assertGreaterEqual(st["incidents"], 2)
+        r = subprocess.run([rstwatch_bin(), "status", "--from", ag.url, "--no-headers"], env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=30)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(r.stdout.split()[:3], [ag.url, "yes", build["write_hook"]], r.stdout)
+        env.pop("RSTWATCH_TOKEN_FILE")
+        r = subprocess.run([rstwatch_bin(), "status", "--from", ag.url], env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=30)
+        self.assertEqual((r.returncode, r.stdout), (1, ""), r.stderr)
+        self.assertEqual(len(error_lines(r.stderr)), 1, r.stderr)
         self.assertIn("HTTP 401", r.stderr)
 
         # Still detaches cleanly without capabilities: exit 0, no rw_* link left.

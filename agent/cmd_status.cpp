@@ -1,0 +1,54 @@
+// `rstwatch status`: is the agent on this node (or at --from) ready, which write hook did it
+// attach, has it lost records. The kubectl plugin runs it inside each agent pod.
+#include <spdlog/spdlog.h>
+
+#include <cstdio>
+
+#include "agent_status.h"
+#include "commands.h"
+#include "stream_client.h"
+
+namespace rstwatch {
+
+int run_status(const StatusOptions& options) {
+    std::string error;
+    ClientAuth auth;
+    if (!load_client_auth(token_file_or_env(options.token_file), options.ca_file.value_or(""), &auth, &error)) {
+        spdlog::error("{}", error);
+        return kExitUsage;
+    }
+    constexpr std::chrono::seconds kTimeout{10};
+    auto readyz = get_from_agent(options.from_url, "/readyz", auth, kTimeout, &error);
+    if (!readyz) {
+        spdlog::error("cannot reach the agent: {}", error);
+        return kExitFailure;
+    }
+    auto metrics = get_from_agent(options.from_url, "/metrics", auth, kTimeout, &error);
+    if (!metrics) {
+        spdlog::error("cannot reach the agent: {}", error);
+        return kExitFailure;
+    }
+    if (metrics->status != 200) {
+        spdlog::error("cannot read the agent's metrics: {}: HTTP {}{}", metrics->url, metrics->status,
+                      metrics->status == 401 ? " (the agent needs credentials: --token-file FILE or $RSTWATCH_TOKEN_FILE)"
+                                             : "");
+        return kExitFailure;
+    }
+
+    AgentStatus status;
+    status.url = readyz->url.substr(0, readyz->url.size() - std::string_view("/readyz").size());
+    status.ready = readyz->status == 200;
+    if (!status.ready) {
+        std::string reason = readyz->body;
+        while (!reason.empty() && (reason.back() == '\n' || reason.back() == ' ')) reason.pop_back();
+        status.not_ready_reason = fmt::format("HTTP {}{}{}", readyz->status, reason.empty() ? "" : ": ", reason);
+    }
+    read_agent_metrics(metrics->body, &status);
+    const std::string text =
+        options.json ? agent_status_to_json(status).dump() + "\n" : render_agent_status(status, options.headers);
+    std::fwrite(text.data(), 1, text.size(), stdout);
+    std::fflush(stdout);
+    return kExitOk;
+}
+
+}  // namespace rstwatch
