@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <string>
 #include <unordered_map>
@@ -74,7 +75,9 @@ private:
         bool operator==(const ConnKey&) const = default;
     };
     struct ConnKeyHash {
-        size_t operator()(const ConnKey& k) const noexcept {
+        // Not noexcept: libstdc++ then stores each node's hash, so walking a bucket compares
+        // stored hashes instead of rehashing (and dividing) for every node.
+        size_t operator()(const ConnKey& k) const {
             return std::hash<uint64_t>{}(k.sock_id * 0x9E3779B97F4A7C15ULL ^ k.start_ns);
         }
     };
@@ -89,7 +92,7 @@ private:
         bool operator==(const TupleKey&) const = default;
     };
     struct TupleKeyHash {
-        size_t operator()(const TupleKey& k) const noexcept;
+        size_t operator()(const TupleKey& k) const;  // not noexcept: see ConnKeyHash
     };
     struct ConnMemory {
         uint64_t last_seen_ns = 0;
@@ -109,8 +112,8 @@ private:
         uint8_t role = RW_ROLE_UNKNOWN;
         uint8_t flags = 0;
     };
-    // Hard bound on remembered connections (on_raw is fed untrusted input); the
-    // least recently seen quarter is dropped when it is reached.
+    // Hard bound on remembered connections (on_raw is fed untrusted input); at the bound the
+    // least recently seen one makes room (second-chance FIFO: O(1) amortised per insert).
     static constexpr size_t kMaxRemembered = 1u << 17;
 
     Resolved resolve(const rw_record& record);
@@ -119,13 +122,18 @@ private:
     void emit_reset(const rw_record& record, uint8_t role, CorrelatorOutput& out);
     void emit_observation(const rw_record& record, const Resolved& conn, ObservationKind kind,
                           double idle_s, CorrelatorOutput& out);
-    void forget(const ConnKey& key);
-    void enforce_capacity();
+    void forget(std::unordered_map<ConnKey, ConnMemory, ConnKeyHash>::iterator it);
+    bool make_room();  // true when it forgot a connection
+    void compact_order();
 
     CorrelatorOptions options_;
     CorrelatorStats stats_;
-    std::unordered_map<ConnKey, ConnMemory, ConnKeyHash> conns_;
+    using ConnMap = std::unordered_map<ConnKey, ConnMemory, ConnKeyHash>;
+    ConnMap conns_;
     std::unordered_map<TupleKey, ConnKey, TupleKeyHash> by_tuple_;
+    // Remembered connections in insertion order with the last_seen_ns they had when queued;
+    // may hold keys already forgotten (skipped when met).
+    std::deque<std::pair<ConnKey, uint64_t>> order_;
 };
 
 // Formats an IPv6-or-v4-mapped 16-byte address as text (v4-mapped as dotted quad).
