@@ -406,6 +406,46 @@ class BpftraceObserver:
         return info
 
 
+class FloorObserver:
+    """bench/hookfloor: one program on the write tracepoint that does nothing (floor_empty)
+    or only rstwatch's first step, the socket-storage lookup (floor_lookup), measured with
+    bpf_stats like the agent: what any program on that hook pays before its own work."""
+
+    def __init__(self, binary, program):
+        self.binary = binary
+        self.program = program
+        self.name = program
+        self.proc = None
+        self.prog_id = None
+        self.before = {}
+
+    def start(self):
+        obj = os.path.join(os.path.dirname(self.binary), "hookfloor.bpf.o")
+        self.proc = subprocess.Popen([self.binary, obj, self.program], stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True)
+        netns._register_proc(self.proc)  # ended by PID on failure or Ctrl-C too
+        line = self.proc.stdout.readline().strip()
+        if not line.isdigit():
+            err = self.proc.stderr.read() if self.proc.poll() is not None else ""
+            netns.kill_proc(self.proc)
+            raise RuntimeError("hookfloor %s did not attach: %s" % (self.program, err.strip()))
+        self.prog_id = int(line)
+
+    def load_started(self):
+        set_stats(True)
+        self.before = prog_stats({self.prog_id})
+
+    def load_finished(self):
+        after = prog_stats({self.prog_id})
+        set_stats(False)
+        return {"hooks": hook_delta(self.before, after)}
+
+    def stop(self):
+        if self.proc is not None:
+            netns.kill_proc(self.proc, timeout=10)
+        return {}
+
+
 class NoObserver:
     name = "none"
 
@@ -481,9 +521,12 @@ def run_wrk(pod, url, seconds, threads, conns, cpus):
 def measure_http(args, machine, tmp, results):
     plan = machine.cpu_plan()
     conns = args.connections
-    conditions = ["none", "rstwatch", "tcpdump", "bpftrace", "rstwatch+stats"]
+    conditions = ["none", "rstwatch", "tcpdump", "bpftrace", "rstwatch+stats", "floor_empty+stats",
+                  "floor_lookup+stats"]
     if args.skip_bpftrace:
         conditions.remove("bpftrace")
+    if not args.hookfloor:
+        conditions = [c for c in conditions if not c.startswith("floor_")]
     rounds = {c: [] for c in conditions}
     extra = {c: [] for c in conditions}
     with netns.Cluster(names=["client", "proxy", "upstream"]) as cl:
@@ -507,7 +550,10 @@ def measure_http(args, machine, tmp, results):
                     obs = {"none": NoObserver, "rstwatch": lambda: AgentObserver(False),
                            "rstwatch+stats": lambda: AgentObserver(True),
                            "tcpdump": lambda: TcpdumpObserver(proxy, tmp),
-                           "bpftrace": lambda: BpftraceObserver(tmp)}[cond]()
+                           "bpftrace": lambda: BpftraceObserver(tmp),
+                           "floor_empty+stats": lambda: FloorObserver(args.hookfloor, "floor_empty"),
+                           "floor_lookup+stats": lambda: FloorObserver(args.hookfloor, "floor_lookup"),
+                           }[cond]()
                     obs.start()
                     try:
                         obs.load_started()
@@ -548,6 +594,14 @@ def measure_http(args, machine, tmp, results):
     res["hooks"] = {n: {"ns": summary(h["ns"]), "calls": summary(h["calls"]),
                         "calls_per_request": summary([c / r for c, r in zip(h["calls"], reqs) if r])}
                     for n, h in hooks.items()}
+    floors = {}
+    for cond in conditions:
+        if cond.startswith("floor_"):
+            name = cond[:-len("+stats")]
+            ns = [i["hooks"][name]["ns"] for i in extra[cond] if name in i.get("hooks", {})]
+            calls = [i["hooks"][name]["calls"] for i in extra[cond] if name in i.get("hooks", {})]
+            floors[name] = {"ns": summary(ns), "calls": summary(calls)}
+    res["floors"] = floors
     results["http"] = res
 
 
@@ -989,7 +1043,9 @@ def build_table(results, machine, args, started, elapsed):
         row("proxy throughput, no observer (req/s)", c["none"])
         for cond, label in (("rstwatch", "rstwatch agent"), ("tcpdump", "tcpdump -w (proxy ns)"),
                             ("bpftrace", "naive bpftrace"),
-                            ("rstwatch+stats", "rstwatch agent + bpf_stats")):
+                            ("rstwatch+stats", "rstwatch agent + bpf_stats"),
+                            ("floor_empty+stats", "empty program on the write tracepoint + bpf_stats"),
+                            ("floor_lookup+stats", "storage-lookup program on the write tracepoint + bpf_stats")):
             if cond not in c:
                 continue
             r = c[cond]["ratio"]["median"]
@@ -1007,6 +1063,16 @@ def build_table(results, machine, args, started, elapsed):
                              "rstwatch keeps %.1f%% more req/s" % (100.0 * (rw / other - 1)),
                              verdict(rw > other)))
     hook_rows(results, row)
+    floors = (http or {}).get("floors", {})
+    for name, label in (("floor_empty", "empty program"), ("floor_lookup", "socket-storage lookup only")):
+        if name in floors and floors[name]["ns"].get("median") is not None:
+            row("kernel cost of a reference program on the write tracepoint: %s (ns/call)" % label,
+                floors[name]["ns"], digits=1, target="floor, %d calls/round" % (floors[name]["calls"]["median"] or 0))
+    write = (http or {}).get("hooks", {}).get("rw_write_tp")
+    if write and floors.get("floor_empty", {}).get("ns", {}).get("median") is not None:
+        own = write["ns"]["median"] - floors["floor_empty"]["ns"]["median"]
+        rows.append(("kernel cost rw_write_tp above the empty program (ns/call)", "%.1f" % own, "", "",
+                     "medians' difference; <= 50 ns", verdict(own <= 50)))
     corr = results.get("correlator")
     if corr:
         if "error" in corr:
@@ -1130,6 +1196,7 @@ def main():
     p.add_argument("--build-dir", default=os.path.join(REPO, "build"))
     p.add_argument("--connload", default=None)
     p.add_argument("--correlator-bench", default=None)
+    p.add_argument("--hookfloor", default=None)
     p.add_argument("--out", default=os.path.join(REPO, "bench", "results", "latest.md"))
     args = p.parse_args()
 
@@ -1138,7 +1205,8 @@ def main():
         args.reps = 5 if machine.cores <= 4 else 7
     if args.connections is None:
         args.connections = max(8, 4 * machine.cores)
-    for attr, name in (("connload", "connload"), ("correlator_bench", "correlator_bench")):
+    for attr, name in (("connload", "connload"), ("correlator_bench", "correlator_bench"),
+                       ("hookfloor", "hookfloor")):
         if getattr(args, attr) is None:
             for d in ("bench", "bench-standalone"):
                 cand = os.path.join(args.build_dir, d, name)

@@ -43,7 +43,7 @@ fi
 # else standalone against the main tree's librstwatch_core.a.
 if [[ ! -x $build/bench/connload ]] || (( no_build )); then
   if (( no_build == 0 )) && [[ -f $build/bench/Makefile ]]; then
-    cmake --build "$build" -j"$jobs" --target connload correlator_bench || true
+    cmake --build "$build" -j"$jobs" --target connload correlator_bench hookfloor || true
   fi
   if [[ ! -x $build/bench/connload ]]; then
     cmake -S bench -B "$build/bench-standalone" -DRSTWATCH_BUILD_DIR="$build" \
