@@ -52,6 +52,21 @@ std::string validate_write_hook(const std::string& value) {
     return "must be auto, tp_btf, fentry or kprobe";
 }
 
+// --ring-buffer-size: the kernel wants a power-of-two multiple of the page size.
+std::string validate_ring_buffer_size(const std::string& value) {
+    uint64_t bytes = 0;
+    try {
+        size_t used = 0;
+        bytes = std::stoull(value, &used);
+        if (used != value.size()) return "must be a number of bytes";
+    } catch (const std::exception&) {
+        return "must be a number of bytes";
+    }
+    if (bytes < 4096 || bytes > (1ULL << 30) || (bytes & (bytes - 1)) != 0)
+        return "must be a power of two from 4096 to 1073741824 bytes";
+    return {};
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -131,6 +146,10 @@ int main(int argc, char** argv) {
     agent_cmd->add_option("--max-connections", agent.loader.max_connections,
                           "connections tracked in the kernel (LRU, default 131072)")
         ->check(CLI::Range(1024U, 16U << 20));
+    agent_cmd->add_option("--ring-buffer-size", agent.loader.ringbuf_bytes,
+                          "bytes of the kernel-to-agent ring buffer: a power of two, 4096 to 1 GiB (default 4 MiB, "
+                          "~20k records); records that do not fit are counted as lost")
+        ->check(validate_ring_buffer_size);
     agent_cmd->add_option("--write-hook", agent_write_hook, "auto, tp_btf, fentry or kprobe")->check(validate_write_hook);
     agent_cmd->add_option("--auth-token-file", agent.auth_token_file,
                           "require Authorization: Bearer TOKEN (a token per line; re-read when it changes) on /metrics, "

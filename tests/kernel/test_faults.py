@@ -1,0 +1,202 @@
+"""Kernel fault tests of `rstwatch agent` (docs/reliability.md, "Faults"):
+
+- SIGKILL: no BPF program or link of the killed agent remains (bpftool); a new agent, on
+  connections it did not see begin, counts their resets but invents no cause for them, and
+  classifies a connection that begins after it exactly;
+- ring-buffer overflow: the agent stalls (SIGSTOP, as when it is starved of CPU) while a storm
+  of RSTs fills a small ring buffer (--ring-buffer-size); the kernel's drops are counted in
+  rstwatch_records_lost_total and logged once per poll, and once resumed the agent keeps
+  running and classifies the next incident exactly.
+
+Run as root from the repo root:  /usr/bin/python3 -m unittest -v tests/kernel/test_faults.py
+"""
+
+import glob
+import json
+import os
+import re
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+import unittest
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
+
+import scenarios  # noqa: E402
+from agent import BPFTOOL, identity_of, rw_links  # noqa: E402
+from agent_case import AgentTestCase, expected_from, ours_by_workloads  # noqa: E402
+from scenarios import connect_to  # noqa: E402
+
+CLIENT = dict(namespace="ingress-nginx", pod="ingress-nginx-controller-5d88c8b7f-f4ult",
+              workload="ingress-nginx-controller")
+SERVER = dict(namespace="shop", pod="web-7d4b9c6f5d-f4ult", workload="web")
+
+
+def entry(pod, ident):
+    e = dict(ident)
+    e["ip"] = pod.ip4
+    return e
+
+
+def prog_ids_held_by(pid):
+    """BPF program ids the process holds fds of (from /proc/PID/fdinfo)."""
+    ids = set()
+    for path in glob.glob("/proc/%d/fdinfo/*" % pid):
+        try:
+            with open(path) as f:
+                m = re.search(r"^prog_id:\s*(\d+)", f.read(), re.M)
+        except OSError:
+            continue
+        if m:
+            ids.add(int(m.group(1)))
+    return ids
+
+
+def prog_ids_now():
+    out = subprocess.run([BPFTOOL, "-j", "prog", "show"], stdout=subprocess.PIPE, text=True,
+                         check=True, timeout=30).stdout
+    return {p["id"] for p in json.loads(out or "[]")}
+
+
+def loopback_rst_storm(count):
+    """count loopback connections, each ended by the client with SO_LINGER 0: one RST sent
+    and one received per connection (records on both sockets)."""
+    lsock = socket.socket()
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(128)
+    try:
+        for _ in range(count):
+            c = socket.create_connection(lsock.getsockname())
+            s, _ = lsock.accept()
+            c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            c.close()
+            s.close()
+    finally:
+        lsock.close()
+
+
+class TestFaults(AgentTestCase):
+
+    def pair_setup(self):
+        c = self.make_cluster(["server", "client"])
+        pm = self.make_pod_map([entry(c["server"], SERVER), entry(c["client"], CLIENT)])
+        ids = (identity_of(entry(c["client"], CLIENT)), identity_of(entry(c["server"], SERVER)))
+        return c, pm, ids
+
+    def test_sigkill_leaves_nothing_and_restart_invents_no_cause(self):
+        c, pm, (cid, sid) = self.pair_setup()
+        ours = ours_by_workloads({CLIENT["workload"], SERVER["workload"]})
+        first = self.start_agent(["--pod-map", pm.path, "--kube", "off"], name="agent-killed")
+        progs = prog_ids_held_by(first.proc.pid)
+        links = set(first.links)
+        self.assertTrue(progs and links, "the agent holds no BPF programs or links?")
+        self.assertTrue(links <= set(rw_links()), "the agent's links are not rw_* links")
+
+        # Connections that begin (and are used) under the first agent.
+        srv = self.make_actor(c["server"], comm="rwsrv")
+        cli = self.make_actor(c["client"], comm="rwcli")
+        port = srv.step("listen", family="inet", port=8093)["port"]
+        conns = {}
+        for name in ("a", "b", "r"):
+            conns[name] = connect_to(cli, srv, port, host=c["server"].ip4, name=name)
+            conns[name].exchange(count=3, resp=100)
+
+        first.proc.send_signal(signal.SIGKILL)
+        first.proc.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            left_progs, left_links = progs & prog_ids_now(), links & set(rw_links())
+            if not left_progs and not left_links:
+                break
+            time.sleep(0.1)
+        self.assertEqual((left_progs, left_links), (set(), set()),
+                         "programs/links of the SIGKILLed agent still present after 10 s")
+
+        second = self.start_agent(["--pod-map", pm.path, "--kube", "off"], name="agent-restarted")
+        # r: the idle race on a connection the new agent did not see begin.
+        cli.step("sleep", seconds=scenarios.IDLE_S)
+        cli.step("send", name="r", size=100)
+        srv.step("wait_readable", name="r")
+        srv.step("close", name="r")
+        r = cli.step("recv", name="r", size=10, exact=False, expect_ok=False)
+        self.assertEqual(r.get("errno"), "ECONNRESET", r)
+        cli.step("close", name="r")
+        # a: the client aborts; b: the server aborts.
+        cli.step("close", name="a", linger0=True)
+        self.assertEqual(srv.step("recv", name="a", size=10, exact=False, expect_ok=False).get("errno"),
+                         "ECONNRESET")
+        srv.step("close", name="a")
+        srv.step("close", name="b", linger0=True)
+        self.assertEqual(cli.step("recv", name="b", size=10, exact=False, expect_ok=False).get("errno"),
+                         "ECONNRESET")
+        cli.step("close", name="b")
+        srv.step("close", name="L")
+        self.settle()
+        m = second.scrape()
+        self.assertIncidentCounts(m, {}, ours, "connections that predate the agent")
+        resets = sum(s.value for s in m.samples_of("rstwatch_resets_total")
+                     if s.labels_dict["server_port"] == str(port) and ours(s.labels_dict))
+        self.assertGreaterEqual(resets, 4, "their RSTs (r, a, b: sent and received) are still counted")
+
+        # A connection that begins under the new agent is classified exactly.
+        conn, exp = scenarios.idle_close_rst(cli, srv, host=c["server"].ip4, port=8094)
+        self.settle()
+        self.assertIncidentCounts(second.scrape(), expected_from([exp], (cid, sid), 8094), ours,
+                                  "a connection the new agent saw begin")
+        self.assertEqual(second.stop(), 0, second.stderr)
+
+    def test_ring_buffer_overflow_is_counted_and_the_agent_goes_on(self):
+        c, pm, (cid, sid) = self.pair_setup()
+        ours = ours_by_workloads({CLIENT["workload"], SERVER["workload"]})
+        # 16 KiB: ~78 records of 208 bytes.
+        ag = self.start_agent(["--pod-map", pm.path, "--kube", "off", "--ring-buffer-size", "16384"],
+                              name="agent-small-ring")
+        lost_before = sum(s.value for s in ag.scrape().samples_of("rstwatch_records_lost_total"))
+        log_start = len(ag.lines())
+
+        ag.send_signal(signal.SIGSTOP)
+        try:
+            loopback_rst_storm(600)  # >= 1200 records: most cannot fit
+        finally:
+            ag.send_signal(signal.SIGCONT)
+
+        lost = lost_before
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and lost <= lost_before:
+            time.sleep(0.2)
+            lost = sum(s.value for s in ag.scrape().samples_of("rstwatch_records_lost_total"))
+        self.assertGreater(lost - lost_before, 500, "the storm's drops are counted")
+        self.assertIsNotNone(ag.wait_log(r"records lost: the ring buffer was full", start=log_start),
+                             ag.stderr)
+        records = 0
+        deadline = time.monotonic() + 5  # rstwatch_records_total is refreshed once a second
+        while time.monotonic() < deadline and records == 0:
+            time.sleep(0.2)
+            records = sum(s.value for s in ag.scrape().samples_of("rstwatch_records_total"))
+        self.assertGreater(records, 0, "what fitted was read")
+        self.assertTrue(ag.running(), ag.stderr)
+
+        srv = self.make_actor(c["server"], comm="rwsrv")
+        cli = self.make_actor(c["client"], comm="rwcli")
+        conn, exp = scenarios.idle_close_rst(cli, srv, host=c["server"].ip4, port=8095)
+        self.settle()
+        self.assertIncidentCounts(ag.scrape(), expected_from([exp], (cid, sid), 8095), ours,
+                                  "after the overflow")
+        self.assertEqual(ag.stop(), 0, ag.stderr)
+
+    def test_ring_buffer_size_errors_exit_2(self):
+        from agent import run_agent_expecting_failure
+        for value in ("12345", "1024", "abc", str(1 << 31)):
+            rc, stderr, stdout, leaked = run_agent_expecting_failure(["--ring-buffer-size", value])
+            self.assertEqual(rc, 2, stderr)
+            lines = [l for l in stderr.splitlines() if l.strip()]
+            self.assertEqual(len(lines), 1, stderr)
+            self.assertIn("--ring-buffer-size", lines[0])
+            self.assertEqual(leaked, {}, "links left behind")
+
+
+if __name__ == "__main__":
+    unittest.main()
