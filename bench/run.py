@@ -260,16 +260,20 @@ class AgentObserver:
         self.prog_ids, _, _ = bpf_ids_held_by(self.agent.proc.pid)
 
     def load_started(self):
+        self.cpu_before = (proc_stat_cpu(self.agent.proc.pid), time.monotonic())
         if self.stats:
             set_stats(True)
             self.before = prog_stats(self.prog_ids)
 
     def load_finished(self):
+        # The agent's own CPU over the round (user space: its threads), in % of one core.
+        cpu, t = proc_stat_cpu(self.agent.proc.pid), time.monotonic()
+        info = {"agent_cpu_pct": round(100.0 * (cpu - self.cpu_before[0]) / max(t - self.cpu_before[1], 1e-6), 2)}
         if self.stats:
             after = prog_stats(self.prog_ids)
             set_stats(False)
-            return {"hooks": hook_delta(self.before, after)}
-        return {}
+            info["hooks"] = hook_delta(self.before, after)
+        return info
 
     def stop(self):
         info = {}
@@ -411,9 +415,10 @@ class FloorObserver:
     or only rstwatch's first step, the socket-storage lookup (floor_lookup), measured with
     bpf_stats like the agent: what any program on that hook pays before its own work."""
 
-    def __init__(self, binary, program):
+    def __init__(self, binary, program, stats=True):
         self.binary = binary
         self.program = program
+        self.stats = stats
         self.name = program
         self.proc = None
         self.prog_id = None
@@ -432,10 +437,13 @@ class FloorObserver:
         self.prog_id = int(line)
 
     def load_started(self):
-        set_stats(True)
-        self.before = prog_stats({self.prog_id})
+        if self.stats:
+            set_stats(True)
+            self.before = prog_stats({self.prog_id})
 
     def load_finished(self):
+        if not self.stats:
+            return {}
         after = prog_stats({self.prog_id})
         set_stats(False)
         return {"hooks": hook_delta(self.before, after)}
@@ -521,8 +529,8 @@ def run_wrk(pod, url, seconds, threads, conns, cpus):
 def measure_http(args, machine, tmp, results):
     plan = machine.cpu_plan()
     conns = args.connections
-    conditions = ["none", "rstwatch", "tcpdump", "bpftrace", "rstwatch+stats", "floor_empty+stats",
-                  "floor_lookup+stats"]
+    conditions = ["none", "rstwatch", "tcpdump", "bpftrace", "rstwatch+stats", "floor_empty",
+                  "floor_empty+stats", "floor_lookup+stats"]
     if args.skip_bpftrace:
         conditions.remove("bpftrace")
     if not args.hookfloor:
@@ -551,6 +559,7 @@ def measure_http(args, machine, tmp, results):
                            "rstwatch+stats": lambda: AgentObserver(True),
                            "tcpdump": lambda: TcpdumpObserver(proxy, tmp),
                            "bpftrace": lambda: BpftraceObserver(tmp),
+                           "floor_empty": lambda: FloorObserver(args.hookfloor, "floor_empty", stats=False),
                            "floor_empty+stats": lambda: FloorObserver(args.hookfloor, "floor_empty"),
                            "floor_lookup+stats": lambda: FloorObserver(args.hookfloor, "floor_lookup"),
                            }[cond]()
@@ -584,6 +593,7 @@ def measure_http(args, machine, tmp, results):
         s["ratio"] = summary(ratios)
         s["info"] = extra[cond]
         res["conditions"][cond] = s
+    res["agent_cpu_pct"] = summary([i["agent_cpu_pct"] for i in extra.get("rstwatch", []) if "agent_cpu_pct" in i])
     hooks = {}
     for info in extra.get("rstwatch+stats", []):
         for name, h in info.get("hooks", {}).items():
@@ -596,7 +606,7 @@ def measure_http(args, machine, tmp, results):
                     for n, h in hooks.items()}
     floors = {}
     for cond in conditions:
-        if cond.startswith("floor_"):
+        if cond.startswith("floor_") and cond.endswith("+stats"):
             name = cond[:-len("+stats")]
             ns = [i["hooks"][name]["ns"] for i in extra[cond] if name in i.get("hooks", {})]
             calls = [i["hooks"][name]["calls"] for i in extra[cond] if name in i.get("hooks", {})]
@@ -1044,6 +1054,7 @@ def build_table(results, machine, args, started, elapsed):
         for cond, label in (("rstwatch", "rstwatch agent"), ("tcpdump", "tcpdump -w (proxy ns)"),
                             ("bpftrace", "naive bpftrace"),
                             ("rstwatch+stats", "rstwatch agent + bpf_stats"),
+                            ("floor_empty", "empty program on the write tracepoint"),
                             ("floor_empty+stats", "empty program on the write tracepoint + bpf_stats"),
                             ("floor_lookup+stats", "storage-lookup program on the write tracepoint + bpf_stats")):
             if cond not in c:
@@ -1054,7 +1065,15 @@ def build_table(results, machine, args, started, elapsed):
             else:
                 target, ok = "ratio %s" % fmt(r, digits=3), None
             row("proxy throughput, %s (req/s)" % label, c[cond], target=target, ok=ok)
+        if http.get("agent_cpu_pct", {}).get("median") is not None:
+            row("agent user-space CPU during the keepalive load (% of one core)", http["agent_cpu_pct"],
+                digits=2, target="reported (no records to read)")
         rw = c["rstwatch"]["ratio"]["median"]
+        if "floor_empty" in c and rw is not None and c["floor_empty"]["ratio"]["median"]:
+            fl = c["floor_empty"]["ratio"]["median"]
+            rows.append(("rstwatch vs an empty program on the write tracepoint: throughput kept",
+                         "%.3f vs %.3f" % (rw, fl), "", "",
+                         "rstwatch's own share of the cost: %.1f%% of req/s" % (100.0 * (fl - rw)), "n/a"))
         for cond, label in (("tcpdump", "tcpdump"), ("bpftrace", "bpftrace")):
             if cond in c and rw is not None and c[cond]["ratio"]["median"]:
                 other = c[cond]["ratio"]["median"]
@@ -1104,7 +1123,7 @@ def build_table(results, machine, args, started, elapsed):
             one(mem["holding"]["rss_mib"]), digits=1, target="<= 64 MiB",
             ok=mem["holding"]["rss_mib"] <= 64)
         row("memory: tracked connections (gauge) with %d open" % mem["held"],
-            one(mem["holding"]["tracked"]), target="LRU max %d" % mem["max_connections"])
+            one(mem["holding"]["tracked"]), target="socket storage: one per live socket, freed with it (LRU mode: max %d)" % mem["max_connections"])
         row("memory: BPF map memory (MiB, memlock)", one(mem["holding"]["map_mib"]), digits=1,
             target="fixed by --max-connections")
         ch = mem.get("churn", {})

@@ -173,24 +173,8 @@ class TestCauses(CausesTestCase):
             conn.exchange(count=5, resp=100)
             conns.append(conn)
         tracer = self.start_tracer()
-        client.step("sleep", seconds=IDLE_S - 0.5)
-        client.step("send", name="c", size=100)
-        server.step("wait_readable", name="c")
-        server.step("close", name="c")
-        r = client.step("recv", name="c", size=10, exact=False, expect_ok=False)
-        self.assertEqual(r.get("errno"), "ECONNRESET", r)
-        client.step("close", name="c")
-        # a: the client aborts (RST from the client).
-        client.step("close", name="a", linger0=True)
-        r = server.step("recv", name="a", size=10, exact=False, expect_ok=False)
-        self.assertEqual(r.get("errno"), "ECONNRESET", r)
-        server.step("close", name="a")
-        # b: the server aborts (RST from the server).
-        server.step("close", name="b", linger0=True)
-        r = client.step("recv", name="b", size=10, exact=False, expect_ok=False)
-        self.assertEqual(r.get("errno"), "ECONNRESET", r)
-        client.step("close", name="b")
-        server.step("close", name="L")
+        scenarios.resets_on(client, server, race="c", client_abort="a", server_abort="b",
+                            idle_s=IDLE_S - 0.5)
         self.assertTraced(tracer, [], conns)
 
     def test_write_below_threshold_is_not_a_race(self):

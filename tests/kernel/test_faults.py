@@ -78,6 +78,17 @@ def loopback_rst_storm(count):
         lsock.close()
 
 
+def metric_sum_when(ag, name, condition, timeout):
+    """The sum of metric `name` over its series, scraped every 0.2 s until condition(sum)
+    holds or timeout seconds passed (then the last sum)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = sum(s.value for s in ag.scrape().samples_of(name))
+        if condition(value) or time.monotonic() >= deadline:
+            return value
+        time.sleep(0.2)
+
+
 class TestFaults(AgentTestCase):
 
     def pair_setup(self):
@@ -85,6 +96,14 @@ class TestFaults(AgentTestCase):
         pm = self.make_pod_map([entry(c["server"], SERVER), entry(c["client"], CLIENT)])
         ids = (identity_of(entry(c["client"], CLIENT)), identity_of(entry(c["server"], SERVER)))
         return c, pm, ids
+
+    def assert_race_classified(self, ag, cli, srv, c, ids, port, context):
+        """An idle race on a new connection: exactly its two incidents; then the agent exits 0."""
+        _, exp = scenarios.idle_close_rst(cli, srv, host=c["server"].ip4, port=port)
+        self.settle()
+        self.assertIncidentCounts(ag.scrape(), expected_from([exp], ids, port),
+                                  ours_by_workloads({CLIENT["workload"], SERVER["workload"]}), context)
+        self.assertEqual(ag.stop(), 0, ag.stderr)
 
     def test_sigkill_leaves_nothing_and_restart_invents_no_cause(self):
         c, pm, (cid, sid) = self.pair_setup()
@@ -116,24 +135,9 @@ class TestFaults(AgentTestCase):
                          "programs/links of the SIGKILLed agent still present after 10 s")
 
         second = self.start_agent(["--pod-map", pm.path, "--kube", "off"], name="agent-restarted")
-        # r: the idle race on a connection the new agent did not see begin.
-        cli.step("sleep", seconds=scenarios.IDLE_S)
-        cli.step("send", name="r", size=100)
-        srv.step("wait_readable", name="r")
-        srv.step("close", name="r")
-        r = cli.step("recv", name="r", size=10, exact=False, expect_ok=False)
-        self.assertEqual(r.get("errno"), "ECONNRESET", r)
-        cli.step("close", name="r")
-        # a: the client aborts; b: the server aborts.
-        cli.step("close", name="a", linger0=True)
-        self.assertEqual(srv.step("recv", name="a", size=10, exact=False, expect_ok=False).get("errno"),
-                         "ECONNRESET")
-        srv.step("close", name="a")
-        srv.step("close", name="b", linger0=True)
-        self.assertEqual(cli.step("recv", name="b", size=10, exact=False, expect_ok=False).get("errno"),
-                         "ECONNRESET")
-        cli.step("close", name="b")
-        srv.step("close", name="L")
+        # r: the idle race on a connection the new agent did not see begin; a: the client
+        # aborts; b: the server aborts.
+        scenarios.resets_on(cli, srv, race="r", client_abort="a", server_abort="b", idle_s=scenarios.IDLE_S)
         self.settle()
         m = second.scrape()
         self.assertIncidentCounts(m, {}, ours, "connections that predate the agent")
@@ -142,19 +146,14 @@ class TestFaults(AgentTestCase):
         self.assertGreaterEqual(resets, 4, "their RSTs (r, a, b: sent and received) are still counted")
 
         # A connection that begins under the new agent is classified exactly.
-        conn, exp = scenarios.idle_close_rst(cli, srv, host=c["server"].ip4, port=8094)
-        self.settle()
-        self.assertIncidentCounts(second.scrape(), expected_from([exp], (cid, sid), 8094), ours,
-                                  "a connection the new agent saw begin")
-        self.assertEqual(second.stop(), 0, second.stderr)
+        self.assert_race_classified(second, cli, srv, c, (cid, sid), 8094, "a connection the new agent saw begin")
 
     def test_ring_buffer_overflow_is_counted_and_the_agent_goes_on(self):
         c, pm, (cid, sid) = self.pair_setup()
-        ours = ours_by_workloads({CLIENT["workload"], SERVER["workload"]})
         # 16 KiB: ~78 records of 208 bytes.
         ag = self.start_agent(["--pod-map", pm.path, "--kube", "off", "--ring-buffer-size", "16384"],
                               name="agent-small-ring")
-        lost_before = sum(s.value for s in ag.scrape().samples_of("rstwatch_records_lost_total"))
+        lost_before = metric_sum_when(ag, "rstwatch_records_lost_total", lambda v: True, 0)
         log_start = len(ag.lines())
 
         ag.send_signal(signal.SIGSTOP)
@@ -163,29 +162,18 @@ class TestFaults(AgentTestCase):
         finally:
             ag.send_signal(signal.SIGCONT)
 
-        lost = lost_before
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and lost <= lost_before:
-            time.sleep(0.2)
-            lost = sum(s.value for s in ag.scrape().samples_of("rstwatch_records_lost_total"))
+        lost = metric_sum_when(ag, "rstwatch_records_lost_total", lambda v: v > lost_before, 10)
         self.assertGreater(lost - lost_before, 500, "the storm's drops are counted")
         self.assertIsNotNone(ag.wait_log(r"records lost: the ring buffer was full", start=log_start),
                              ag.stderr)
-        records = 0
-        deadline = time.monotonic() + 5  # rstwatch_records_total is refreshed once a second
-        while time.monotonic() < deadline and records == 0:
-            time.sleep(0.2)
-            records = sum(s.value for s in ag.scrape().samples_of("rstwatch_records_total"))
+        # rstwatch_records_total is refreshed once a second.
+        records = metric_sum_when(ag, "rstwatch_records_total", lambda v: v > 0, 5)
         self.assertGreater(records, 0, "what fitted was read")
         self.assertTrue(ag.running(), ag.stderr)
 
         srv = self.make_actor(c["server"], comm="rwsrv")
         cli = self.make_actor(c["client"], comm="rwcli")
-        conn, exp = scenarios.idle_close_rst(cli, srv, host=c["server"].ip4, port=8095)
-        self.settle()
-        self.assertIncidentCounts(ag.scrape(), expected_from([exp], (cid, sid), 8095), ours,
-                                  "after the overflow")
-        self.assertEqual(ag.stop(), 0, ag.stderr)
+        self.assert_race_classified(ag, cli, srv, c, (cid, sid), 8095, "after the overflow")
 
     def test_ring_buffer_size_errors_exit_2(self):
         from agent import run_agent_expecting_failure

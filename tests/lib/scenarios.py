@@ -129,6 +129,27 @@ def idle_close_rst(client, server, family="inet", host=None, port=0, idle_s=IDLE
     return conn, expected
 
 
+def resets_on(client, server, race, client_abort, server_abort, idle_s):
+    """Resets on three open, used connections (names as given to connect_to): on `race` the
+    client writes after idle_s and the server closes with the request unread (RST both
+    ways); `client_abort` is aborted by the client, `server_abort` by the server (SO_LINGER
+    0). Then the server closes its listener L. Used on connections that predate the tracer:
+    their RSTs must be counted and given no cause."""
+    client.step("sleep", seconds=idle_s)
+    client.step("send", name=race, size=100)
+    server.step("wait_readable", name=race)
+    server.step("close", name=race)
+    r = client.step("recv", name=race, size=10, exact=False, expect_ok=False)
+    _check(r.get("errno") == "ECONNRESET", "client recv on %s: %r, expected ECONNRESET" % (race, r))
+    client.step("close", name=race)
+    for aborter, peer, name in ((client, server, client_abort), (server, client, server_abort)):
+        aborter.step("close", name=name, linger0=True)
+        r = peer.step("recv", name=name, size=10, exact=False, expect_ok=False)
+        _check(r.get("errno") == "ECONNRESET", "recv on %s: %r, expected ECONNRESET" % (name, r))
+        peer.step("close", name=name)
+    server.step("close", name="L")
+
+
 def write_after_fin(client, server, family="inet", host=None, listen_family=None, port=0,
                     server_idle_s=THRESHOLD_S + 0.1, client_delay_s=0.3):
     """Server closes an idle connection (FIN) after server_idle_s; the client, in CLOSE_WAIT,
