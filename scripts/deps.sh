@@ -10,7 +10,7 @@ packages=(
   prometheus-cpp-dev libcivetweb-dev
 )
 if [[ "${1:-}" == "--test" ]]; then
-  packages+=(libgtest-dev python3 python3-yaml iproute2 nginx-light curl procps prometheus libclang-rt-14-dev)
+  packages+=(libgtest-dev python3 python3-yaml iproute2 nginx-light curl procps prometheus libclang-rt-14-dev libfaketime)
 fi
 
 missing=()

@@ -26,6 +26,9 @@ from fake_kube import (FakeKube, bare_pod, cronjob_pod, daemonset_pod,  # noqa: 
 TOKEN = "rstwatch-test-token"
 IDLE_S = 0.8  # idle before the racing write (threshold 0.5 s): keeps the tests short
 RELIST_TIMEOUT = 90.0  # the agent's backoff after a long outage may be long
+# How long the API outage of test_api_outage_capture_continues_labels_catch_up lasts at least
+# (500s, then 401s): past the agent's 30 s backoff cap.
+OUTAGE_S = float(os.environ.get("RSTWATCH_KUBE_OUTAGE_S", "75"))
 # With Kubernetes the agent holds an event up to 2 s while an end is unknown, and delivers in
 # arrival order: any RST on the host with an end outside the cluster (loopback API calls,
 # other traffic) delays the events behind it by up to 2 s.  Scrape after that.
@@ -223,6 +226,7 @@ class TestAgentKube(KubeAgentTestCase):
         ours = self.ours_server({"web"})
 
         # phase 1: every API request fails with 500, watches dropped
+        outage_started = time.monotonic()
         kube.fail_next(500, count=100000)
         kube.drop_watches()
         self.wait_for(lambda: kube.request_count(status=500) >= 1, 30,
@@ -249,6 +253,24 @@ class TestAgentKube(KubeAgentTestCase):
         self.settle(KUBE_SETTLE_S)
         self.assertIncidentCounts(ag.scrape(), expected, ours, "during 401s (old labels kept)")
         self.assertTrue(ag.running(), "agent exited during the outage:\n" + ag.stderr)
+        # The outage goes on (OUTAGE_S in all, past the 30 s backoff cap): a race every 20 s
+        # is still counted, /metrics keeps answering, the agent keeps retrying.
+        port = 8090
+        retries = []  # (when, 401s answered so far)
+        while time.monotonic() - outage_started < OUTAGE_S:
+            retries.append((time.monotonic(), kube.request_count(status=401)))
+            for k, n in expected_from([self.race(cli, srv, host, port)], (oid, sid), port).items():
+                expected[k] = expected.get(k, 0) + n
+            self.settle(KUBE_SETTLE_S)
+            self.assertIncidentCounts(ag.scrape(), expected, ours,
+                                      "%.0f s into the outage" % (time.monotonic() - outage_started))
+            time.sleep(max(0.0, min(20.0, OUTAGE_S - (time.monotonic() - outage_started))))
+            port += 1
+        outage_s = time.monotonic() - outage_started
+        # Backoff capped at 30 s (jitter up to 1.5x): it still retried in the last 50 s.
+        before = [n for when, n in retries if when <= time.monotonic() - 50.0]
+        if before:
+            self.assertGreater(kube.request_count(status=401), before[-1], "the agent stopped retrying")
 
         # phase 3: the API is back: relist, new labels
         lists_before = kube.request_count(verb="list", resource="pods", status=200)
@@ -262,7 +284,7 @@ class TestAgentKube(KubeAgentTestCase):
         m = ag.scrape()
         self.assertIncidentCounts(m, expected, ours, "after the relist")
         ag.wait_readyz(timeout=30)
-        print("\n  API requests: %s" % kube.state()["requests"], file=sys.stderr)
+        print("\n  API outage %.0f s; API requests: %s" % (outage_s, kube.state()["requests"]), file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -6,11 +6,14 @@
 - ring-buffer overflow: the agent stalls (SIGSTOP, as when it is starved of CPU) while a storm
   of RSTs fills a small ring buffer (--ring-buffer-size); the kernel's drops are counted in
   rstwatch_records_lost_total and logged once per poll, and once resumed the agent keeps
-  running and classifies the next incident exactly.
+  running and classifies the next incident exactly;
+- wall-clock steps (libfaketime, +1 day then -1 day, monotonic untouched): incident times
+  follow the wall clock, causes, counts and idle times do not change.
 
 Run as root from the repo root:  /usr/bin/python3 -m unittest -v tests/kernel/test_faults.py
 """
 
+import datetime
 import glob
 import json
 import os
@@ -26,7 +29,7 @@ import unittest
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
 
 import scenarios  # noqa: E402
-from agent import BPFTOOL, identity_of, rw_links  # noqa: E402
+from agent import BPFTOOL, IncidentStream, identity_of, rw_links  # noqa: E402
 from agent_case import AgentTestCase, expected_from, ours_by_workloads  # noqa: E402
 from scenarios import connect_to  # noqa: E402
 
@@ -174,6 +177,53 @@ class TestFaults(AgentTestCase):
         srv = self.make_actor(c["server"], comm="rwsrv")
         cli = self.make_actor(c["client"], comm="rwcli")
         self.assert_race_classified(ag, cli, srv, c, (cid, sid), 8095, "after the overflow")
+
+    def test_wall_clock_steps_change_only_printed_times(self):
+        """libfaketime steps the agent's CLOCK_REALTIME (only: DONT_FAKE_MONOTONIC) by +1 day and
+        then -1 day between three idle races: each incident's `ts` follows the stepped wall
+        clock, and the causes, counts and idle times (kernel monotonic time) are unchanged."""
+        lib = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1"
+        self.assertTrue(os.path.exists(lib), "libfaketime missing (scripts/deps.sh --test installs it)")
+        c, pm, ids = self.pair_setup()
+        step_file = os.path.join(pm.dir, "faketime")
+        with open(step_file, "w") as f:
+            f.write("+0\n")
+        env = {"LD_PRELOAD": lib, "FAKETIME_TIMESTAMP_FILE": step_file, "FAKETIME_NO_CACHE": "1",
+               "DONT_FAKE_MONOTONIC": "1"}
+        if "ASAN_OPTIONS" in os.environ:  # the sanitizer run: ASan's runtime is not first then
+            env["ASAN_OPTIONS"] = os.environ["ASAN_OPTIONS"] + ":verify_asan_link_order=0"
+        ag = self.start_agent(["--pod-map", pm.path, "--kube", "off"], name="agent-clock-steps", env=env)
+        stream = IncidentStream(ag.url)
+        self.addCleanup(stream.close)
+        srv = self.make_actor(c["server"], comm="rwsrv")
+        cli = self.make_actor(c["client"], comm="rwcli")
+        day = 86400.0
+        expected = {}
+        for i, (step, offset) in enumerate((("+0", 0.0), ("+1d", day), ("-1d", -day))):
+            with open(step_file, "w") as f:
+                f.write(step + "\n")
+            time.sleep(0.3)  # the agent re-reads its wall-clock offset every poll (100 ms)
+            port = 8096 + i
+            _, exp = scenarios.idle_close_rst(cli, srv, host=c["server"].ip4, port=port)
+            expected.update(expected_from([exp], ids, port))
+            real_now = time.time()
+            deadline = time.monotonic() + 5
+            got = []
+            while time.monotonic() < deadline and len(got) < 2:
+                got = [x for x in stream.incidents() if x["server"]["port"] == port]
+                time.sleep(0.05)
+            self.assertEqual(sorted(x["cause"] for x in got), ["abort_on_close", "idle_close_race"], got)
+            for x in got:
+                ts = datetime.datetime.strptime(x["ts"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(
+                    tzinfo=datetime.timezone.utc).timestamp()
+                self.assertLess(abs(ts - (real_now + offset)), 10.0,
+                                "step %s: ts %s, expected about %s" % (step, x["ts"], real_now + offset))
+                if x["cause"] == "idle_close_race":
+                    self.assertLess(abs(x["idle_before_write_ms"] - scenarios.IDLE_S * 1000.0), 60.0, x)
+        self.settle()
+        self.assertIncidentCounts(ag.scrape(), expected,
+                                  ours_by_workloads({CLIENT["workload"], SERVER["workload"]}), "after the steps")
+        self.assertEqual(ag.stop(), 0, ag.stderr)
 
     def test_ring_buffer_size_errors_exit_2(self):
         from agent import run_agent_expecting_failure

@@ -6,6 +6,10 @@
 #                                            RSTWATCH_FUZZ_SECONDS (default 20) on a copy of its
 #                                            seed corpus; fails on any crash, leak, timeout or
 #                                            sanitizer report.
+#   tests/sanitizers/run.sh churn BUILD_DIR  the ASan build of rstwatch agent through a churn of
+#                                            RSTWATCH_CHURN_CONNECTIONS (default 1M) loopback
+#                                            connections at RSTWATCH_CHURN_RATE/s (bench/connload,
+#                                            own namespace), then SIGTERM: LeakSanitizer at exit.
 #   tests/sanitizers/run.sh asan BUILD_DIR   build rstwatch and unit_tests with
 #                                            -fsanitize=address,undefined in BUILD_DIR (e.g.
 #                                            build/asan), run the unit tests, then the kernel tests
@@ -18,7 +22,7 @@ set -euo pipefail
 mode=${1:-}
 build=${2:-}
 if [[ -z "$mode" || -z "$build" ]]; then
-  echo "usage: $0 fuzz|asan BUILD_DIR" >&2
+  echo "usage: $0 fuzz|asan|churn BUILD_DIR" >&2
   exit 2
 fi
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -81,12 +85,16 @@ run_fuzz() {
   return $failed
 }
 
-run_asan() {
+build_asan() {
   local flags="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined"
   cmake -S "$repo" -B "$build" -DCMAKE_BUILD_TYPE=Debug \
     -DCMAKE_CXX_FLAGS="$flags" -DCMAKE_C_FLAGS="$flags" \
     -DCMAKE_EXE_LINKER_FLAGS="$flags" -DCMAKE_SHARED_LINKER_FLAGS="$flags" >/dev/null
   cmake --build "$build" -j"$jobs" --target rstwatch unit_tests
+}
+
+run_asan() {
+  build_asan
 
   local logs="$build/sanitizer-logs"
   rm -rf "$logs" && mkdir -p "$logs"
@@ -127,8 +135,71 @@ run_asan() {
   return $failed
 }
 
+# A long connection churn through the sanitized agent: LeakSanitizer checks it at its SIGTERM
+# exit. Loopback in a namespace of its own; every process by PID, the namespace removed.
+run_churn() {
+  local total=${RSTWATCH_CHURN_CONNECTIONS:-1000000} rate=${RSTWATCH_CHURN_RATE:-8000}
+  local connload="$repo/build/bench/connload"
+  [[ -x "$connload" ]] || { echo "build bench/connload first (cmake --build build --target connload)" >&2; exit 1; }
+  build_asan
+  local logs="$build/sanitizer-logs" ns="rwlsan$$" port
+  rm -rf "$logs" && mkdir -p "$logs"
+  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  ip netns add "$ns"
+  ip -n "$ns" link set lo up
+  local agent_pid="" load_pid=""
+  # shellcheck disable=SC2317
+  cleanup_churn() {
+    [[ -n "$load_pid" ]] && kill "$load_pid" 2>/dev/null
+    [[ -n "$agent_pid" ]] && kill "$agent_pid" 2>/dev/null && wait "$agent_pid" 2>/dev/null
+    ip netns del "$ns" 2>/dev/null || true
+  }
+  trap cleanup_churn RETURN EXIT
+  ASAN_OPTIONS="detect_leaks=1:log_path=$logs/asan" UBSAN_OPTIONS="print_stacktrace=1:log_path=$logs/ubsan" \
+    "$build/rstwatch" agent --listen "127.0.0.1:$port" --kube off >"$logs/agent.log" 2>&1 &
+  agent_pid=$!
+  local i
+  for i in $(seq 1 100); do
+    curl -fs "http://127.0.0.1:$port/readyz" >/dev/null && break
+    sleep 0.2
+  done
+  local t0=$SECONDS
+  ip netns exec "$ns" "$connload" churn --port 999 --rate "$rate" --count "$total" \
+    --seconds $(( total / rate * 2 + 60 )) --rst-every 10 >"$logs/connload.log" 2>&1 &
+  load_pid=$!
+  local load_rc=0
+  wait "$load_pid" || load_rc=$?
+  load_pid=""
+  sleep 2
+  local metrics rss
+  metrics=$(curl -fs "http://127.0.0.1:$port/metrics" || true)
+  rss=$(awk '/^VmRSS/ {print $2 / 1024 " MiB"}' "/proc/$agent_pid/status")
+  echo "churned: $(tail -1 "$logs/connload.log")"
+  echo "in $(( SECONDS - t0 )) s; agent (ASan) RSS $rss"
+  printf '%s\n' "$metrics" | grep -E '^rstwatch_records_lost_total|^rstwatch_tracked_connections'
+  printf '%s\n' "$metrics" | awk '/^rstwatch_records_total/ {n += $NF} END {print "records read: " n}'
+  kill -TERM "$agent_pid"
+  local rc=0
+  wait "$agent_pid" || rc=$?
+  agent_pid=""
+  echo "agent exit status $rc"
+  local failed=0 f
+  [[ $rc -eq 0 && $load_rc -eq 0 ]] || failed=1
+  [[ $load_rc -eq 0 ]] || echo "connload failed ($load_rc): $(tail -3 "$logs/connload.log")" >&2
+  sanitizer_reports "$logs/agent.log" || failed=1
+  for f in "$logs"/asan.* "$logs"/ubsan.*; do
+    [[ -e "$f" ]] || continue
+    echo "---- sanitizer report $f" >&2
+    head -60 "$f" >&2
+    failed=1
+  done
+  [[ $failed -eq 0 ]] && echo "no sanitizer reports (LeakSanitizer ran at exit)"
+  return $failed
+}
+
 case "$mode" in
   fuzz) run_fuzz ;;
   asan) run_asan ;;
-  *) echo "usage: $0 fuzz|asan BUILD_DIR" >&2; exit 2 ;;
+  churn) run_churn ;;
+  *) echo "usage: $0 fuzz|asan|churn BUILD_DIR" >&2; exit 2 ;;
 esac
