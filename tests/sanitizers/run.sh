@@ -9,7 +9,9 @@
 #   tests/sanitizers/run.sh churn BUILD_DIR  the ASan build of rstwatch agent through a churn of
 #                                            RSTWATCH_CHURN_CONNECTIONS (default 1M) loopback
 #                                            connections at RSTWATCH_CHURN_RATE/s (bench/connload,
-#                                            own namespace), then SIGTERM: LeakSanitizer at exit.
+#                                            own namespace; each ends in an RST, so each becomes
+#                                            records the correlator remembers and later evicts),
+#                                            then SIGTERM: LeakSanitizer at exit.
 #   tests/sanitizers/run.sh asan BUILD_DIR   build rstwatch and unit_tests with
 #                                            -fsanitize=address,undefined in BUILD_DIR (e.g.
 #                                            build/asan), run the unit tests, then the kernel tests
@@ -142,19 +144,23 @@ run_churn() {
   local connload="$repo/build/bench/connload"
   [[ -x "$connload" ]] || { echo "build bench/connload first (cmake --build build --target connload)" >&2; exit 1; }
   build_asan
-  local logs="$build/sanitizer-logs" ns="rwlsan$$" port
+  local logs="$build/sanitizer-logs" port
+  # Globals: the cleanup trap may run after this function's locals are gone.
+  churn_ns="rwlsan$$" agent_pid="" load_pid=""
+  local ns=$churn_ns
   rm -rf "$logs" && mkdir -p "$logs"
   port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
   ip netns add "$ns"
   ip -n "$ns" link set lo up
-  local agent_pid="" load_pid=""
   # shellcheck disable=SC2317
   cleanup_churn() {
-    [[ -n "$load_pid" ]] && kill "$load_pid" 2>/dev/null
-    [[ -n "$agent_pid" ]] && kill "$agent_pid" 2>/dev/null && wait "$agent_pid" 2>/dev/null
-    ip netns del "$ns" 2>/dev/null || true
+    if [[ -n "${load_pid:-}" ]]; then kill "$load_pid" 2>/dev/null || true; fi
+    if [[ -n "${agent_pid:-}" ]]; then kill "$agent_pid" 2>/dev/null && wait "$agent_pid" 2>/dev/null || true; fi
+    load_pid="" agent_pid=""
+    if [[ -n "${churn_ns:-}" ]]; then ip netns del "$churn_ns" 2>/dev/null || true; fi
+    churn_ns=""
   }
-  trap cleanup_churn RETURN EXIT
+  trap cleanup_churn EXIT
   ASAN_OPTIONS="detect_leaks=1:log_path=$logs/asan" UBSAN_OPTIONS="print_stacktrace=1:log_path=$logs/ubsan" \
     "$build/rstwatch" agent --listen "127.0.0.1:$port" --kube off >"$logs/agent.log" 2>&1 &
   agent_pid=$!
@@ -165,7 +171,7 @@ run_churn() {
   done
   local t0=$SECONDS
   ip netns exec "$ns" "$connload" churn --port 999 --rate "$rate" --count "$total" \
-    --seconds $(( total / rate * 2 + 60 )) --rst-every 10 >"$logs/connload.log" 2>&1 &
+    --seconds $(( total / rate * 2 + 60 )) --rst-every 1 >"$logs/connload.log" 2>&1 &
   load_pid=$!
   local load_rc=0
   wait "$load_pid" || load_rc=$?
@@ -193,6 +199,7 @@ run_churn() {
     head -60 "$f" >&2
     failed=1
   done
+  cleanup_churn
   [[ $failed -eq 0 ]] && echo "no sanitizer reports (LeakSanitizer ran at exit)"
   return $failed
 }
