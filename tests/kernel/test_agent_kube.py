@@ -28,7 +28,7 @@ IDLE_S = 0.8  # idle before the racing write (threshold 0.5 s): keeps the tests 
 RELIST_TIMEOUT = 90.0  # the agent's backoff after a long outage may be long
 # How long the API outage of test_api_outage_capture_continues_labels_catch_up lasts at least
 # (500s, then 401s): past the agent's 30 s backoff cap.
-OUTAGE_S = float(os.environ.get("RSTWATCH_KUBE_OUTAGE_S", "75"))
+OUTAGE_S = float(os.environ.get("RSTWATCH_KUBE_OUTAGE_S", "125"))
 # With Kubernetes the agent holds an event up to 2 s while an end is unknown, and delivers in
 # arrival order: any RST on the host with an end outside the cluster (loopback API calls,
 # other traffic) delays the events behind it by up to 2 s.  Scrape after that.

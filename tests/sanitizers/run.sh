@@ -141,7 +141,7 @@ run_asan() {
 # exit. Loopback in a namespace of its own; every process by PID, the namespace removed.
 run_churn() {
   local total=${RSTWATCH_CHURN_CONNECTIONS:-1000000} rate=${RSTWATCH_CHURN_RATE:-8000}
-  local connload="$repo/build/bench/connload"
+  local connload=${RSTWATCH_CONNLOAD:-$repo/build/bench/connload}
   [[ -x "$connload" ]] || { echo "build bench/connload first (cmake --build build --target connload)" >&2; exit 1; }
   build_asan
   local logs="$build/sanitizer-logs" port
