@@ -292,7 +292,6 @@ struct Follower {
     std::deque<Line> queue;
     uint64_t dropped_pending = 0;  // dropped since the last line queued
     bool closed = false;
-    bool writing = false;  // the worker is in (or about to enter) a network write
 };
 
 }  // namespace
@@ -356,19 +355,16 @@ struct HttpServer::Hub {
     }
 
     // After close_all(): waits until every follower has written the end of its stream and gone
-    // (civetweb refuses writes once it is stopping), except followers inside a data write: they
-    // may be stuck, and mg_stop() aborts them.
+    // (civetweb refuses writes once it is stopping), at most `limit`: a follower inside a data
+    // write usually finishes it at once, but a stuck client keeps it there, and mg_stop() then
+    // aborts it. (Not waiting for writers at all lost the end of a stream whose last write was
+    // just finishing when stop() came.)
     void wait_for_idle_followers(std::chrono::milliseconds limit) {
         const auto deadline = std::chrono::steady_clock::now() + limit;
         for (;;) {
             {
                 std::lock_guard lock(mutex);
-                bool waiting = false;
-                for (const auto& f : followers) {
-                    std::lock_guard follower_lock(f->mutex);
-                    waiting = waiting || !f->writing;
-                }
-                if (!waiting) return;
+                if (followers.empty()) return;
             }
             if (std::chrono::steady_clock::now() >= deadline) return;
             std::this_thread::sleep_for(std::chrono::milliseconds(2));
@@ -400,7 +396,6 @@ struct HttpServer::Hub {
                     closed = true;
                     break;
                 }
-                f->writing = true;
                 batch.swap(f->queue);
                 if (f->dropped_pending > 0) {
                     // The drops happened after everything queued: the gap is here.
@@ -422,8 +417,6 @@ struct HttpServer::Hub {
                 }
             }
             if (ok && !out.empty()) ok = write_all(conn, out);
-            std::lock_guard lock(f->mutex);
-            f->writing = false;
         }
         if (closed) mg_write(conn, "0\r\n\r\n", 5);  // end of the chunked body
         remove(f);                                   // after the last write: stop() waits for this

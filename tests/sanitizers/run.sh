@@ -44,6 +44,18 @@ sanitizer_reports() {
   return $found
 }
 
+# Prints the report files the sanitizers wrote to DIR (log_path=DIR/asan, DIR/ubsan); returns 1 if any.
+report_files() {
+  local found=0 f
+  for f in "$1"/asan.* "$1"/ubsan.*; do
+    [[ -e "$f" ]] || continue
+    echo "---- sanitizer report $f" >&2
+    head -60 "$f" >&2
+    found=1
+  done
+  return $found
+}
+
 run_fuzz() {
   local seconds=${RSTWATCH_FUZZ_SECONDS:-20}
   local targets=${RSTWATCH_FUZZ_TARGETS:-"fuzz_records fuzz_pod_map fuzz_watch_event fuzz_stream_line fuzz_diagnosis"}
@@ -126,13 +138,7 @@ run_asan() {
     sanitizer_reports "$logs/kernel_$t.log" || failed=1
     tail -3 "$logs/kernel_$t.log"
   done
-  local f
-  for f in "$logs"/asan.* "$logs"/ubsan.*; do
-    [[ -e "$f" ]] || continue
-    echo "---- sanitizer report $f" >&2
-    head -60 "$f" >&2
-    failed=1
-  done
+  report_files "$logs" || failed=1
   [[ $failed -eq 0 ]] && echo "no sanitizer reports"
   return $failed
 }
@@ -189,16 +195,11 @@ run_churn() {
   wait "$agent_pid" || rc=$?
   agent_pid=""
   echo "agent exit status $rc"
-  local failed=0 f
+  local failed=0
   [[ $rc -eq 0 && $load_rc -eq 0 ]] || failed=1
   [[ $load_rc -eq 0 ]] || echo "connload failed ($load_rc): $(tail -3 "$logs/connload.log")" >&2
   sanitizer_reports "$logs/agent.log" || failed=1
-  for f in "$logs"/asan.* "$logs"/ubsan.*; do
-    [[ -e "$f" ]] || continue
-    echo "---- sanitizer report $f" >&2
-    head -60 "$f" >&2
-    failed=1
-  done
+  report_files "$logs" || failed=1
   cleanup_churn
   [[ $failed -eq 0 ]] && echo "no sanitizer reports (LeakSanitizer ran at exit)"
   return $failed
