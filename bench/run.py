@@ -129,18 +129,9 @@ def proc_status_kib(pid, key):
 
 
 def bpf_ids_held_by(pid):
-    """(prog ids, map ids, link ids) of the BPF objects process pid holds fds of."""
-    progs, maps, links = set(), set(), set()
-    for path in glob.glob("/proc/%d/fdinfo/*" % pid):
-        try:
-            with open(path) as f:
-                text = f.read()
-        except OSError:
-            continue
-        for key, dst in (("prog_id", progs), ("map_id", maps), ("link_id", links)):
-            m = re.search(r"^%s:\s*(\d+)" % key, text, re.M)
-            if m:
-                dst.add(int(m.group(1)))
+    """(prog ids, map ids, link ids) of the BPF objects process pid holds fds of, with the
+    programs behind its links."""
+    progs, maps, links = agentlib.bpf_fd_ids(pid)
     if links:
         out = subprocess.run([BPFTOOL, "-j", "link", "show"], stdout=subprocess.PIPE,
                              text=True, timeout=30).stdout or "[]"
@@ -874,8 +865,9 @@ def measure_memory(args, machine, results):
 
 # ---------------------------------------------------------------- latency
 
-class TimedFollower(agentlib.Follower):
-    """`trace --from` whose stdout lines are timestamped (CLOCK_MONOTONIC) as read."""
+class TimedLines:
+    """Mixin for a process reading JSON lines from stdout: each one timestamped
+    (CLOCK_MONOTONIC) as read."""
 
     def _read_json_stdout(self):
         self.timed = []
@@ -888,16 +880,12 @@ class TimedFollower(agentlib.Follower):
                     self.bad_lines.append(s)
 
 
-class TimedTracer(netns.Tracer):
-    def _read_json_stdout(self):
-        self.timed = []
-        for line in self.proc.stdout:
-            s = line.strip()
-            if s:
-                try:
-                    self.timed.append((time.monotonic(), json.loads(s)))
-                except ValueError:
-                    self.bad_lines.append(s)
+class TimedFollower(TimedLines, agentlib.Follower):
+    """`trace --from` whose stdout lines are timestamped as read."""
+
+
+class TimedTracer(TimedLines, netns.Tracer):
+    """`rstwatch trace -o json` whose stdout lines are timestamped as read."""
 
 
 def _find(timed, port, after):

@@ -14,10 +14,8 @@ Run as root from the repo root:  /usr/bin/python3 -m unittest -v tests/kernel/te
 """
 
 import datetime
-import glob
 import json
 import os
-import re
 import signal
 import socket
 import struct
@@ -29,7 +27,7 @@ import unittest
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
 
 import scenarios  # noqa: E402
-from agent import BPFTOOL, IncidentStream, identity_of, rw_links  # noqa: E402
+from agent import BPFTOOL, IncidentStream, bpf_fd_ids, identity_of, rw_links  # noqa: E402
 from agent_case import AgentTestCase, expected_from, ours_by_workloads  # noqa: E402
 from scenarios import connect_to  # noqa: E402
 
@@ -42,20 +40,6 @@ def entry(pod, ident):
     e = dict(ident)
     e["ip"] = pod.ip4
     return e
-
-
-def prog_ids_held_by(pid):
-    """BPF program ids the process holds fds of (from /proc/PID/fdinfo)."""
-    ids = set()
-    for path in glob.glob("/proc/%d/fdinfo/*" % pid):
-        try:
-            with open(path) as f:
-                m = re.search(r"^prog_id:\s*(\d+)", f.read(), re.M)
-        except OSError:
-            continue
-        if m:
-            ids.add(int(m.group(1)))
-    return ids
 
 
 def prog_ids_now():
@@ -112,7 +96,7 @@ class TestFaults(AgentTestCase):
         c, pm, (cid, sid) = self.pair_setup()
         ours = ours_by_workloads({CLIENT["workload"], SERVER["workload"]})
         first = self.start_agent(["--pod-map", pm.path, "--kube", "off"], name="agent-killed")
-        progs = prog_ids_held_by(first.proc.pid)
+        progs = bpf_fd_ids(first.proc.pid)[0]
         links = set(first.links)
         self.assertTrue(progs and links, "the agent holds no BPF programs or links?")
         self.assertTrue(links <= set(rw_links()), "the agent's links are not rw_* links")

@@ -25,7 +25,7 @@ import urllib.parse
 
 import netns
 import prom
-from netns import _install_handlers, _register_proc, _unregister_proc, kill_proc, rstwatch_bin
+from netns import rstwatch_bin
 
 BPFTOOL = "/usr/sbin/bpftool" if os.path.exists("/usr/sbin/bpftool") else "bpftool"
 READY_TIMEOUT = 30.0
@@ -129,19 +129,26 @@ def rw_links():
             if names.get(l.get("prog_id"), "").startswith("rw_")}
 
 
-def links_held_by(pid):
-    """BPF link ids held open by process pid (from /proc/PID/fdinfo)."""
-    out = set()
+def bpf_fd_ids(pid):
+    """(prog ids, map ids, link ids) of the BPF objects process pid holds fds of (its
+    /proc/PID/fdinfo)."""
+    ids = {"prog_id": set(), "map_id": set(), "link_id": set()}
     for path in glob.glob("/proc/%d/fdinfo/*" % pid):
         try:
             with open(path) as f:
                 text = f.read()
         except OSError:
             continue
-        m = re.search(r"^link_id:\s*(\d+)", text, re.M)
-        if m:
-            out.add(int(m.group(1)))
-    return out
+        for key, found in ids.items():
+            m = re.search(r"^%s:\s*(\d+)" % key, text, re.M)
+            if m:
+                found.add(int(m.group(1)))
+    return ids["prog_id"], ids["map_id"], ids["link_id"]
+
+
+def links_held_by(pid):
+    """BPF link ids held open by process pid."""
+    return bpf_fd_ids(pid)[2]
 
 
 def links_held_by_anyone():
@@ -292,23 +299,11 @@ class Agent(netns.ManagedProcess):
 
 def run_agent_expecting_failure(args, timeout=30.0):
     """Runs `rstwatch agent ARGS` to completion; returns (rc, stderr, stdout, leaked links)."""
-    _install_handlers()
     before = rw_links()
     env = dict(os.environ)
     env.pop("KUBERNETES_SERVICE_HOST", None)
-    proc = subprocess.Popen([rstwatch_bin(), "agent"] + list(args), stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    _register_proc(proc)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        kill_proc(proc, sig=signal.SIGKILL)
-        out, err = proc.communicate()
-        raise AssertionError("`rstwatch agent %s` still running after %.0fs; stderr:\n%s" % (
-            " ".join(args), timeout, err))
-    finally:
-        _unregister_proc(proc)
-    return proc.returncode, err, out, leaked_rw_links(before)
+    rc, out, err = netns.run_rstwatch("agent", args, timeout, env=env)
+    return rc, err, out, leaked_rw_links(before)
 
 
 # ---------------------------------------------------------------- followers

@@ -137,6 +137,25 @@ def _run(cmd, check=True, timeout=30, **kw):
     return res
 
 
+def run_rstwatch(subcommand, args, timeout, env=None):
+    """Runs `rstwatch SUBCOMMAND ARGS` to completion (registered for cleanup, SIGKILLed and an
+    AssertionError after timeout): (rc, stdout, stderr)."""
+    _install_handlers()
+    proc = subprocess.Popen([rstwatch_bin(), subcommand] + list(args), stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    _register_proc(proc)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        kill_proc(proc, sig=signal.SIGKILL)
+        out, err = proc.communicate()
+        raise AssertionError("`rstwatch %s %s` still running after %.0fs; stderr:\n%s" % (
+            subcommand, " ".join(args), timeout, err))
+    finally:
+        _unregister_proc(proc)
+    return proc.returncode, out, err
+
+
 # ---------------------------------------------------------------- cluster
 
 _cluster_seq = itertools.count(0)

@@ -23,7 +23,7 @@ import subprocess
 import threading
 import time
 
-from netns import _install_handlers, _register_proc, _unregister_proc, kill_proc, rstwatch_bin
+from netns import _install_handlers, _register_proc, _unregister_proc, kill_proc, rstwatch_bin, run_rstwatch
 from nginx import Nginx
 
 UPSTREAM_PORT = 8080
@@ -218,20 +218,7 @@ def mismatch_log_regex(client_id, server_id, port):
 
 def diagnose_cli(args, timeout=60.0):
     """Runs `rstwatch diagnose ARGS` to completion: (rc, stdout, stderr)."""
-    _install_handlers()
-    proc = subprocess.Popen([rstwatch_bin(), "diagnose"] + list(args), stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _register_proc(proc)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        kill_proc(proc, sig=signal.SIGKILL)
-        out, err = proc.communicate()
-        raise AssertionError("`rstwatch diagnose %s` still running after %.0fs; stderr:\n%s" % (
-            " ".join(args), timeout, err))
-    finally:
-        _unregister_proc(proc)
-    return proc.returncode, out, err
+    return run_rstwatch("diagnose", args, timeout)
 
 
 class BackgroundDiagnose:
