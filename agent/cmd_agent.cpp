@@ -129,6 +129,12 @@ private:
     std::unique_ptr<BpfSession> bpf_;
     std::atomic<bool> bpf_attached_{false};
     CorrelatorOutput produced_;
+    // This agent's own HTTP port (the same on every node of a DaemonSet): connections to it are
+    // the agent's scrapes, streams and probes, not what it watches. A TLS client's close_notify
+    // after the agent's FIN (civetweb closes without lingering) would otherwise be an incident
+    // on every scrape, and a follower stopped with Ctrl-C one more.
+    uint16_t own_port_ = 0;
+    uint64_t own_port_incidents_ = 0;
     std::deque<Pending> pending_;
     // Idle-timeout inference per pair, at pod and at workload level (/diagnose serves either;
     // the metrics use the --pair-labels level). Guarded: /diagnose runs on HTTP threads.
@@ -261,9 +267,17 @@ void Agent::on_record(const void* data, size_t size) {
         else
             pending_.push_back(std::move(pending));
     };
-    for (Incident& incident : produced_.incidents) queue(std::move(incident));
-    for (Observation& observation : produced_.observations) queue(std::move(observation));
-    for (ResetEvent& reset : produced_.resets) queue(std::move(reset));
+    auto watched = [&](const auto& event) { return event.server.port != own_port_; };
+    for (Incident& incident : produced_.incidents) {
+        if (watched(incident))
+            queue(std::move(incident));
+        else
+            ++own_port_incidents_;
+    }
+    for (Observation& observation : produced_.observations)
+        if (watched(observation)) queue(std::move(observation));
+    for (ResetEvent& reset : produced_.resets)
+        if (watched(reset)) queue(std::move(reset));
 }
 
 void Agent::update_inference() {
@@ -388,6 +402,7 @@ int Agent::run() {
         spdlog::error("{}", error);
         return kExitUsage;
     }
+    own_port_ = http_->port();
 
     if (kube_config) {
         cluster_ = std::make_shared<ClusterState>();
@@ -424,10 +439,12 @@ int Agent::run() {
                  pod_map_ ? "pod map " + *options_.pod_map_path : std::string("no pod map"),
                  kube_config ? ", Kubernetes API " + kube_config->api_url : std::string(", no Kubernetes"),
                  options_.pair_labels == PairLabelMode::workload ? ", workload pair labels" : "");
-    spdlog::info("serving http{}://{}/metrics, /healthz, /readyz and the incident stream /incidents (port {}){}",
+    spdlog::info("serving http{}://{}/metrics, /healthz, /readyz and the incident stream /incidents (port {}){}; "
+                 "connections to port {} are not counted",
                  options_.tls_cert_file.empty() ? "" : "s", options_.listen, http_->port(),
                  auth_configured ? ", credentials required except on /healthz and /readyz"
-                                 : ", no authentication");
+                                 : ", no authentication",
+                 http_->port());
 
     int rc = kExitOk;
     uint64_t lost_seen = 0;
@@ -481,7 +498,8 @@ int Agent::run() {
     bpf_attached_ = false;
     if (kube_) kube_->stop();
     http_->stop();
-    spdlog::info("stopped: {} incidents, {} records, {} records lost", correlator_->stats().incidents,
+    spdlog::info("stopped: {} incidents ({} more on this agent's own port, not counted), {} records, {} records lost",
+                 correlator_->stats().incidents - own_port_incidents_, own_port_incidents_,
                  correlator_->stats().records, lost_seen);
     return rc;
 }

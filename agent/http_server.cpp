@@ -1,6 +1,8 @@
 // HTTP endpoints of the agent on civetweb; see http_server.h for the follower design.
 #include "http_server.h"
 
+#include "openssl_compat.h"
+
 #include <CivetServer.h>
 #include <arpa/inet.h>
 #include <civetweb.h>
@@ -548,6 +550,26 @@ std::string listen_address_error(const std::string& listen) {
     return civet_listen_spec(listen, &error) ? std::string() : error;
 }
 
+namespace {
+
+// civetweb names the memory file it was given ("ssl_use_pem_file: cannot open private key file
+// /proc/self/fd/N: error:...key values mismatch"): name the user's files instead.
+std::string name_pem_files(std::string reason, const std::string& pem_path, const std::string& cert_file,
+                           const std::string& key_file) {
+    const std::pair<std::string, std::string> rewrites[] = {
+        {"ssl_use_pem_file: cannot open private key file " + pem_path, "--tls-key " + key_file},
+        {"ssl_use_pem_file: cannot open certificate file " + pem_path, "--tls-cert " + cert_file},
+        {pem_path, "--tls-cert " + cert_file + " / --tls-key " + key_file},
+    };
+    for (const auto& [from, to] : rewrites) {
+        for (size_t at = reason.find(from); at != std::string::npos; at = reason.find(from, at + to.size()))
+            reason.replace(at, from.size(), to);
+    }
+    return reason;
+}
+
+}  // namespace
+
 bool tls_support(std::string* why) {
     std::string ignored;
     if (why == nullptr) why = &ignored;
@@ -555,19 +577,20 @@ bool tls_support(std::string* why) {
         *why = "this build's civetweb has no TLS support";
         return false;
     }
+    // Before anything opens "libssl.so": afterwards that name would stay bound to the system's.
+    std::string compat_error;
+    const bool compat = load_openssl_compat(&compat_error);
     for (const char* lib : {"libssl.so", "libcrypto.so"}) {
         void* handle = dlopen(lib, RTLD_LAZY | RTLD_LOCAL);
         if (handle == nullptr) {
-            *why = std::string("civetweb loads OpenSSL as ") + lib +
-                   " at run time and it is not installed (install libssl-dev, or link " + lib +
-                   " to the libssl3 package's " + lib + ".3)";
+            *why = std::string("civetweb loads OpenSSL as ") + lib + " at run time and cannot open it (" +
+                   (compat ? std::string("unknown reason") : compat_error) + ")";
             return false;
         }
-        // civetweb 1.15 as Debian 12 builds it uses the OpenSSL 1.1 API: it resolves
-        // SSL_get_peer_certificate, which OpenSSL 3 (Debian 12's only libssl) no longer exports.
+        // civetweb 1.15 uses the OpenSSL 1.1 API: SSL_get_peer_certificate must resolve.
         if (std::string(lib) == "libssl.so" && dlsym(handle, "SSL_get_peer_certificate") == nullptr) {
-            *why = "this civetweb uses the OpenSSL 1.1 API (SSL_get_peer_certificate) and the installed "
-                   "libssl.so is OpenSSL 3, which lacks it (Debian 12); terminate TLS in front of the agent";
+            *why = "this civetweb uses the OpenSSL 1.1 API (SSL_get_peer_certificate), the installed libssl.so "
+                   "lacks it and the OpenSSL 3 shim did not load (" + compat_error + ")";
             dlclose(handle);
             return false;
         }
@@ -671,8 +694,9 @@ bool HttpServer::start(std::string* error) {
     t_start_log = nullptr;
     if (!server_ || server_->getContext() == nullptr) {
         server_.reset();
-        *error = (tls ? "cannot serve TLS on " : "cannot listen on ") + options_.listen + ": " +
-                 one_line(bind_error_reason(start_log));
+        std::string reason = one_line(bind_error_reason(start_log));
+        if (tls) reason = name_pem_files(reason, pem_path, options_.tls_cert_file, options_.tls_key_file);
+        *error = (tls ? "cannot serve TLS on " : "cannot listen on ") + options_.listen + ": " + reason;
         return false;
     }
     const auto ports = server_->getListeningPorts();

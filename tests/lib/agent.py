@@ -178,8 +178,12 @@ class Agent(netns.ManagedProcess):
     """`rstwatch agent --listen 127.0.0.1:PORT ARGS`, stderr collected line by line."""
 
     def __init__(self, args=(), binary=None, name="agent", idle_threshold=0.5, port=None,
-                 wait_ready=True, env=None):
+                 wait_ready=True, env=None, cafile=None, token=None):
+        """cafile: the agent serves https (--tls-cert ...) and clients verify against it;
+        token: the bearer token its own get()/scrape() send."""
         super().__init__(name)
+        self.cafile = cafile
+        self.token = token
         self.binary = binary or rstwatch_bin()
         self.args = list(args)
         if idle_threshold is not None and "--idle-threshold" not in self.args:
@@ -193,7 +197,7 @@ class Agent(netns.ManagedProcess):
 
     @property
     def url(self):
-        return "http://127.0.0.1:%d" % self.port
+        return "%s://127.0.0.1:%d" % ("https" if self.cafile else "http", self.port)
 
     def start(self):
         for attempt in range(3):
@@ -230,7 +234,7 @@ class Agent(netns.ManagedProcess):
         return self
 
     def _on_stderr_line(self, line):
-        if "serving http://" in line or "serving http:\\/\\/" in line:
+        if re.search(r"serving https?:(//|\\/\\/)", line):
             self._serving.set()
 
     def _read_stdout(self):
@@ -250,12 +254,15 @@ class Agent(netns.ManagedProcess):
         return self.proc is not None and self.proc.poll() is None
 
     # -- HTTP
+    def _headers(self):
+        return {"Authorization": "Bearer " + self.token} if self.token else None
+
     def get(self, path, timeout=5.0):
-        return prom.http_get(self.url + path, timeout=timeout)
+        return prom.http_get(self.url + path, timeout=timeout, headers=self._headers(), cafile=self.cafile)
 
     def scrape(self, timeout=5.0):
         self._note_links()
-        return prom.scrape(self.url + "/metrics", timeout=timeout)
+        return prom.scrape(self.url + "/metrics", timeout=timeout, headers=self._headers(), cafile=self.cafile)
 
     def wait_readyz(self, timeout=READY_TIMEOUT):
         deadline = time.monotonic() + timeout

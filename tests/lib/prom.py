@@ -16,6 +16,7 @@ naming the line.
 import http.client
 import math
 import re
+import ssl
 import urllib.parse
 
 CONTENT_TYPE_004 = "text/plain; version=0.0.4"
@@ -299,11 +300,15 @@ def parse(text):
 
 # ---------------------------------------------------------------- HTTP
 
-def http_get(url, timeout=5.0, headers=None):
+def http_get(url, timeout=5.0, headers=None, cafile=None):
     """GET url -> (status, headers (lowercase keys), body text). Raises OSError on
-    connection errors."""
+    connection errors (ssl.SSLError included). https:// verifies against cafile."""
     u = urllib.parse.urlsplit(url)
-    conn = http.client.HTTPConnection(u.hostname, u.port or 80, timeout=timeout)
+    if u.scheme == "https":
+        context = ssl.create_default_context(cafile=cafile)
+        conn = http.client.HTTPSConnection(u.hostname, u.port or 443, timeout=timeout, context=context)
+    else:
+        conn = http.client.HTTPConnection(u.hostname, u.port or 80, timeout=timeout)
     try:
         path = u.path or "/"
         if u.query:
@@ -316,9 +321,9 @@ def http_get(url, timeout=5.0, headers=None):
         conn.close()
 
 
-def scrape(url, timeout=5.0):
+def scrape(url, timeout=5.0, headers=None, cafile=None):
     """GET a /metrics URL, check status 200 and the 0.0.4 content type, parse it."""
-    status, headers, body = http_get(url, timeout=timeout)
+    status, headers, body = http_get(url, timeout=timeout, headers=headers, cafile=cafile)
     if status != 200:
         raise AssertionError("GET %s: HTTP %d: %s" % (url, status, body[:500]))
     ctype = headers.get("content-type", "")
