@@ -56,7 +56,7 @@ int run_diagnose(const DiagnoseOptions& options) {
     if (options.from_url) {
         std::string error;
         ClientAuth auth;
-        if (!load_client_auth(token_file_or_env(options.token_file), options.ca_file.value_or(""), &auth, &error)) {
+        if (!load_client_auth(token_file_or_env(options.token_file), ca_file_or_env(options.ca_file), &auth, &error)) {
             spdlog::error("{}", error);
             return kExitUsage;
         }

@@ -13,7 +13,7 @@ namespace rstwatch {
 int run_status(const StatusOptions& options) {
     std::string error;
     ClientAuth auth;
-    if (!load_client_auth(token_file_or_env(options.token_file), options.ca_file.value_or(""), &auth, &error)) {
+    if (!load_client_auth(token_file_or_env(options.token_file), ca_file_or_env(options.ca_file), &auth, &error)) {
         spdlog::error("{}", error);
         return kExitUsage;
     }

@@ -48,7 +48,7 @@ int64_t monotonic_to_unix_offset_ns() { return clock_ns(CLOCK_REALTIME) - clock_
 // `trace --from URL`: the same output from a running agent's stream, with pod names.
 int run_trace_from(const TraceOptions& options, const IncidentFilter& filter) {
     ClientAuth auth;
-    if (std::string error; !load_client_auth(token_file_or_env(options.token_file), options.ca_file.value_or(""),
+    if (std::string error; !load_client_auth(token_file_or_env(options.token_file), ca_file_or_env(options.ca_file),
                                              &auth, &error)) {
         spdlog::error("{}", error);
         return kExitUsage;

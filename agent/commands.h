@@ -8,6 +8,7 @@
 
 #include <chrono>
 
+#include "default_listen.h"
 #include "incident.h"
 #include "loader.h"
 #include "metrics.h"
@@ -31,9 +32,6 @@ struct TraceOptions {
     std::optional<std::string> ca_file;
 };
 
-// The agent's default listen address: loopback only, so a laptop or VM run does not expose
-// the incident stream; the DaemonSet sets --listen 0.0.0.0:9740 (and protects it).
-inline constexpr const char* kDefaultListen = "127.0.0.1:9740";
 
 struct AgentOptions {
     LoaderOptions loader;
@@ -75,7 +73,7 @@ struct DiagnoseOptions {
 int run_diagnose(const DiagnoseOptions& options);
 
 struct StatusOptions {
-    std::string from_url = std::string("http://") + kDefaultListen;
+    std::string from_url = "node";  // this node's agent (resolve_agent_url)
     // Bearer token file (else $RSTWATCH_TOKEN_FILE) and CA bundle for https.
     std::optional<std::string> token_file;
     std::optional<std::string> ca_file;

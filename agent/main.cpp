@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "commands.h"
+#include "stream_client.h"
 
 #ifndef RSTWATCH_VERSION
 #define RSTWATCH_VERSION "dev"
@@ -108,7 +109,8 @@ int main(int argc, char** argv) {
     trace_cmd->add_option("--write-hook", write_hook, "auto, tp_btf, fentry or kprobe")
         ->check(validate_write_hook);
     auto* from_opt = trace_cmd->add_option("--from", trace.from_url,
-                                           "follow a running agent's stream (http://HOST:PORT) instead of loading BPF");
+                                           "follow a running agent's stream (http[s]://HOST:PORT, or node: this node's agent, "
+                                           "$RSTWATCH_AGENT_URL or http://127.0.0.1:9740) instead of loading BPF");
     trace_cmd->add_option("--namespace", trace.namespace_, "with --from: only incidents with an end in this namespace")
         ->needs(from_opt);
     trace_cmd->add_option("--pod", trace.pod, "with --from: only incidents with this pod at either end")
@@ -116,7 +118,7 @@ int main(int argc, char** argv) {
     trace_cmd->add_option("--token-file", trace.token_file,
                           "with --from: bearer token file for a protected agent (default $RSTWATCH_TOKEN_FILE)")
         ->needs(from_opt);
-    trace_cmd->add_option("--ca-file", trace.ca_file, "with --from https://...: CA bundle that signed the agent's certificate")
+    trace_cmd->add_option("--ca-file", trace.ca_file, "with --from https://...: CA bundle that signed the agent's certificate (default $RSTWATCH_CA_FILE)")
         ->needs(from_opt);
 
     rstwatch::AgentOptions agent;
@@ -167,7 +169,7 @@ int main(int argc, char** argv) {
     std::string diagnose_output = "table";
     CLI::App* diagnose_cmd = app.add_subcommand(
         "diagnose", "inferred idle timeouts per pair, keepalive mismatches and the setting to change");
-    auto* diagnose_from = diagnose_cmd->add_option("--from", diagnose.from_url, "a running agent (http://HOST:PORT)");
+    auto* diagnose_from = diagnose_cmd->add_option("--from", diagnose.from_url, "a running agent (http[s]://HOST:PORT, or node: this node's agent)");
     auto* diagnose_duration = diagnose_cmd->add_option("--duration", diagnose.duration_s,
                                                        "without --from: watch this node for this many seconds")
                                   ->check(CLI::PositiveNumber);
@@ -177,7 +179,7 @@ int main(int argc, char** argv) {
                              "with --from: bearer token file for a protected agent (default $RSTWATCH_TOKEN_FILE)")
         ->needs(diagnose_from);
     diagnose_cmd->add_option("--ca-file", diagnose.ca_file,
-                             "with --from https://...: CA bundle that signed the agent's certificate")
+                             "with --from https://...: CA bundle that signed the agent's certificate (default $RSTWATCH_CA_FILE)")
         ->needs(diagnose_from);
     diagnose_cmd->add_option("--level", diagnose.level, "workload (default) or pod")
         ->check(CLI::IsMember({"workload", "pod"}));
@@ -193,10 +195,11 @@ int main(int argc, char** argv) {
     std::string status_output = "table";
     CLI::App* status_cmd = app.add_subcommand(
         "status", "one agent's readiness, write hook, lost records and incident count (from its /readyz and /metrics)");
-    status_cmd->add_option("--from", status.from_url, "the agent (default http://127.0.0.1:9740, this node's)");
+    status_cmd->add_option("--from", status.from_url,
+                           "the agent (default node: this node's, $RSTWATCH_AGENT_URL or http://127.0.0.1:9740)");
     status_cmd->add_option("--token-file", status.token_file,
                            "bearer token file for a protected agent (default $RSTWATCH_TOKEN_FILE)");
-    status_cmd->add_option("--ca-file", status.ca_file, "with --from https://...: CA bundle that signed the agent's certificate");
+    status_cmd->add_option("--ca-file", status.ca_file, "with --from https://...: CA bundle that signed the agent's certificate (default $RSTWATCH_CA_FILE)");
     status_cmd->add_option("-o,--output", status_output, "table or json")->check(CLI::IsMember({"table", "json"}));
     bool status_no_headers = false;
     status_cmd->add_flag("--no-headers", status_no_headers, "table without its header row (for scripts)");
@@ -216,6 +219,9 @@ int main(int argc, char** argv) {
     }
 
     setup_logging(log_level, log_format);
+    if (trace.from_url) trace.from_url = rstwatch::resolve_agent_url(*trace.from_url);
+    if (diagnose.from_url) diagnose.from_url = rstwatch::resolve_agent_url(*diagnose.from_url);
+    status.from_url = rstwatch::resolve_agent_url(status.from_url);
     if (*agent_cmd) {
         agent.loader.write_mode = rstwatch::parse_write_mode(agent_write_hook);
         agent.kube_enabled = kube_mode != "off";

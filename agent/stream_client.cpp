@@ -1,6 +1,8 @@
 // Incident stream lines and the libcurl follower of GET /incidents.
 #include "stream_client.h"
 
+#include "default_listen.h"
+
 #include <curl/curl.h>
 
 #include <fmt/format.h>
@@ -149,6 +151,18 @@ std::string token_file_or_env(const std::optional<std::string>& flag) {
     if (flag) return *flag;
     const char* env = std::getenv("RSTWATCH_TOKEN_FILE");
     return env != nullptr ? env : "";
+}
+
+std::string ca_file_or_env(const std::optional<std::string>& flag) {
+    if (flag) return *flag;
+    const char* env = std::getenv("RSTWATCH_CA_FILE");
+    return env != nullptr ? env : "";
+}
+
+std::string resolve_agent_url(const std::string& from) {
+    if (from != kNodeAgent) return from;
+    const char* env = std::getenv("RSTWATCH_AGENT_URL");
+    return env != nullptr && *env != '\0' ? env : std::string("http://") + kDefaultListen;
 }
 
 bool load_client_auth(const std::string& token_file, const std::string& ca_file, ClientAuth* auth,

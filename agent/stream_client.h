@@ -50,8 +50,15 @@ struct ClientAuth {
 };
 
 // The token file to use: `flag` when given, else $RSTWATCH_TOKEN_FILE (the DaemonSet sets it,
-// so `kubectl exec ... rstwatch trace --from http://127.0.0.1:9740` authenticates), else "".
+// so `kubectl exec ... rstwatch trace --from node` authenticates), else "".
 std::string token_file_or_env(const std::optional<std::string>& flag);
+// The CA bundle for https agents: `flag` when given, else $RSTWATCH_CA_FILE (set by the
+// DaemonSet's TLS component), else "" (the system's CAs).
+std::string ca_file_or_env(const std::optional<std::string>& flag);
+// `--from node` names this node's agent: $RSTWATCH_AGENT_URL (the DaemonSet sets it, https with
+// the TLS component), else http://127.0.0.1:9740. Any other value is returned as given.
+inline constexpr const char* kNodeAgent = "node";
+std::string resolve_agent_url(const std::string& from);
 // Reads a bearer token file (first non-empty line, blanks trimmed). "" path: empty token.
 // False with a one-line *error when unreadable or empty.
 bool load_client_auth(const std::string& token_file, const std::string& ca_file, ClientAuth* auth,

@@ -96,7 +96,7 @@ check "stderr" "kubectl rstwatch: following agent rstwatch/rstwatch-a1b2c on nod
 check "kubectl calls" "$(cat <<EOF
 kubectl get pod -n shop web-0 -o jsonpath=\{.spec.nodeName\}
 kubectl get pods -n rstwatch -l $sel --field-selector spec.nodeName=node-a -o $node_jsonpath
-kubectl exec -n rstwatch rstwatch-a1b2c -c agent -- rstwatch trace --from http://127.0.0.1:9740 --namespace shop --pod web-0 -o json --port 8080 --cause idle_close_race\,write_after_fin
+kubectl exec -n rstwatch rstwatch-a1b2c -c agent -- rstwatch trace --from node --namespace shop --pod web-0 -o json --port 8080 --cause idle_close_race\,write_after_fin
 EOF
 )" "$(cat "$FAKE_KUBECTL_LOG")"
 
@@ -106,7 +106,7 @@ check "kubectl calls" "$(cat <<EOF
 kubectl --kubeconfig /tmp/kc config view --minify -o jsonpath=\{..namespace\}
 kubectl --kubeconfig /tmp/kc get pod -n shop web-0 -o jsonpath=\{.spec.nodeName\}
 kubectl --kubeconfig /tmp/kc get pods -n rstwatch -l $sel --field-selector spec.nodeName=node-a -o $node_jsonpath
-kubectl --kubeconfig /tmp/kc exec -n rstwatch rstwatch-a1b2c -c agent -- rstwatch trace --from http://127.0.0.1:9740 --namespace shop --pod web-0 --pid 5120 --comm nginx --duration 30
+kubectl --kubeconfig /tmp/kc exec -n rstwatch rstwatch-a1b2c -c agent -- rstwatch trace --from node --namespace shop --pod web-0 --pid 5120 --comm nginx --duration 30
 EOF
 )" "$(cat "$FAKE_KUBECTL_LOG")"
 

@@ -280,8 +280,8 @@ function kustomize(dir) {
 }
 
 // An overlay as a user would write one, outside deploy/ (kustomize refuses an overlay inside
-// the directory it builds on): deploy/ plus the workload-labels component.
-function buildWorkloadOverlay() {
+// the directory it builds on): deploy/ plus one of deploy/components/.
+function buildOverlay(component) {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "rstwatch-overlay-"));
   try {
     const rel = (p) => path.relative(dir, p);
@@ -291,13 +291,52 @@ function buildWorkloadOverlay() {
         apiVersion: "kustomize.config.k8s.io/v1beta1",
         kind: "Kustomization",
         resources: [rel(DEPLOY)],
-        components: [rel(path.join(DEPLOY, "components", "workload-labels"))],
+        components: [rel(path.join(DEPLOY, "components", component))],
       }),
     );
     return kustomize(dir);
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });
   }
+}
+
+// components/tls: https everywhere a client meets the agent, from the Secret rstwatch-tls.
+function checkTls(objects) {
+  const p = [];
+  const ds = find(objects, "DaemonSet", "rstwatch")[0];
+  if (!ds) return ["no DaemonSet rstwatch"];
+  const pod = ds.spec.template.spec;
+  const c = pod.containers[0];
+  const argAfter = (flag) => {
+    const i = c.args.indexOf(flag);
+    return i >= 0 ? c.args[i + 1] : undefined;
+  };
+  if (argAfter("--tls-cert") !== "/etc/rstwatch/tls/tls.crt") p.push(`--tls-cert: ${argAfter("--tls-cert")}`);
+  if (argAfter("--tls-key") !== "/etc/rstwatch/tls/tls.key") p.push(`--tls-key: ${argAfter("--tls-key")}`);
+  if (!argAfter("--auth-token-file")) p.push("the token is no longer required");
+  const env = Object.fromEntries((c.env || []).map((e) => [e.name, e.value]));
+  if (env.RSTWATCH_AGENT_URL !== "https://127.0.0.1:9740") p.push(`RSTWATCH_AGENT_URL: ${env.RSTWATCH_AGENT_URL}`);
+  if (env.RSTWATCH_CA_FILE !== "/etc/rstwatch/tls/ca.crt") p.push(`RSTWATCH_CA_FILE: ${env.RSTWATCH_CA_FILE}`);
+  if (!env.RSTWATCH_TOKEN_FILE) p.push("RSTWATCH_TOKEN_FILE lost");
+  for (const probe of ["livenessProbe", "readinessProbe"]) {
+    if (c[probe]?.httpGet?.scheme !== "HTTPS") p.push(`${probe} is not HTTPS`);
+  }
+  const mount = (c.volumeMounts || []).find((m) => m.mountPath === "/etc/rstwatch/tls");
+  const volume = mount && (pod.volumes || []).find((v) => v.name === mount.name);
+  if (!mount || !mount.readOnly) p.push("no read-only mount at /etc/rstwatch/tls");
+  if (!volume || volume.secret?.secretName !== "rstwatch-tls" || volume.secret?.optional !== false) {
+    p.push(`the tls volume is not the required Secret rstwatch-tls: ${JSON.stringify(volume)}`);
+  }
+  const sm = find(objects, "ServiceMonitor", "rstwatch")[0];
+  const ep = sm && sm.spec.endpoints[0];
+  if (!ep || ep.scheme !== "https") p.push("ServiceMonitor scheme is not https");
+  if (!ep?.tlsConfig?.ca?.secret || ep.tlsConfig.ca.secret.name !== "rstwatch-tls" || ep.tlsConfig.ca.secret.key !== "ca.crt") {
+    p.push(`ServiceMonitor does not verify with rstwatch-tls ca.crt: ${JSON.stringify(ep && ep.tlsConfig)}`);
+  }
+  if (ep?.tlsConfig?.insecureSkipVerify) p.push("ServiceMonitor skips verification");
+  if (ep?.tlsConfig?.serverName !== "rstwatch.rstwatch.svc") p.push(`serverName: ${ep?.tlsConfig?.serverName}`);
+  if (!ep?.authorization) p.push("ServiceMonitor no longer sends the token");
+  return p;
 }
 
 function agentArgs(objects) {
@@ -442,7 +481,20 @@ function main() {
     report("deploy: the agent's objects, one PrometheusRule, the dashboard ConfigMap", checkFull(objects));
   }
 
-  const overlayText = build("kustomize overlay with components/workload-labels", buildWorkloadOverlay);
+  const tlsText = build("kustomize overlay with components/tls", () => buildOverlay("tls"));
+  if (tlsText !== null) {
+    const [objects, schemaProblems] = parseAndValidate(tlsText, "tls overlay");
+    report(`tls overlay: ${objects.length} objects validate; https with the Secret rstwatch-tls, token kept`, [
+      ...schemaProblems,
+      ...checkFull(objects),
+      ...checkTls(objects),
+    ]);
+    // Self-test: the same checks reject the plain deploy/.
+    const plain = fullText === null ? [] : parseAndValidate(fullText, "deploy")[0];
+    if (plain.length && !checkTls(plain).length) report("self-test: checkTls accepts plain http", ["checkTls found nothing"]);
+  }
+
+  const overlayText = build("kustomize overlay with components/workload-labels", () => buildOverlay("workload-labels"));
   if (overlayText !== null) {
     const [objects, schemaProblems] = parseAndValidate(overlayText, "workload-labels overlay");
     const args = agentArgs(objects);

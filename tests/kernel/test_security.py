@@ -252,13 +252,16 @@ class TestSecurity(AgentTestCase):
         self.assertIncidentCounts(ag.scrape(), expected_from([exp], (cid, sid), 8093),
                                   ours_by_workloads({CLIENT["workload"], SERVER["workload"]}))
 
-        # rstwatch status over https: the token from $RSTWATCH_TOKEN_FILE, the CA from --ca-file.
-        r = subprocess.run([rstwatch_bin(), "status", "--from", ag.url, "--ca-file", cert, "-o", "json"],
+        # rstwatch status over https as the kubectl plugin runs it in the agent's pod (components/tls):
+        # no flags, URL, CA and token from the pod's environment.
+        r = subprocess.run([rstwatch_bin(), "status", "-o", "json"],
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=30,
-                           env=dict(os.environ, RSTWATCH_TOKEN_FILE=token_file))
+                           env=dict(os.environ, RSTWATCH_TOKEN_FILE=token_file, RSTWATCH_AGENT_URL=ag.url,
+                                    RSTWATCH_CA_FILE=cert))
         self.assertEqual(r.returncode, 0, r.stderr)
         status = json.loads(r.stdout)
         rows = status if isinstance(status, list) else [status]
+        self.assertEqual(rows[0]["agent"], ag.url, r.stdout)
         self.assertGreaterEqual(rows[0]["incidents"], 2, r.stdout)  # host-wide: the race's two at least
         self.assertTrue(rows[0]["ready"], r.stdout)
         # Without the CA: one line naming the certificate problem, exit 1.

@@ -889,3 +889,21 @@ TEST(HttpAuth, TlsWithBearerToken) {
     server.stop();
     std::system(("rm -rf " + d).c_str());
 }
+
+// How in-pod clients (kubectl rstwatch trace/status) find this node's agent and its CA.
+TEST(ClientDefaults, NodeAgentAndCaFromTheEnvironment) {
+    ::unsetenv("RSTWATCH_AGENT_URL");
+    ::unsetenv("RSTWATCH_CA_FILE");
+    EXPECT_EQ(resolve_agent_url("node"), "http://127.0.0.1:9740");
+    EXPECT_EQ(ca_file_or_env(std::nullopt), "");
+    ::setenv("RSTWATCH_AGENT_URL", "https://127.0.0.1:9740", 1);
+    ::setenv("RSTWATCH_CA_FILE", "/etc/rstwatch/tls/ca.crt", 1);
+    EXPECT_EQ(resolve_agent_url("node"), "https://127.0.0.1:9740");
+    EXPECT_EQ(resolve_agent_url("https://10.0.0.7:9740"), "https://10.0.0.7:9740");  // explicit URL wins
+    EXPECT_EQ(ca_file_or_env(std::nullopt), "/etc/rstwatch/tls/ca.crt");
+    EXPECT_EQ(ca_file_or_env(std::string("/mine.pem")), "/mine.pem");
+    ::setenv("RSTWATCH_AGENT_URL", "", 1);  // set but empty: the default
+    EXPECT_EQ(resolve_agent_url("node"), "http://127.0.0.1:9740");
+    ::unsetenv("RSTWATCH_AGENT_URL");
+    ::unsetenv("RSTWATCH_CA_FILE");
+}
