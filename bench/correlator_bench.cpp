@@ -65,7 +65,6 @@ End make_end(uint64_t sock_id, uint8_t role, uint32_t local_ip, uint16_t lport, 
     e.base.rst_reason = RW_RST_REASON_NONE;
     e.base.conn.start_ns = start_ns;
     e.base.conn.role = role;
-    e.base.conn.flags = RW_F_WROTE;
     e.base.conn.writer_pid = role == RW_ROLE_CLIENT ? 5120 : 77;
     e.base.conn.writer_tid = e.base.conn.writer_pid;
     comm(e.base.conn.writer_comm, role == RW_ROLE_CLIENT ? "nginx" : "java");

@@ -151,6 +151,18 @@ static __always_inline struct rw_conn_snapshot *conn_of(const struct sock *sk)
 	return bpf_map_lookup_elem(&conns, &key);
 }
 
+/* Requests the connection has carried, from the kernel's own counters (no per-write
+ * bookkeeping): a client's data segments sent, a server's data segments received, i.e. one
+ * per request while requests fit one segment. Retransmissions are not requests. */
+static __always_inline __u32 requests_of(const struct sock *sk, __u8 role)
+{
+	const struct tcp_sock *tp = (const void *)sk;
+
+	if (role == RW_ROLE_SERVER)
+		return BPF_CORE_READ(tp, data_segs_in);
+	return BPF_CORE_READ(tp, data_segs_out) - BPF_CORE_READ(tp, total_retrans);
+}
+
 /* Emits one record for a socket. `full` = sk is a full TCP socket (not timewait/request).
  * For state changes, old_state/new_state are the transition (the socket still holds the
  * old state while the tracepoint runs); otherwise both are 0 and the state is read. */
@@ -195,68 +207,43 @@ static __always_inline void emit(const struct sock *sk, bool full, __u8 type, __
 	}
 	if (snap)
 		__builtin_memcpy(&r->conn, snap, sizeof(r->conn));
-	/* Servers are not followed per write: their requests are the data segments received
-	 * (one per request for ordinary HTTP requests). */
-	if (full && snap && snap->role == RW_ROLE_SERVER)
-		r->conn.requests = BPF_CORE_READ((const struct tcp_sock *)sk, data_segs_in);
+	/* A write record comes before its own segment is sent: count the request it carries. */
+	if (full && snap)
+		r->conn.requests = requests_of(sk, snap->role) +
+				   (type == RW_REC_IDLE_WRITE || type == RW_REC_CLOSE_WAIT_WRITE);
 	r->conn.flags |= extra_flags;
 	bpf_ringbuf_submit(r, 0);
 }
 
 /* ---- application writes ------------------------------------------------ */
 
-/* The write hook: runs for every application write, so the common case is a few loads and
- * returns. `direct`: the program has BTF-typed arguments (tp_btf, fentry). */
-static __always_inline void on_write(const struct sock *sk, const bool direct)
+/* A write after idle or in CLOSE_WAIT: arm the connection (remember the write) and report
+ * it, unless an earlier armed write still waits for its answer. */
+static __always_inline void arm_write(const struct sock *sk, const struct tcp_sock *tp, __u8 state,
+				      const bool direct)
 {
-	struct rw_conn_snapshot *st = conn_of(sk);
-	const struct tcp_sock *tp = (const void *)sk;
-	__u64 received;
-	__u8 state;
-	bool in_close_wait;
+	const bool in_close_wait = state == RW_TCP_CLOSE_WAIT;
+	__u32 idle = direct ? idle_since(tp->lsndtime, tp->inet_conn.icsk_ack.lrcvtime) : idle_jiffies(sk);
+	struct rw_conn_snapshot *st;
+	__u64 received, pid_tgid;
 
+	if (!in_close_wait && idle < idle_threshold_jiffies)
+		return; /* data was received since: not idle after all */
+	st = conn_of(sk);
 	if (!st)
 		return; /* no history: connection predates rstwatch, or not TCP */
-	/* Only the connecting side reuses pooled connections: a server's writes cost one lookup. */
+	/* Only the connecting side reuses pooled connections. */
 	if (st->role != RW_ROLE_CLIENT)
 		return;
-	if (direct) {
-		tp = bpf_skc_to_tcp_sock((void *)sk);
-		if (!tp)
-			return;
-	}
-
 	received = data_received(RW_READ(direct, tp, bytes_received), st);
-	if (!(st->flags & RW_F_WROTE)) {
-		/* First write: remember the process that owns the connection (once per connection). */
-		__u64 pid_tgid = bpf_get_current_pid_tgid();
-
-		st->writer_pid = pid_tgid >> 32;
-		st->writer_tid = (__u32)pid_tgid;
-		bpf_get_current_comm(st->writer_comm, sizeof(st->writer_comm));
-	}
-	/* Data arrived since the last counted write: this write starts a new exchange. */
-	if (!(st->flags & RW_F_WROTE) || (__u32)received != st->exchange_mark) {
-		st->requests++;
-		st->exchange_mark = (__u32)received;
-		st->flags |= RW_F_WROTE;
-	}
 	if (st->flags & RW_F_ARMED) {
-		/* Answered: a response byte arrived after the armed write. */
+		/* Still waiting: the armed write got no response byte yet (or the peer had gone). */
 		if ((st->flags & RW_F_WRITE_IN_CLOSE_WAIT) || received == st->armed_bytes_received)
 			return;
-		st->flags &= ~RW_F_ARMED;
+		st->flags &= ~RW_F_ARMED; /* answered: this write starts a new wait */
 	}
 
-	state = direct ? tp->inet_conn.icsk_inet.sk.__sk_common.skc_state
-		       : BPF_CORE_READ(sk, __sk_common.skc_state);
-	in_close_wait = state == RW_TCP_CLOSE_WAIT;
-	__u32 idle = direct ? idle_since(tp->lsndtime, tp->inet_conn.icsk_ack.lrcvtime) : idle_jiffies(sk);
-	if (!in_close_wait && idle < idle_threshold_jiffies)
-		return;
-
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
-
+	pid_tgid = bpf_get_current_pid_tgid();
 	st->flags |= RW_F_ARMED | (in_close_wait ? RW_F_WRITE_IN_CLOSE_WAIT : 0);
 	st->armed_write_ns = bpf_ktime_get_ns();
 	st->armed_idle_ns = (__u64)idle * jiffy_ns;
@@ -268,6 +255,48 @@ static __always_inline void on_write(const struct sock *sk, const bool direct)
 	bpf_get_current_comm(st->writer_comm, sizeof(st->writer_comm));
 	emit(sk, true, in_close_wait ? RW_REC_CLOSE_WAIT_WRITE : RW_REC_IDLE_WRITE, 0, 0, st, 0,
 	     RW_RST_REASON_NONE);
+}
+
+/* Subprograms of their own: the common early return then runs in a small stack frame. */
+static __noinline int arm_write_direct(const struct sock *sk, const struct tcp_sock *tp, __u8 state)
+{
+	arm_write(sk, tp, state, true);
+	return 0;
+}
+
+static __noinline int arm_write_probe(const struct sock *sk, __u8 state)
+{
+	arm_write(sk, (const void *)sk, state, false);
+	return 0;
+}
+
+/* The write hook: runs for every application write. An ordinary write (sent within the idle
+ * threshold, peer's FIN not seen) returns after reading the socket's state and last-send
+ * time, before any map or storage lookup: the idle age since the last send or receive is at
+ * most the age of the last send. `direct`: the program has BTF-typed arguments (tp_btf,
+ * fentry). */
+static __always_inline void on_write(const struct sock *sk, const bool direct)
+{
+	const struct tcp_sock *tp;
+	__u32 last_send;
+	__u8 state;
+
+	if (direct) {
+		tp = bpf_skc_to_tcp_sock((void *)sk);
+		if (!tp)
+			return;
+		state = tp->inet_conn.icsk_inet.sk.__sk_common.skc_state;
+		last_send = tp->lsndtime;
+	} else {
+		state = BPF_CORE_READ(sk, __sk_common.skc_state);
+		last_send = BPF_CORE_READ((const struct tcp_sock *)sk, lsndtime);
+	}
+	if (state != RW_TCP_CLOSE_WAIT && (__u32)bpf_jiffies64() - last_send < idle_threshold_jiffies)
+		return;
+	if (direct)
+		arm_write_direct(sk, tp, state);
+	else
+		arm_write_probe(sk, state);
 }
 
 /* Preferred: the send-loop tracepoint (Linux >= 6.16). */
@@ -302,6 +331,15 @@ static __always_inline void track_new(const struct sock *sk, __u8 role)
 
 	fresh.start_ns = bpf_ktime_get_ns();
 	fresh.role = role;
+	if (role == RW_ROLE_CLIENT) {
+		/* connect() runs in the process that owns the connection (the write hook records
+		 * the writer again at each armed write). */
+		__u64 pid_tgid = bpf_get_current_pid_tgid();
+
+		fresh.writer_pid = pid_tgid >> 32;
+		fresh.writer_tid = (__u32)pid_tgid;
+		bpf_get_current_comm(fresh.writer_comm, sizeof(fresh.writer_comm));
+	}
 	if (use_sk_storage) {
 		struct rw_conn_snapshot *st =
 			bpf_sk_storage_get(&conn_storage, (struct sock *)sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
@@ -323,6 +361,19 @@ static __always_inline void track_new(const struct sock *sk, __u8 role)
 	/* The socket was reused (connect() again after close): a new connection. */
 	if (bpf_map_update_elem(&conns, &key, &fresh, BPF_ANY))
 		count(RW_CNT_TRACK_FAILED);
+}
+
+/* An idle write whose answer arrived is no longer waiting. The write hook cannot clear it:
+ * it stops before the socket's state on busy writes. A write after the peer's FIN stays armed
+ * (the answer that matters is the RST or the ACK). Call after RW_F_PEER_FIN is up to date. */
+static __always_inline void settle_armed(const struct sock *sk, struct rw_conn_snapshot *st)
+{
+	const struct tcp_sock *tp = (const void *)sk;
+
+	if ((st->flags & (RW_F_ARMED | RW_F_WRITE_IN_CLOSE_WAIT)) != RW_F_ARMED)
+		return;
+	if (data_received(BPF_CORE_READ(tp, bytes_received), st) != st->armed_bytes_received)
+		st->flags &= ~RW_F_ARMED;
 }
 
 SEC("tp_btf/inet_sock_set_state")
@@ -350,6 +401,7 @@ int BPF_PROG(rw_state, const struct sock *sk, int old_state, int new_state)
 		/* The peer's FIN was processed. */
 		st->flags |= RW_F_PEER_FIN;
 		st->peer_fin_ns = bpf_ktime_get_ns();
+		settle_armed(sk, st);
 		idle = idle_jiffies(sk);
 		if ((st->flags & RW_F_ARMED) || idle >= close_idle_threshold_jiffies)
 			emit(sk, true, RW_REC_PEER_FIN, old_state, new_state, st, 0, RW_RST_REASON_NONE);
@@ -358,6 +410,7 @@ int BPF_PROG(rw_state, const struct sock *sk, int old_state, int new_state)
 	if ((old_state == RW_TCP_ESTABLISHED && new_state == RW_TCP_FIN_WAIT1) ||
 	    (old_state == RW_TCP_CLOSE_WAIT && new_state == RW_TCP_LAST_ACK)) {
 		/* Our application closed (or shut down writing). */
+		settle_armed(sk, st);
 		st->flags |= RW_F_APP_CLOSED;
 		st->app_close_ns = bpf_ktime_get_ns();
 		idle_long = old_state == RW_TCP_ESTABLISHED && idle_jiffies(sk) >= close_idle_threshold_jiffies;
@@ -368,6 +421,7 @@ int BPF_PROG(rw_state, const struct sock *sk, int old_state, int new_state)
 	}
 	if (new_state != RW_TCP_CLOSE)
 		return 0;
+	settle_armed(sk, st);
 
 	/* Straight to CLOSE without a received RST: an abortive close by the application
 	 * (close() with unread data, SO_LINGER 0), which sends its RST right after this. */
@@ -389,6 +443,7 @@ int BPF_PROG(rw_state, const struct sock *sk, int old_state, int new_state)
 		__u8 family;
 
 		read_tuple(sk, true, &tuple, &family);
+		st->requests = requests_of(sk, st->role); /* records from the 4-tuple have no socket */
 		bpf_map_update_elem(&closed_conns, &tuple, st, BPF_ANY);
 	}
 	return 0;

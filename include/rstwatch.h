@@ -42,7 +42,6 @@ enum rw_conn_flags {
 	RW_F_APP_CLOSED = 1 << 3, /* our application closed (FIN_WAIT1 / LAST_ACK / abort) */
 	RW_F_FROM_TIMEWAIT = 1 << 4, /* the record's socket was a timewait socket */
 	RW_F_NO_SOCKET = 1 << 5, /* RST sent with no socket: addresses from the packet */
-	RW_F_WROTE = 1 << 6, /* the application has written at least once */
 	RW_F_RST_RECEIVED = 1 << 7, /* a RST was received on this socket */
 };
 
@@ -79,16 +78,16 @@ struct rw_conn_snapshot {
 	__u64 peer_fin_ns; /* when the peer's FIN was processed, 0 if not */
 	__u64 app_close_ns; /* when our application closed, 0 if not */
 	__u32 armed_write_seq; /* tcp_sock.write_seq before the armed write */
-	__u32 requests; /* client: writes that started a new exchange (after data was received);
-			 * server: data segments received (filled in records) */
-	__u32 writer_pid; /* client: process of the armed write, else of the first write (never softirq) */
+	__u32 requests; /* in records: client data segments sent (retransmissions not counted),
+			 * server data segments received, i.e. requests while each fits one segment */
+	__u32 writer_pid; /* client: process of the armed write, else the one that connected (never softirq) */
 	__u32 writer_tid;
 	char writer_comm[RW_COMM_LEN];
 	__u8 role; /* enum rw_role */
 	__u8 flags; /* enum rw_conn_flags */
 	__u8 armed_state; /* socket state at the armed write */
 	__u8 idle_closed; /* our application closed it after it idled >= the close threshold */
-	__u32 exchange_mark; /* low 32 bits of bytes_received at the last new exchange */
+	__u32 reserved; /* zero; keeps the layout free of implicit padding */
 };
 
 struct rw_record {

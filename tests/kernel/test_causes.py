@@ -49,7 +49,7 @@ class CausesTestCase(KernelTestCase):
     def assertIncidents(self, incidents, expected, conns, context=""):
         """incidents touching conns' ports must be exactly `expected` (as a multiset).
 
-        expected: dicts with cause, observer, conn, and optional pid, comm, idle_ms,
+        expected: dicts with cause, observer, conn, and optional pid, comm, idle_ms, requests,
         reset_reason (scenarios.incident_problems; idle_ms within scenarios.IDLE_TOL_MS)."""
         got = scenarios.incidents_of(incidents, conns)
         listing = "\n".join("    " + describe(i) for i in got) or "    (none)"

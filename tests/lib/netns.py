@@ -477,10 +477,10 @@ def server_ep(inc):
 
 def describe(inc):
     c, s = client_ep(inc), server_ep(inc)
-    return "%s/%s %s:%s->%s:%s pid=%s comm=%s idle=%s state=%s reason=%s" % (
+    return "%s/%s %s:%s->%s:%s pid=%s comm=%s idle=%s state=%s reason=%s requests=%s" % (
         inc.get("cause"), inc.get("observer"), c[0], c[1], s[0], s[1], inc.get("pid"),
         inc.get("comm"), inc.get("idle_before_write_ms"), inc.get("state"),
-        inc.get("reset_reason"))
+        inc.get("reset_reason"), inc.get("requests"))
 
 
 class ManagedProcess:

@@ -35,6 +35,7 @@ class Conn:
         self.server_ep = (plain_ip(cinfo["peer"][0]), cinfo["peer"][1])
         self.listen_port = listen_port
         self.last_rx = None  # client's last receive end (monotonic), for idle checks
+        self.exchanges = 0  # completed request/response exchanges (one segment each way)
 
     @property
     def ports(self):
@@ -47,6 +48,7 @@ class Conn:
         self.server.step("serve", name=self.name, count=count, req=req, resp=resp)
         r = self.client.result()
         self.last_rx = r["t1"]
+        self.exchanges += count
         return r
 
     def __repr__(self):
@@ -94,9 +96,11 @@ def _close_both(conn):
 
 
 def _client_incident(cause, conn, write):
-    """The client-side incident expected for the write (send step reply) on conn."""
+    """The client-side incident expected for the write (send step reply) on conn: the
+    connection carried its exchanges and then the failing request."""
     return dict(cause=cause, observer="client", conn=conn, pid=conn.client.pid,
-                comm=conn.client.comm, idle_ms=(write["t0"] - conn.last_rx) * 1000.0)
+                comm=conn.client.comm, idle_ms=(write["t0"] - conn.last_rx) * 1000.0,
+                requests=conn.exchanges + 1)
 
 
 def idle_close_fin(client, server, family="inet", host=None, port=0, idle_s=IDLE_S):
@@ -184,8 +188,8 @@ def reset_linger0(client, server, family="inet", host=None, port=0, exchanges=20
     server.step("close", name="c")
     server.step("close", name="L")
     expected = [
-        dict(cause="reset_other", observer="server", conn=conn),
-        dict(cause="reset_other", observer="client", conn=conn),
+        dict(cause="reset_other", observer="server", conn=conn, requests=exchanges),
+        dict(cause="reset_other", observer="client", conn=conn, requests=exchanges),
     ]
     return conn, expected
 
@@ -243,7 +247,7 @@ def incidents_of(incidents, conns):
 
 def incident_mismatch(inc, exp, tol_ms=IDLE_TOL_MS):
     """How incident inc (rstwatch JSON) differs from exp (an entry of an expected list: cause,
-    observer, conn, and optional pid, comm, idle_ms, reset_reason): [] when it matches."""
+    observer, conn, and optional pid, comm, idle_ms, reset_reason, requests): [] when it matches."""
     conn = exp["conn"]
     errs = []
     if inc.get("cause") != exp["cause"]:
@@ -255,7 +259,7 @@ def incident_mismatch(inc, exp, tol_ms=IDLE_TOL_MS):
     if tuple(server_ep(inc)) != conn.server_ep:
         errs.append("server %s != %s" % (server_ep(inc), conn.server_ep))
     for key, fmt in (("pid", "pid %s != %s"), ("comm", "comm %r != %r"),
-                     ("reset_reason", "reset_reason %r != %r")):
+                     ("reset_reason", "reset_reason %r != %r"), ("requests", "requests %s != %s")):
         if key in exp and inc.get(key) != exp[key]:
             errs.append(fmt % (inc.get(key), exp[key]))
     if "idle_ms" in exp:

@@ -79,29 +79,36 @@ public:
         base_.rst_reason = RW_RST_REASON_NONE;
         base_.conn.start_ns = start_ns;
         base_.conn.role = start_ns != 0 ? role : uint8_t{RW_ROLE_UNKNOWN};
+        if (start_ns != 0 && role == RW_ROLE_CLIENT) {
+            // connect() ran in the owning process: the kernel side names it from there.
+            base_.conn.writer_pid = base_.conn.writer_tid = kConnectorPid;
+            set_comm(base_.conn.writer_comm, "nginx");
+        }
         last_data_ns_ = start_ns;
     }
+
+    static constexpr uint32_t kConnectorPid = 4242;
 
     std::vector<rw_record> records;
     uint8_t state() const { return state_; }
 
-    // The application writes `len` bytes (sendmsg runs in its context).
+    // The application writes `len` bytes (sendmsg runs in its context): one data segment.
     Sock& write(uint64_t ts, uint32_t len, uint32_t pid = 4242, const char* comm = "nginx") {
         const bool in_close_wait = state_ == RW_TCP_CLOSE_WAIT;
         const bool idle = ts - last_data_ns_ >= kThreshold;
-        if (received_since_write_) ++base_.conn.requests;
-        received_since_write_ = false;
-        bool may_arm = base_.conn.role == RW_ROLE_CLIENT;  // never without history
-        if (armed()) {
+        if (base_.conn.role == RW_ROLE_CLIENT) ++base_.conn.requests;  // data_segs_out
+        // The write hook looks at the per-socket state only after idle or in CLOSE_WAIT.
+        bool may_arm = base_.conn.role == RW_ROLE_CLIENT && (idle || in_close_wait);
+        if (may_arm && armed()) {
             // An armed write stays armed until a response byte arrives (or forever
-            // after the peer's FIN); once answered, the next write disarms it.
+            // after the peer's FIN); once answered, the next armed write replaces it.
             if ((base_.conn.flags & RW_F_WRITE_IN_CLOSE_WAIT) ||
                 bytes_received_ == base_.conn.armed_bytes_received)
                 may_arm = false;
             else
                 base_.conn.flags &= static_cast<uint8_t>(~RW_F_ARMED);
         }
-        if (may_arm && (idle || in_close_wait)) {
+        if (may_arm) {
             auto& c = base_.conn;
             c.flags |= RW_F_ARMED;
             if (in_close_wait)
@@ -132,7 +139,7 @@ public:
         if (!app_reads) unread_ += len;
         snd_una_ = write_seq_;
         last_data_ns_ = ts;
-        received_since_write_ = true;
+        if (base_.conn.role == RW_ROLE_SERVER) ++base_.conn.requests;  // data_segs_in
         return *this;
     }
     // The peer acknowledges our data without sending any.
@@ -145,17 +152,20 @@ public:
         if (state_ == RW_TCP_ESTABLISHED) {
             base_.conn.flags |= RW_F_PEER_FIN;
             base_.conn.peer_fin_ns = ts;
+            settle();
             transition(ts, RW_TCP_CLOSE_WAIT, RW_REC_PEER_FIN,
                        armed() || ts - last_data_ns_ >= kThreshold);
         } else if (state_ == RW_TCP_FIN_WAIT2) {
             // The full socket closes; a timewait socket takes over (see timewait_*).
             base_.conn.flags |= RW_F_PEER_FIN;
+            settle();
             transition(ts, RW_TCP_CLOSE, RW_REC_CLOSED, armed());
         }
         return *this;
     }
     // The application closes the socket (FIN).
     Sock& own_close(uint64_t ts) {
+        settle();
         base_.conn.flags |= RW_F_APP_CLOSED;
         base_.conn.app_close_ns = ts;
         const uint8_t next = state_ == RW_TCP_CLOSE_WAIT ? RW_TCP_LAST_ACK : RW_TCP_FIN_WAIT1;
@@ -167,12 +177,15 @@ public:
         snd_una_ = write_seq_ + 1;
         if (state_ == RW_TCP_FIN_WAIT1)
             state_ = RW_TCP_FIN_WAIT2;
-        else if (state_ == RW_TCP_LAST_ACK)
+        else if (state_ == RW_TCP_LAST_ACK) {
+            settle();
             transition(ts, RW_TCP_CLOSE, RW_REC_CLOSED, armed());
+        }
         return *this;
     }
     // Retransmissions gave up: the socket dies without an answer.
     Sock& retransmit_timeout(uint64_t ts) {
+        settle();
         transition(ts, RW_TCP_CLOSE, RW_REC_CLOSED, armed());
         return *this;
     }
@@ -186,6 +199,7 @@ public:
         r.old_state = old;
         r.rst_reason = reason;
         records.push_back(r);
+        settle();
         if (armed()) records.push_back(make(RW_REC_CLOSED, ts));
         return *this;
     }
@@ -199,6 +213,7 @@ public:
     // tcp_reset(): tcp_receive_reset in the current state, then the socket closes.
     Sock& rst_received(uint64_t ts) {
         records.push_back(make(RW_REC_RST_RECEIVED, ts));
+        settle();
         transition(ts, RW_TCP_CLOSE, RW_REC_CLOSED, armed());
         return *this;
     }
@@ -221,6 +236,12 @@ public:
 
 private:
     bool armed() const { return (base_.conn.flags & RW_F_ARMED) != 0; }
+    // At a state change the kernel side drops an idle write's wait once it was answered.
+    void settle() {
+        if (armed() && !(base_.conn.flags & RW_F_WRITE_IN_CLOSE_WAIT) &&
+            bytes_received_ != base_.conn.armed_bytes_received)
+            base_.conn.flags &= static_cast<uint8_t>(~RW_F_ARMED);
+    }
     bool no_history() const { return base_.conn.start_ns == 0; }
 
     void transition(uint64_t ts, uint8_t next, uint8_t type, bool emit) {
@@ -257,7 +278,6 @@ private:
     uint32_t write_seq_ = 1000;
     uint32_t snd_una_ = 1000;
     uint32_t unread_ = 0;
-    bool received_since_write_ = true;
 };
 
 rw_record no_socket_rst(uint64_t ts) {
@@ -418,8 +438,8 @@ TEST(CorrelatorClient, ResetOtherOnBusyConnection) {
     ASSERT_EQ(h.out.incidents.size(), 1u);
     const Incident& inc = h.out.incidents[0];
     EXPECT_EQ(inc.cause, Cause::reset_other);
-    EXPECT_EQ(inc.pid, 0u);  // never the softirq's task
-    EXPECT_EQ(inc.comm, "");
+    EXPECT_EQ(inc.pid, Sock::kConnectorPid);  // the process that connected, never the softirq's task
+    EXPECT_EQ(inc.comm, "nginx");
     EXPECT_FALSE(inc.idle_before_write_ms);
     EXPECT_FALSE(inc.write_to_reset_ms);
 }
