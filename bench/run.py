@@ -401,10 +401,19 @@ class BpftraceObserver:
         return info
 
 
+# bench/hookfloor.bpf.c's reference programs (floor_NAME), as the table names them.
+FLOOR_LABELS = {
+    "empty": "empty program",
+    "lookup": "socket-storage lookup only",
+    "cast": "typed socket and its state only",
+    "sndtime": "state and last-send age, rstwatch's early return",
+}
+
+
 class FloorObserver:
-    """bench/hookfloor: one program on the write tracepoint that does nothing (floor_empty)
-    or only rstwatch's first step, the socket-storage lookup (floor_lookup), measured with
-    bpf_stats like the agent: what any program on that hook pays before its own work."""
+    """bench/hookfloor: one reference program on the write tracepoint (FLOOR_LABELS: nothing,
+    or a part of what a write hook does), measured with bpf_stats like the agent: what any
+    program on that hook pays before its own work, and what each step adds."""
 
     def __init__(self, binary, program, stats=True):
         self.binary = binary
@@ -520,12 +529,19 @@ def run_wrk(pod, url, seconds, threads, conns, cpus):
 def measure_http(args, machine, tmp, results):
     plan = machine.cpu_plan()
     conns = args.connections
-    conditions = ["none", "rstwatch", "tcpdump", "bpftrace", "rstwatch+stats", "floor_empty",
-                  "floor_empty+stats", "floor_lookup+stats"]
+    conditions = ["none", "rstwatch", "tcpdump", "bpftrace", "rstwatch+stats", "floor_empty"]
+    conditions += ["floor_%s+stats" % f for f in args.floors.split(",") if f]
     if args.skip_bpftrace:
         conditions.remove("bpftrace")
     if not args.hookfloor:
         conditions = [c for c in conditions if not c.startswith("floor_")]
+    if args.http_conditions:
+        wanted = set(args.http_conditions.split(",")) | {"none"}  # ratios need the baseline
+        unknown = wanted - set(conditions)
+        if unknown:
+            sys.exit("bench: --http-conditions: unknown %s (known: %s)" % (
+                ",".join(sorted(unknown)), ",".join(conditions)))
+        conditions = [c for c in conditions if c in wanted]
     rounds = {c: [] for c in conditions}
     extra = {c: [] for c in conditions}
     with netns.Cluster(names=["client", "proxy", "upstream"]) as cl:
@@ -546,14 +562,13 @@ def measure_http(args, machine, tmp, results):
             for rep in range(args.reps):
                 order = conditions[rep % len(conditions):] + conditions[:rep % len(conditions)]
                 for cond in order:
-                    obs = {"none": NoObserver, "rstwatch": lambda: AgentObserver(False),
-                           "rstwatch+stats": lambda: AgentObserver(True),
-                           "tcpdump": lambda: TcpdumpObserver(proxy, tmp),
-                           "bpftrace": lambda: BpftraceObserver(tmp),
-                           "floor_empty": lambda: FloorObserver(args.hookfloor, "floor_empty", stats=False),
-                           "floor_empty+stats": lambda: FloorObserver(args.hookfloor, "floor_empty"),
-                           "floor_lookup+stats": lambda: FloorObserver(args.hookfloor, "floor_lookup"),
-                           }[cond]()
+                    factory = {"none": NoObserver, "rstwatch": lambda: AgentObserver(False),
+                               "rstwatch+stats": lambda: AgentObserver(True),
+                               "tcpdump": lambda: TcpdumpObserver(proxy, tmp),
+                               "bpftrace": lambda: BpftraceObserver(tmp),
+                               "floor_empty": lambda: FloorObserver(args.hookfloor, "floor_empty", stats=False),
+                               }.get(cond) or (lambda: FloorObserver(args.hookfloor, cond[:-len("+stats")]))
+                    obs = factory()
                     obs.start()
                     try:
                         obs.load_started()
@@ -1042,9 +1057,9 @@ def build_table(results, machine, args, started, elapsed):
         for cond, label in (("rstwatch", "rstwatch agent"), ("tcpdump", "tcpdump -w (proxy ns)"),
                             ("bpftrace", "naive bpftrace"),
                             ("rstwatch+stats", "rstwatch agent + bpf_stats"),
-                            ("floor_empty", "empty program on the write tracepoint"),
-                            ("floor_empty+stats", "empty program on the write tracepoint + bpf_stats"),
-                            ("floor_lookup+stats", "storage-lookup program on the write tracepoint + bpf_stats")):
+                            ("floor_empty", "empty program on the write tracepoint")) + tuple(
+                                ("floor_%s+stats" % f, "reference program on the write tracepoint (%s) + bpf_stats" % l)
+                                for f, l in FLOOR_LABELS.items()):
             if cond not in c:
                 continue
             r = c[cond]["ratio"]["median"]
@@ -1056,7 +1071,7 @@ def build_table(results, machine, args, started, elapsed):
         if http.get("agent_cpu_pct", {}).get("median") is not None:
             row("agent user-space CPU during the keepalive load (% of one core)", http["agent_cpu_pct"],
                 digits=2, target="reported (no records to read)")
-        rw = c["rstwatch"]["ratio"]["median"]
+        rw = c["rstwatch"]["ratio"]["median"] if "rstwatch" in c else None
         if "floor_empty" in c and rw is not None and c["floor_empty"]["ratio"]["median"]:
             fl = c["floor_empty"]["ratio"]["median"]
             rows.append(("rstwatch vs an empty program on the write tracepoint: throughput kept",
@@ -1071,7 +1086,7 @@ def build_table(results, machine, args, started, elapsed):
                              verdict(rw > other)))
     hook_rows(results, row)
     floors = (http or {}).get("floors", {})
-    for name, label in (("floor_empty", "empty program"), ("floor_lookup", "socket-storage lookup only")):
+    for name, label in (("floor_" + f, l) for f, l in FLOOR_LABELS.items()):
         if name in floors and floors[name]["ns"].get("median") is not None:
             row("kernel cost of a reference program on the write tracepoint: %s (ns/call)" % label,
                 floors[name]["ns"], digits=1, target="floor, %d calls/round" % (floors[name]["calls"]["median"] or 0))
@@ -1204,6 +1219,11 @@ def main():
     p.add_argument("--connload", default=None)
     p.add_argument("--correlator-bench", default=None)
     p.add_argument("--hookfloor", default=None)
+    p.add_argument("--floors", default="empty,cast,sndtime,lookup",
+                   help="reference programs of bench/hookfloor.bpf.c measured with bpf_stats in the "
+                        "http part (of empty,cast,sndtime,lookup)")
+    p.add_argument("--http-conditions", default=None,
+                   help="comma-separated subset of the http part's conditions (none is always run)")
     p.add_argument("--out", default=os.path.join(REPO, "bench", "results", "latest.md"))
     args = p.parse_args()
 
