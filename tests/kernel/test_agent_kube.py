@@ -209,10 +209,10 @@ class TestAgentKube(KubeAgentTestCase):
         self._ip_reuse(swap_at_once=True)
 
     def test_api_outage_capture_continues_labels_catch_up(self):
-        """500s and dropped watches, then 401s (token rotated) while a pod is silently
-        replaced and resource versions expire: incidents are still captured and counted;
-        once the API answers again the agent relists (410 on its old resourceVersion) and
-        new incidents carry the new pod."""
+        """500s and dropped watches, then no API server at all (connections refused), then
+        401s (token rotated) while a pod is silently replaced and resource versions expire:
+        incidents are still captured and counted; once the API answers again the agent
+        relists (410 on its old resourceVersion) and new incidents carry the new pod."""
         c = self.make_cluster(["server", "client"])
         kube = self.start_kube()
         s_obj = kube.add_pod(statefulset_pod("web", 0, "shop", ip=c["server"].ip4))
@@ -237,7 +237,37 @@ class TestAgentKube(KubeAgentTestCase):
         self.assertIncidentCounts(m, expected, ours, "during 500s")
         self.assertEqual(ag.get("/healthz")[0], 200)
 
-        # phase 2: token rotated (401), the pod replaced silently, history compacted
+        # phase 2: the API server is gone (connections refused) for a third of the outage, and
+        # at least until the agent, whose backoff may be near its 30 s cap by now, tried again
+        down_s = OUTAGE_S / 3.0
+        down_started = time.monotonic()
+        log_mark = len(ag.lines())
+        refused = r"(?i)kubernetes.*connect"
+        kube.go_down()
+        port = 8200
+        while True:
+            elapsed = time.monotonic() - down_started
+            tried = ag.wait_log(refused, start=log_mark, timeout=0)
+            if (elapsed >= down_s and tried) or elapsed >= down_s + 45.0:
+                break
+            for k, n in expected_from([self.race(cli, srv, host, port)], (oid, sid), port).items():
+                expected[k] = expected.get(k, 0) + n
+            self.settle(KUBE_SETTLE_S)
+            self.assertIncidentCounts(ag.scrape(), expected, ours,
+                                      "%.0f s into refused connections" % (time.monotonic() - down_started))
+            self.assertEqual(ag.get("/healthz")[0], 200)
+            remaining = down_s - (time.monotonic() - down_started)
+            if tried:
+                time.sleep(min(15.0, max(0.0, remaining)))
+            else:  # a race at most every 5 s while waiting for the agent's retry
+                ag.wait_log(refused, start=log_mark, timeout=min(15.0, max(5.0, remaining)))
+            port += 1
+        self.assertTrue(ag.running(), "agent exited while the API was gone:\n" + ag.stderr)
+        self.assertTrue(ag.wait_log(refused, start=log_mark, timeout=0),
+                        "no log line about the refused connections:\n" + ag.stderr)
+
+        # phase 3: back, but the token was rotated (401), the pod replaced silently, history
+        # compacted
         kube.clear_failures()
         kube.set_token("rotated-elsewhere")
         kube.drop_watches()
@@ -246,6 +276,7 @@ class TestAgentKube(KubeAgentTestCase):
                                           template_hash="6f7c9d8b4a"), silent=True)
         nid = ident(new, "reports")
         kube.expire_resource_versions(notify=False)
+        kube.come_back()
         self.wait_for(lambda: kube.request_count(status=401) >= 1, 60,
                       "the agent to retry against the API answering 401")
         for k, n in expected_from([self.race(cli, srv, host, 8082)], (oid, sid), 8082).items():
@@ -272,7 +303,7 @@ class TestAgentKube(KubeAgentTestCase):
         if before:
             self.assertGreater(kube.request_count(status=401), before[-1], "the agent stopped retrying")
 
-        # phase 3: the API is back: relist, new labels
+        # phase 4: the API is back: relist, new labels
         lists_before = kube.request_count(verb="list", resource="pods", status=200)
         kube.set_token(TOKEN)
         self.wait_for(lambda: kube.request_count(verb="list", resource="pods", status=200)

@@ -353,18 +353,26 @@ class FakeKube:
         self._hang_release = threading.Event()
         self._stopping = threading.Event()
         self.requests = []        # [{"verb", "resource", "path", "query", "auth", "status"}]
-        self._server = ThreadingHTTPServer((host, port), _Handler)
-        self._server.daemon_threads = True
-        self._server.fake = self
         self.tls = bool(tls_cert)
+        self._tls_context = None
         if tls_cert:
             import ssl
-            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            ctx.load_cert_chain(tls_cert, tls_key)
-            # The handshake runs in the handler thread (see _Handler.setup), not in accept().
-            self._server.socket = ctx.wrap_socket(self._server.socket, server_side=True,
-                                                  do_handshake_on_connect=False)
+            self._tls_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            self._tls_context.load_cert_chain(tls_cert, tls_key)
+        self._server = self._make_server(port)
         self._thread = None
+        self.down = False
+        self._conns = set()  # open client connections (sockets), for go_down()
+
+    def _make_server(self, port):
+        server = ThreadingHTTPServer((self.host, port), _Handler)
+        server.daemon_threads = True
+        server.fake = self
+        if self._tls_context is not None:
+            # The handshake runs in the handler thread (see _Handler.setup), not in accept().
+            server.socket = self._tls_context.wrap_socket(server.socket, server_side=True,
+                                                          do_handshake_on_connect=False)
+        return server
 
     # -- lifecycle --
     @property
@@ -380,14 +388,48 @@ class FakeKube:
         self._thread.start()
         return self.port
 
+    def go_down(self):
+        """The API server is gone: open watches end, the listening socket is closed, so
+        connections are refused (not answered with errors) until come_back()."""
+        with self._lock:
+            for w in list(self._watches):
+                w.queue.put(("end",))
+        self._server.shutdown()
+        self._server.server_close()
+        # Kept-alive connections would still be answered: end them too.
+        with self._lock:
+            conns = list(self._conns)
+        for conn in conns:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        self.down = True
+
+    def come_back(self, timeout=10.0):
+        """Listens again on the same port (retrying while the port is briefly unavailable)."""
+        port = self.port
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self._server = self._make_server(port)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        self.down = False
+        self.start()
+
     def stop(self):
         self._stopping.set()
         self._hang_release.set()
         with self._lock:
             for w in list(self._watches):
                 w.queue.put(("end",))
-        self._server.shutdown()
-        self._server.server_close()
+        if not self.down:  # go_down() closed it already
+            self._server.shutdown()
+            self._server.server_close()
 
     def __enter__(self):
         self.start()
@@ -758,6 +800,8 @@ class _Handler(BaseHTTPRequestHandler):
     sys_version = ""
 
     def setup(self):
+        with self.server.fake._lock:
+            self.server.fake._conns.add(self.request)
         self._tls_failed = None
         if self.server.fake.tls:
             try:
@@ -778,6 +822,14 @@ class _Handler(BaseHTTPRequestHandler):
         except OSError as e:  # TLS handshake failures, resets
             if self.server.fake.verbose:
                 sys.stderr.write("fake_kube: connection: %s\n" % e)
+
+    def finish(self):
+        with self.server.fake._lock:
+            self.server.fake._conns.discard(self.request)
+        try:
+            super().finish()
+        except OSError:
+            pass
 
     def log_message(self, fmt, *args):
         if self.server.fake.verbose:
