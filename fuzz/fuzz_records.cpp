@@ -170,7 +170,6 @@ rw_record make_record(FuzzedDataProvider& fdp, uint64_t now) {
     c.writer_pid = fdp.ConsumeIntegralInRange<uint32_t>(0, 70000);
     c.writer_tid = c.writer_pid;
     fill_comm(fdp, c.writer_comm);
-    c.exchange_mark = fdp.ConsumeIntegral<uint32_t>();
     if (fdp.ConsumeIntegralInRange<int>(0, 31) == 0) {
         // Now and then a raw overwrite of a few bytes: anything the kernel could send.
         auto* bytes = reinterpret_cast<uint8_t*>(&r);

@@ -70,7 +70,7 @@ struct Sock {
         return records.back();
     }
     void idle_write(uint64_t ts, uint64_t idle, uint8_t state = RW_TCP_ESTABLISHED) {
-        base.conn.flags |= RW_F_ARMED | RW_F_WROTE;
+        base.conn.flags |= RW_F_ARMED;
         if (state == RW_TCP_CLOSE_WAIT) base.conn.flags |= RW_F_WRITE_IN_CLOSE_WAIT;
         base.conn.armed_write_ns = ts;
         base.conn.armed_idle_ns = idle;
