@@ -363,9 +363,10 @@ static __always_inline void track_new(const struct sock *sk, __u8 role)
 		count(RW_CNT_TRACK_FAILED);
 }
 
-/* An idle write whose answer arrived is no longer waiting. The write hook cannot clear it:
- * it stops before the socket's state on busy writes. A write after the peer's FIN stays armed
- * (the answer that matters is the RST or the ACK). Call after RW_F_PEER_FIN is up to date. */
+/* An idle write whose answer arrived is no longer waiting: settled at every state change,
+ * since the write hook stops before the socket's state on busy writes. A write after the
+ * peer's FIN stays armed (the answer that matters is the RST or the ACK). Call after
+ * RW_F_PEER_FIN is up to date. */
 static __always_inline void settle_armed(const struct sock *sk, struct rw_conn_snapshot *st)
 {
 	const struct tcp_sock *tp = (const void *)sk;
@@ -379,6 +380,7 @@ static __always_inline void settle_armed(const struct sock *sk, struct rw_conn_s
 SEC("tp_btf/inet_sock_set_state")
 int BPF_PROG(rw_state, const struct sock *sk, int old_state, int new_state)
 {
+	const bool peer_fin = old_state == RW_TCP_ESTABLISHED && new_state == RW_TCP_CLOSE_WAIT;
 	struct rw_conn_snapshot *st;
 	__u32 idle;
 	bool idle_long;
@@ -396,12 +398,13 @@ int BPF_PROG(rw_state, const struct sock *sk, int old_state, int new_state)
 	st = conn_of(sk);
 	if (!st)
 		return 0;
+	if (peer_fin)
+		st->flags |= RW_F_PEER_FIN; /* before settling: bytes_received now counts the FIN */
+	settle_armed(sk, st);
 
-	if (old_state == RW_TCP_ESTABLISHED && new_state == RW_TCP_CLOSE_WAIT) {
+	if (peer_fin) {
 		/* The peer's FIN was processed. */
-		st->flags |= RW_F_PEER_FIN;
 		st->peer_fin_ns = bpf_ktime_get_ns();
-		settle_armed(sk, st);
 		idle = idle_jiffies(sk);
 		if ((st->flags & RW_F_ARMED) || idle >= close_idle_threshold_jiffies)
 			emit(sk, true, RW_REC_PEER_FIN, old_state, new_state, st, 0, RW_RST_REASON_NONE);
@@ -410,7 +413,6 @@ int BPF_PROG(rw_state, const struct sock *sk, int old_state, int new_state)
 	if ((old_state == RW_TCP_ESTABLISHED && new_state == RW_TCP_FIN_WAIT1) ||
 	    (old_state == RW_TCP_CLOSE_WAIT && new_state == RW_TCP_LAST_ACK)) {
 		/* Our application closed (or shut down writing). */
-		settle_armed(sk, st);
 		st->flags |= RW_F_APP_CLOSED;
 		st->app_close_ns = bpf_ktime_get_ns();
 		idle_long = old_state == RW_TCP_ESTABLISHED && idle_jiffies(sk) >= close_idle_threshold_jiffies;
@@ -421,7 +423,6 @@ int BPF_PROG(rw_state, const struct sock *sk, int old_state, int new_state)
 	}
 	if (new_state != RW_TCP_CLOSE)
 		return 0;
-	settle_armed(sk, st);
 
 	/* Straight to CLOSE without a received RST: an abortive close by the application
 	 * (close() with unread data, SO_LINGER 0), which sends its RST right after this. */

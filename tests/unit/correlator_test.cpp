@@ -152,41 +152,35 @@ public:
         if (state_ == RW_TCP_ESTABLISHED) {
             base_.conn.flags |= RW_F_PEER_FIN;
             base_.conn.peer_fin_ns = ts;
-            settle();
-            transition(ts, RW_TCP_CLOSE_WAIT, RW_REC_PEER_FIN,
-                       armed() || ts - last_data_ns_ >= kThreshold);
+            transition(ts, RW_TCP_CLOSE_WAIT, RW_REC_PEER_FIN, ts - last_data_ns_ >= kThreshold);
         } else if (state_ == RW_TCP_FIN_WAIT2) {
             // The full socket closes; a timewait socket takes over (see timewait_*).
             base_.conn.flags |= RW_F_PEER_FIN;
-            settle();
-            transition(ts, RW_TCP_CLOSE, RW_REC_CLOSED, armed());
+            transition(ts, RW_TCP_CLOSE, RW_REC_CLOSED);
         }
         return *this;
     }
     // The application closes the socket (FIN).
     Sock& own_close(uint64_t ts) {
-        settle();
         base_.conn.flags |= RW_F_APP_CLOSED;
         base_.conn.app_close_ns = ts;
         const uint8_t next = state_ == RW_TCP_CLOSE_WAIT ? RW_TCP_LAST_ACK : RW_TCP_FIN_WAIT1;
-        transition(ts, next, RW_REC_OWN_CLOSE, armed() || ts - last_data_ns_ >= kThreshold);
+        transition(ts, next, RW_REC_OWN_CLOSE, ts - last_data_ns_ >= kThreshold);
         return *this;
     }
     // The peer acknowledges our FIN (and so all our data).
     Sock& our_fin_acked(uint64_t ts) {
         snd_una_ = write_seq_ + 1;
-        if (state_ == RW_TCP_FIN_WAIT1)
-            state_ = RW_TCP_FIN_WAIT2;
-        else if (state_ == RW_TCP_LAST_ACK) {
+        if (state_ == RW_TCP_FIN_WAIT1) {
+            state_ = RW_TCP_FIN_WAIT2;  // no record for this change
             settle();
-            transition(ts, RW_TCP_CLOSE, RW_REC_CLOSED, armed());
-        }
+        } else if (state_ == RW_TCP_LAST_ACK)
+            transition(ts, RW_TCP_CLOSE, RW_REC_CLOSED);
         return *this;
     }
     // Retransmissions gave up: the socket dies without an answer.
     Sock& retransmit_timeout(uint64_t ts) {
-        settle();
-        transition(ts, RW_TCP_CLOSE, RW_REC_CLOSED, armed());
+        transition(ts, RW_TCP_CLOSE, RW_REC_CLOSED);
         return *this;
     }
     // The application closes with unread data: the kernel sends RST instead of FIN.
@@ -213,8 +207,7 @@ public:
     // tcp_reset(): tcp_receive_reset in the current state, then the socket closes.
     Sock& rst_received(uint64_t ts) {
         records.push_back(make(RW_REC_RST_RECEIVED, ts));
-        settle();
-        transition(ts, RW_TCP_CLOSE, RW_REC_CLOSED, armed());
+        transition(ts, RW_TCP_CLOSE, RW_REC_CLOSED);
         return *this;
     }
     // The timewait socket left behind answers a late segment with RST.
@@ -244,10 +237,13 @@ private:
     }
     bool no_history() const { return base_.conn.start_ns == 0; }
 
-    void transition(uint64_t ts, uint8_t next, uint8_t type, bool emit) {
+    // A state change (the kernel's state hook): settles an answered idle write, then emits a
+    // record of `type` when the connection is armed or `also` holds.
+    void transition(uint64_t ts, uint8_t next, uint8_t type, bool also = false) {
         const uint8_t old = state_;
         state_ = next;
-        if (!emit || no_history()) return;
+        settle();
+        if (!(armed() || also) || no_history()) return;
         rw_record r = make(type, ts);
         r.old_state = old;
         records.push_back(r);
