@@ -391,11 +391,7 @@ class FakeKube:
     def go_down(self):
         """The API server is gone: open watches end, the listening socket is closed, so
         connections are refused (not answered with errors) until come_back()."""
-        with self._lock:
-            for w in list(self._watches):
-                w.queue.put(("end",))
-        self._server.shutdown()
-        self._server.server_close()
+        self._close()
         # Kept-alive connections would still be answered: end them too.
         with self._lock:
             conns = list(self._conns)
@@ -424,12 +420,16 @@ class FakeKube:
     def stop(self):
         self._stopping.set()
         self._hang_release.set()
+        if not self.down:  # go_down() closed it already
+            self._close()
+
+    def _close(self):
+        """Ends the open watches and closes the listening socket."""
         with self._lock:
             for w in list(self._watches):
                 w.queue.put(("end",))
-        if not self.down:  # go_down() closed it already
-            self._server.shutdown()
-            self._server.server_close()
+        self._server.shutdown()
+        self._server.server_close()
 
     def __enter__(self):
         self.start()
