@@ -140,6 +140,21 @@ struct Follow {
     }
 };
 
+using CurlHeaders = std::unique_ptr<curl_slist, decltype(&curl_slist_free_all)>;
+
+// The agent's credentials on a request: the bearer token (the returned header list must outlive
+// the request) and the CA that verifies an https agent.
+CurlHeaders apply_client_auth(CURL* easy, const ClientAuth& auth) {
+    CurlHeaders headers(nullptr, &curl_slist_free_all);
+    if (!auth.bearer_token.empty()) {
+        const std::string authorization = "Authorization: Bearer " + auth.bearer_token;
+        headers.reset(curl_slist_append(nullptr, authorization.c_str()));
+        curl_easy_setopt(easy, CURLOPT_HTTPHEADER, headers.get());
+    }
+    if (!auth.ca_file.empty()) curl_easy_setopt(easy, CURLOPT_CAINFO, auth.ca_file.c_str());
+    return headers;
+}
+
 void global_init() {
     static std::once_flag once;
     std::call_once(once, [] { curl_global_init(CURL_GLOBAL_DEFAULT); });
@@ -257,18 +272,7 @@ StreamResult follow_incidents(const StreamClientOptions& options, const std::ato
     curl_easy_setopt(easy, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(easy, CURLOPT_TCP_KEEPALIVE, 1L);
     curl_easy_setopt(easy, CURLOPT_PROTOCOLS_STR, "http,https");
-    curl_slist* headers = nullptr;
-    std::string authorization;
-    if (!options.auth.bearer_token.empty()) {
-        authorization = "Authorization: Bearer " + options.auth.bearer_token;
-        headers = curl_slist_append(headers, authorization.c_str());
-        curl_easy_setopt(easy, CURLOPT_HTTPHEADER, headers);
-    }
-    if (!options.auth.ca_file.empty()) curl_easy_setopt(easy, CURLOPT_CAINFO, options.auth.ca_file.c_str());
-    struct HeaderFree {
-        curl_slist*& list;
-        ~HeaderFree() { curl_slist_free_all(list); }
-    } header_free{headers};
+    const CurlHeaders headers = apply_client_auth(easy, options.auth);
     curl_multi_add_handle(multi, easy);
 
     bool stopped = false;
@@ -354,13 +358,7 @@ std::optional<AgentResponse> get_from_agent(const std::string& base_url, const s
     curl_easy_setopt(easy.get(), CURLOPT_TIMEOUT, static_cast<long>(timeout.count()));
     curl_easy_setopt(easy.get(), CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(easy.get(), CURLOPT_PROTOCOLS_STR, "http,https");
-    std::unique_ptr<curl_slist, decltype(&curl_slist_free_all)> headers(nullptr, &curl_slist_free_all);
-    if (!auth.bearer_token.empty()) {
-        const std::string authorization = "Authorization: Bearer " + auth.bearer_token;
-        headers.reset(curl_slist_append(nullptr, authorization.c_str()));
-        curl_easy_setopt(easy.get(), CURLOPT_HTTPHEADER, headers.get());
-    }
-    if (!auth.ca_file.empty()) curl_easy_setopt(easy.get(), CURLOPT_CAINFO, auth.ca_file.c_str());
+    const CurlHeaders headers = apply_client_auth(easy.get(), auth);
     const CURLcode rc = curl_easy_perform(easy.get());
     if (rc != CURLE_OK) {
         *error = fmt::format("{}: {}", redact_url(url), one_line(errbuf[0] != 0 ? errbuf : curl_easy_strerror(rc)));
