@@ -538,9 +538,10 @@ def measure_http(args, machine, tmp, results):
     if args.http_conditions:
         wanted = set(args.http_conditions.split(",")) | {"none"}  # ratios need the baseline
         unknown = wanted - set(conditions)
-        if unknown:
-            sys.exit("bench: --http-conditions: unknown %s (known: %s)" % (
-                ",".join(sorted(unknown)), ",".join(conditions)))
+        if unknown:  # conditions depend on the floors and tools: checked here, usage exit code
+            print("bench/run.py: error: --http-conditions: unknown %s (known: %s)" % (
+                ",".join(sorted(unknown)), ",".join(conditions)), file=sys.stderr)
+            sys.exit(2)
         conditions = [c for c in conditions if c in wanted]
     rounds = {c: [] for c in conditions}
     extra = {c: [] for c in conditions}
@@ -1226,6 +1227,9 @@ def main():
                    help="comma-separated subset of the http part's conditions (none is always run)")
     p.add_argument("--out", default=os.path.join(REPO, "bench", "results", "latest.md"))
     args = p.parse_args()
+    unknown = set(f for f in args.floors.split(",") if f) - set(FLOOR_LABELS)
+    if unknown:
+        p.error("--floors: unknown %s (known: %s)" % (",".join(sorted(unknown)), ",".join(FLOOR_LABELS)))
 
     machine = Machine()
     if args.reps is None:
