@@ -130,7 +130,7 @@ std::optional<PairVerdict> verdict_from_json(const json& j, std::string* error) 
         if (!incidents.is_object()) throw std::runtime_error("incidents is not an object");
         for (const auto& [name, count] : incidents.items()) {
             auto cause = parse_cause(name);
-            if (!cause) throw std::runtime_error("unknown cause " + name);
+            if (!cause) throw std::runtime_error("unknown cause " + json(name).dump());  // quoted: may hold control characters
             if (!count.is_number_unsigned()) throw std::runtime_error("incident count is not a non-negative integer");
             v.incidents[static_cast<size_t>(*cause)] = count.get<uint64_t>();
         }
