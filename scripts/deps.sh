@@ -10,7 +10,8 @@ packages=(
   prometheus-cpp-dev libcivetweb-dev
 )
 if [[ "${1:-}" == "--test" ]]; then
-  packages+=(libgtest-dev python3 python3-yaml iproute2 nginx-light curl openssl procps prometheus libclang-rt-14-dev libfaketime)
+  packages+=(libgtest-dev python3 python3-yaml iproute2 nginx-light curl openssl procps prometheus libclang-rt-14-dev libfaketime
+    podman runc mmdebstrap)
 fi
 
 missing=()
