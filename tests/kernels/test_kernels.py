@@ -46,7 +46,12 @@ TRACE_SCENARIOS = [("write_after_fin", 4, 300.0), ("write_after_fin", 4, 0.0),
                    ("healthy", 4, None), ("healthy", 6, None)]
 AGENT_SCENARIOS = [("write_after_fin", 4, 300.0), ("idle_close_rst", 6, None)]
 AGENT_PORT = 9740
-IDLE_TOL_MS = 60.0  # as tests/lib/scenarios.py: client-measured idle vs idle_before_write_ms
+# idle_before_write_ms against the client's own measure (CLOCK_MONOTONIC). Each incident: 200 ms
+# (tests/lib/scenarios.py uses 60 on the host): under TCG the guest's timer ticks can arrive late
+# when the host is busy, and jiffies (the kernel's idle clock) lag the TSC until the next tick;
+# seen up to 90 ms on a loaded 2-core host, usually under 10. The median over a run: 15 ms.
+IDLE_TOL_MS = 200.0
+IDLE_MEDIAN_TOL_MS = 15.0
 
 
 def _truthy(name):
@@ -233,6 +238,19 @@ def expected_incidents(result, expect):
     raise AssertionError("unknown scenario %r" % name)
 
 
+def idle_deviations(incidents, results):
+    """idle_before_write_ms minus the client's own measure, for each client incident."""
+    out = []
+    for result in results:
+        if result.get("idle_ms") is None:
+            continue
+        conn = ConnRef(result["conns"][0])
+        for inc in scenarios.incidents_of(incidents, [conn]):
+            if inc.get("observer") == "client" and inc.get("idle_before_write_ms") is not None:
+                out.append(inc["idle_before_write_ms"] - result["idle_ms"])
+    return out
+
+
 def scenario_key(result):
     return (result["scenario"], result["family"], result.get("delay_ms"))
 
@@ -381,7 +399,7 @@ class KernelCase(unittest.TestCase):
                          sorted((n, f, d) for n, f, d in TRACE_SCENARIOS), "scenarios run")
         incidents = json_lines(trace, "trace --write-hook %s output" % mode)
         self.assert_incidents(incidents, results, "trace --write-hook %s" % mode)
-        self.assert_idle_precision(incidents)
+        self.assert_idle_precision(incidents, results)
 
     def assert_incidents(self, incidents, results, context):
         """Per scenario: its connections' incidents are exactly the expected ones; and every
@@ -395,8 +413,9 @@ class KernelCase(unittest.TestCase):
             self.fail("\n".join(problems) + "\nall incidents:\n" +
                       "\n".join("  " + describe(i) for i in incidents))
 
-    def assert_idle_precision(self, incidents):
-        """idle_before_write_ms counts kernel jiffies: whole multiples of 1000/CONFIG_HZ ms."""
+    def assert_idle_precision(self, incidents, results):
+        """idle_before_write_ms counts kernel jiffies (whole multiples of 1000/CONFIG_HZ ms) and
+        agrees with the clients' own measure: median deviation within IDLE_MEDIAN_TOL_MS."""
         step = 1000.0 / int(self.kernel.config_value("CONFIG_HZ"))
         idles = [i["idle_before_write_ms"] for i in incidents
                  if i.get("idle_before_write_ms") is not None]
@@ -405,6 +424,11 @@ class KernelCase(unittest.TestCase):
             k = idle / step
             self.assertLess(abs(k - round(k)), 0.05,
                             "idle_before_write_ms %s is not a multiple of %.1f ms" % (idle, step))
+        deviations = sorted(idle_deviations(incidents, results))
+        self.assertGreaterEqual(len(deviations), 6, deviations)
+        median = deviations[len(deviations) // 2]
+        self.assertLessEqual(abs(median), IDLE_MEDIAN_TOL_MS,
+                             "idle_before_write_ms - client idle (ms): %s" % deviations)
 
     def test_trace_tp_btf(self):
         self.check_trace_mode("tp_btf")
@@ -509,11 +533,14 @@ def summarize(run):
             row["modes"][mode] = {"ran": True, "error": str(exc)}
             continue
         reasons |= {i.get("reset_reason") for i in incidents if i.get("observer") == "server"}
+        deviations = idle_deviations(incidents, results)
         row["modes"][mode] = {
             "ran": True, "scenarios": len(outcomes),
             "passed": sum(1 for _, problems in outcomes if not problems),
             "failed": [label for label, problems in outcomes if problems],
-            "stray_incidents": len(strays), "incidents": len(incidents)}
+            "stray_incidents": len(strays), "incidents": len(incidents),
+            "idle_deviation_ms": [round(min(deviations), 1), round(max(deviations), 1)]
+            if deviations else None}
     row["server_reset_reasons"] = sorted("null" if r is None else r for r in reasons)
     return row
 

@@ -96,6 +96,7 @@ scenarios() {  # scenarios OUTFILE: every scenario once, one JSON line each
 info boot "$(uname -r)" "$(uptime_s)"
 info cmdline "$(cat /proc/cmdline)"
 info nproc "$(nproc)"
+info clocksource "$(cat /sys/devices/system/clocksource/clocksource0/current_clocksource)"
 
 run check-auto rstwatch check
 for mode in tp_btf fentry kprobe; do
@@ -167,6 +168,8 @@ dump agent-links-during /tmp/agent-links-during.json
 dump agent-progs-after /tmp/agent-progs-after.json
 dump agent-links-after /tmp/agent-links-after.json
 info agent-end "$(uptime_s)"
+dmesg > /tmp/dmesg 2>&1
+dump dmesg /tmp/dmesg
 
 echo "@@done" >&3
 sync
