@@ -41,7 +41,8 @@ class ToolMissing(MatrixError):
 
 def require_tools():
     """ToolMissing naming every missing program (qemu-system-x86, busybox-static, cpio, bpftool)."""
-    missing = [p for p in (QEMU, "cpio", "strip", "dpkg-deb", "apt-get") if not shutil.which(p)]
+    missing = [p for p in (QEMU, "cpio", "strip", "dpkg-deb", "apt-get", "setpriv")
+               if not shutil.which(p)]
     missing += [p for p in (BUSYBOX, BPFTOOL) if not os.access(p, os.X_OK)]
     if missing:
         raise ToolMissing("not installed: %s (scripts/deps.sh --test installs qemu-system-x86, "
@@ -311,7 +312,9 @@ def boot_kernel(kernel, initrd, work_dir, timeout_s, memory_mb=1024, cpus=2):
     for path in (console, results):
         if os.path.exists(path):
             os.unlink(path)
-    cmd = [QEMU, "-accel", "tcg", "-cpu", "max", "-smp", str(cpus), "-m", str(memory_mb),
+    # setpriv (util-linux) execs qemu with SIGKILL as its parent-death signal: qemu cannot outlive
+    # this harness (a ctest timeout, SIGTERM); the PID is still qemu's own.
+    cmd = ["setpriv", "--pdeathsig", "KILL", QEMU, "-accel", "tcg", "-cpu", "max", "-smp", str(cpus), "-m", str(memory_mb),
            "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
            "-serial", "file:" + console, "-serial", "file:" + results,
            "-kernel", kernel.vmlinuz, "-initrd", initrd,
