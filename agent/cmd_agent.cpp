@@ -50,7 +50,8 @@ int64_t clock_ns(clockid_t clock) {
 }
 
 constexpr std::array<const char*, RW_REC_TYPE_MAX> kRecordTypeByValue = {
-    "", "idle_write", "close_wait_write", "peer_fin", "own_close", "closed", "rst_received", "rst_sent"};
+    "", "idle_write", "close_wait_write", "peer_fin", "own_close", "closed", "rst_received", "rst_sent",
+    "unread_at_destroy"};
 
 // What to tell the user about an incident, in one clause.
 std::string hint_for(const Incident& incident) {
@@ -370,6 +371,7 @@ int Agent::run() {
     features_ = probe_kernel_features();
     CorrelatorOptions correlator_options;
     correlator_options.idle_threshold_ns = close_threshold_ns(options_.loader.idle_threshold_s);
+    correlator_options.jiffy_ns = 1'000'000'000ULL / (features_.hz ? features_.hz : 250);
     correlator_options.reset_reason_name = [names = features_.rst_reason_names](uint32_t raw) {
         auto it = names.find(raw);
         return it == names.end() ? std::string() : it->second;

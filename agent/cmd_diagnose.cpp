@@ -94,6 +94,7 @@ int run_diagnose(const DiagnoseOptions& options) {
     KernelFeatures features = probe_kernel_features();
     CorrelatorOptions correlator_options;
     correlator_options.idle_threshold_ns = close_threshold_ns(options.loader.idle_threshold_s);
+    correlator_options.jiffy_ns = 1'000'000'000ULL / (features.hz ? features.hz : 250);
     Correlator correlator(correlator_options);
     CorrelatorOutput produced;
     TimeoutInference inference;

@@ -127,6 +127,7 @@ int run_trace(const TraceOptions& options) {
 
     CorrelatorOptions correlator_options;
     correlator_options.idle_threshold_ns = close_threshold_ns(options.loader.idle_threshold_s);
+    correlator_options.jiffy_ns = 1'000'000'000ULL / (features.hz ? features.hz : 250);
     correlator_options.reset_reason_name = [names = features.rst_reason_names](uint32_t raw) {
         auto it = names.find(raw);
         return it == names.end() ? std::string() : it->second;
@@ -147,11 +148,11 @@ int run_trace(const TraceOptions& options) {
         produced.clear();
         if (size == sizeof(rw_record) && spdlog::should_log(spdlog::level::trace)) {
             const auto* r = static_cast<const rw_record*>(data);
-            spdlog::trace("record type={} sock={:#x} start={} role={} flags={:#x} state={} old={} port {}->{} "
-                          "idle_ns={} rcvd={} armed_rcvd={} reason={}",
+            spdlog::trace("record type={} sock={:#x} start={} role={} flags={:#x} state={} old={} {}:{}->{}:{} "
+                          "netns={} idle_ns={} rcvd={} armed_rcvd={} reason={}",
                           r->type, r->sock_id, r->conn.start_ns, r->conn.role, r->conn.flags, r->state,
-                          r->old_state, r->sport, r->dport, r->idle_ns, r->bytes_received,
-                          r->conn.armed_bytes_received, r->rst_reason);
+                          r->old_state, format_address(r->saddr), r->sport, format_address(r->daddr), r->dport,
+                          r->netns, r->idle_ns, r->bytes_received, r->conn.armed_bytes_received, r->rst_reason);
         }
         correlator.on_raw(data, size, produced);
         for (const Incident& incident : produced.incidents) {

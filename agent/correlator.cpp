@@ -18,7 +18,7 @@ constexpr std::array<std::string_view, kCauseCount> kCauseNames = {
     "write_after_fin", "idle_close_race", "reset_other", "abort_on_close", "data_after_close",
 };
 
-bool has(uint8_t flags, unsigned bit) { return (flags & bit) != 0; }
+bool has(uint16_t flags, unsigned bit) { return (flags & bit) != 0; }
 
 // A fixed-size char array that may lack its terminating NUL.
 std::string bounded_string(const char* s, size_t max) {
@@ -35,6 +35,15 @@ bool is_handshake_state(uint8_t state) {
 }
 
 bool is_known_role(uint8_t role) { return role == RW_ROLE_CLIENT || role == RW_ROLE_SERVER; }
+
+// A request on the connection when the reset came, as the observing socket sees it: a client's
+// data unacknowledged or sent after the last data received (awaiting its answer); a server's
+// data unread, or received after its last send (not yet answered). Resets with nothing in
+// flight cost no request: counted as resets, never incidents.
+bool request_in_flight(const rw_record& r, uint8_t role) {
+    if (role == RW_ROLE_CLIENT) return r.unacked_bytes > 0 || r.send_after_recv > 0;
+    return r.unread_bytes > 0 || r.send_after_recv < 0;
+}
 
 bool is_after_own_close_state(uint8_t state) {
     return state == RW_TCP_FIN_WAIT1 || state == RW_TCP_FIN_WAIT2 || state == RW_TCP_CLOSING ||
@@ -282,8 +291,25 @@ void Correlator::emit_incident(const rw_record& r, const Resolved& conn, Cause c
     }
     if (armed && (cause == Cause::write_after_fin || cause == Cause::idle_close_race)) {
         inc.idle_before_write_ms = static_cast<double>(r.conn.armed_idle_ns) / 1e6;
+        inc.idle_precision_ms = static_cast<double>(options_.jiffy_ns) / 1e6;
         if (r.conn.armed_write_ns != 0 && r.ts_ns >= r.conn.armed_write_ns)
             inc.write_to_reset_ms = static_cast<double>(r.ts_ns - r.conn.armed_write_ns) / 1e6;
+    }
+    if (cause == Cause::reset_other) {
+        ResetFacts facts;
+        facts.history = r.conn.start_ns != 0 || is_known_role(conn.role);
+        if (has(conn.flags, RW_F_PEER_FIN) && has(conn.flags, RW_F_APP_CLOSED))
+            facts.closed_first =
+                r.conn.peer_fin_ns != 0 && r.conn.app_close_ns != 0 && r.conn.app_close_ns < r.conn.peer_fin_ns
+                    ? "self"
+                    : "peer";
+        else if (has(conn.flags, RW_F_PEER_FIN))
+            facts.closed_first = "peer";
+        else if (has(conn.flags, RW_F_APP_CLOSED))
+            facts.closed_first = "self";
+        facts.unacked_bytes = r.unacked_bytes;
+        facts.request_unanswered = conn.role == RW_ROLE_CLIENT ? r.send_after_recv > 0 : r.send_after_recv < 0;
+        inc.facts = facts;
     }
     inc.state = tcp_state_name(r.state);
     if (r.rst_reason != RW_RST_REASON_NONE && options_.reset_reason_name)
@@ -292,6 +318,15 @@ void Correlator::emit_incident(const rw_record& r, const Resolved& conn, Cause c
     inc.netns = r.netns;
     ++stats_.incidents;
     out.incidents.push_back(std::move(inc));
+}
+
+void Correlator::count_tls_close_notify(const Resolved& conn) {
+    // Once per connection and side, like an incident (the reset and the close both report it).
+    if (conn.mem == nullptr || !is_known_role(conn.role)) return;
+    bool& reported = conn.role == RW_ROLE_CLIENT ? conn.mem->incident_client : conn.mem->incident_server;
+    if (reported) return;
+    reported = true;
+    ++stats_.tls_close_notify;
 }
 
 void Correlator::emit_reset(const rw_record& r, uint8_t role, CorrelatorOutput& out) {
@@ -345,12 +380,15 @@ void Correlator::on_record(const rw_record& r, CorrelatorOutput& out) {
     if (is_reset) emit_reset(r, conn.role, out);
     if (is_reset && is_handshake_state(r.state)) return;
     const uint8_t role = conn.role;
-    const uint8_t flags = conn.flags;
+    const uint16_t flags = conn.flags;
     const bool armed = r.conn.start_ns != 0 && has(flags, RW_F_ARMED);
     const bool write_in_close_wait = armed && has(flags, RW_F_WRITE_IN_CLOSE_WAIT);
     // An idle write (before any FIN) that got no response byte so far.
     const bool armed_unanswered = armed && !write_in_close_wait &&
                                   r.bytes_received == r.conn.armed_bytes_received;
+    // A write after the peer's FIN that was a TLS stack's close_notify (an answer to the
+    // peer's), not a request: its reset loses nothing.
+    const bool tls_close_notify = write_in_close_wait && r.conn.armed_tls != 0;
     const bool idle = r.idle_ns >= options_.idle_threshold_ns;
     const double idle_s = static_cast<double>(r.idle_ns) / 1e9;
 
@@ -393,27 +431,49 @@ void Correlator::on_record(const rw_record& r, CorrelatorOutput& out) {
         break;
 
     case RW_REC_CLOSED:
-        // The write after the peer's FIN was never acknowledged: the peer had gone.
+        // The write after the peer's FIN was never acknowledged (the peer had gone), or never
+        // answered before we closed (a half-closed peer took it and did not read it).
         if (role == RW_ROLE_CLIENT && write_in_close_wait &&
-            static_cast<int32_t>(r.snd_una - r.conn.armed_write_seq) <= 0)
-            emit_incident(r, conn, Cause::write_after_fin, out);
+            (static_cast<int32_t>(r.snd_una - r.conn.armed_write_seq) <= 0 ||
+             r.bytes_received == r.conn.armed_bytes_received)) {
+            if (tls_close_notify)
+                count_tls_close_notify(conn);
+            else
+                emit_incident(r, conn, Cause::write_after_fin, out);
+        }
+        break;
+
+    case RW_REC_UNREAD_AT_DESTROY:
+        // A request reached a socket our server had closed (or half-closed) and was never read.
+        if (role == RW_ROLE_SERVER) emit_incident(r, conn, Cause::data_after_close, out);
         break;
 
     case RW_REC_RST_RECEIVED:
         if (role == RW_ROLE_CLIENT) {
-            if (write_in_close_wait)
+            if (tls_close_notify)
+                count_tls_close_notify(conn);
+            else if (has(flags, RW_F_APP_CLOSED) && !write_in_close_wait &&
+                     (is_after_own_close_state(r.state) || is_after_own_close_state(r.old_state)))
+                ++stats_.idle_resets;  // reset after our own close: nothing of ours awaited an answer
+            else if (write_in_close_wait)
                 emit_incident(r, conn, Cause::write_after_fin, out);
             else if (armed_unanswered)
                 emit_incident(r, conn, Cause::idle_close_race, out);
-            else
+            else if (request_in_flight(r, role))
                 emit_incident(r, conn, Cause::reset_other, out);
+            else
+                ++stats_.idle_resets;  // the peer reset a connection with nothing in flight
         } else if (role == RW_ROLE_SERVER) {
-            // tcp_reset() on a socket we already closed: data arrived after our close.
+            // After our own close: the peer's reset loses nothing of ours. (Data arriving
+            // after our close also calls tcp_reset() here; the RST the kernel then sends in
+            // reply is the record that tells data_after_close.)
             if (has(flags, RW_F_APP_CLOSED) &&
                 (is_after_own_close_state(r.state) || is_after_own_close_state(r.old_state)))
-                emit_incident(r, conn, Cause::data_after_close, out);
-            else
+                ++stats_.idle_resets;
+            else if (request_in_flight(r, role))
                 emit_incident(r, conn, Cause::reset_other, out);
+            else
+                ++stats_.idle_resets;
         } else {
             ++stats_.unknown_history;
         }
@@ -426,19 +486,30 @@ void Correlator::on_record(const rw_record& r, CorrelatorOutput& out) {
                 reason = options_.reset_reason_name(r.rst_reason);
             const bool app_closed = has(flags, RW_F_APP_CLOSED);
             // Before 6.10 the kernel gives no reason: closing with unread data is the abort.
-            if (reason == "TCP_ABORT_ON_CLOSE" ||
-                (reason.empty() && app_closed && r.unread_bytes > 0))
+            // Unread data after the peer's own close awaits no answer (e.g. its TLS
+            // close_notify): not a lost request.
+            const bool aborted_unread = reason == "TCP_ABORT_ON_CLOSE" || (reason.empty() && app_closed && r.unread_bytes > 0);
+            if (aborted_unread && !has(flags, RW_F_PEER_FIN))
                 emit_incident(r, conn, Cause::abort_on_close, out);
+            else if (aborted_unread)
+                ++stats_.idle_resets;
             // Before 6.10 a reset answering a segment after our close is data after close
             // (an orphan that got data with the ACK of its FIN is done before it answers).
             else if (reason == "TCP_ABORT_ON_DATA" || reason == "TCP_TIMEWAIT_SOCKET" ||
                      (has(flags, RW_F_FROM_TIMEWAIT) && app_closed) ||
                      (reason.empty() && has(flags, RW_F_REPLY_RST) && app_closed))
                 emit_incident(r, conn, Cause::data_after_close, out);
-            else
+            else if (request_in_flight(r, role))
                 emit_incident(r, conn, Cause::reset_other, out);
+            else
+                ++stats_.idle_resets;  // we aborted a connection with nothing in flight
         } else if (role == RW_ROLE_CLIENT) {
-            emit_incident(r, conn, Cause::reset_other, out);
+            // Our own abort (SO_LINGER 0, or close() with the peer's last bytes unread, e.g. a
+            // TLS upstream's close_notify): an incident only if it cut a request short.
+            if (request_in_flight(r, role))
+                emit_incident(r, conn, Cause::reset_other, out);
+            else
+                ++stats_.idle_resets;
         } else {
             ++stats_.unknown_history;
         }

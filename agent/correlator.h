@@ -25,6 +25,8 @@ struct CorrelatorOptions {
     // How long a finished connection is remembered to absorb its late records
     // (out of order, duplicates) and to tie a timewait RST to its connection.
     uint64_t linger_ns = 120'000'000'000ULL;
+    // One jiffy of the running kernel (1e9 / CONFIG_HZ): idle ages are measured in jiffies.
+    uint64_t jiffy_ns = 4'000'000;
 };
 
 // The close-observation threshold for a write idle threshold (matches the BPF side).
@@ -39,6 +41,8 @@ struct CorrelatorStats {
     uint64_t malformed = 0;         // records rejected by decode
     uint64_t unknown_history = 0;   // RSTs on connections that predate rstwatch
     uint64_t incidents = 0;
+    uint64_t tls_close_notify = 0;  // resets from a TLS close_notify after the peer's close: no request lost
+    uint64_t idle_resets = 0;       // resets with no request in flight (aborts of idle connections): no incident
 };
 
 struct CorrelatorOutput {
@@ -99,7 +103,7 @@ private:
         bool incident_client = false;  // an incident was already reported for this observer
         bool incident_server = false;
         uint8_t role = RW_ROLE_UNKNOWN;   // only connections with a known role are remembered
-        uint8_t flags = 0;                // RW_F_APP_CLOSED / RW_F_PEER_FIN seen in any snapshot
+        uint16_t flags = 0;               // RW_F_APP_CLOSED / RW_F_PEER_FIN seen in any snapshot
         bool observed_peer_fin = false;   // observation already emitted (duplicates)
         bool observed_own_close = false;
         uint64_t observed_reuse_write_ns = 0;  // armed_write_ns of the last reuse_idle observation
@@ -110,7 +114,7 @@ private:
     struct Resolved {
         ConnMemory* mem = nullptr;
         uint8_t role = RW_ROLE_UNKNOWN;
-        uint8_t flags = 0;
+        uint16_t flags = 0;
     };
     // Hard bound on remembered connections (on_raw is fed untrusted input); at the bound the
     // least recently seen one makes room (second-chance FIFO: O(1) amortised per insert).
@@ -120,6 +124,7 @@ private:
     void emit_incident(const rw_record& record, const Resolved& conn, Cause cause,
                        CorrelatorOutput& out);
     void emit_reset(const rw_record& record, uint8_t role, CorrelatorOutput& out);
+    void count_tls_close_notify(const Resolved& conn);
     void emit_observation(const rw_record& record, const Resolved& conn, ObservationKind kind,
                           double idle_s, CorrelatorOutput& out);
     void forget(std::unordered_map<ConnKey, ConnMemory, ConnKeyHash>::iterator it);

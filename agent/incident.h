@@ -29,6 +29,15 @@ struct Endpoint {
     bool operator==(const Endpoint&) const = default;
 };
 
+// Why a reset stayed reset_other: the facts that stopped classification.
+struct ResetFacts {
+    bool history = false;          // the connection was seen from its start (role and events known)
+    std::string closed_first;      // "peer", "self" or "" (neither had closed)
+    uint32_t unacked_bytes = 0;    // our data in flight (written, not acknowledged) at the reset
+    bool request_unanswered = false;  // our last data went out after the last data came in
+    bool operator==(const ResetFacts&) const = default;
+};
+
 struct Incident {
     uint64_t ts_ns = 0;  // CLOCK_MONOTONIC of the decisive record
     Cause cause = Cause::reset_other;
@@ -39,10 +48,12 @@ struct Incident {
     std::string comm;  // empty when unknown
     std::optional<double> idle_before_write_ms;  // idle age at the failing write
     std::optional<double> write_to_reset_ms;     // failing write -> FIN/RST
+    std::optional<double> idle_precision_ms;     // one jiffy (1000/HZ): the step of idle_before_write_ms
     std::string state;                           // socket state at the decisive record, e.g. "CLOSE_WAIT"
     std::string reset_reason;                    // kernel sk_rst_reason name without prefix, "" if none
     uint32_t requests = 0;                       // exchanges the connection carried
     uint32_t netns = 0;                          // observing socket's network namespace inode
+    std::optional<ResetFacts> facts;             // reset_other only
 };
 
 // Idle ages seen in healthy traffic (input for the agent's histograms and timeout inference).

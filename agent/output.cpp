@@ -125,6 +125,33 @@ bool read_ms(const nlohmann::json& v, std::optional<double>& out) {
     return true;
 }
 
+bool read_facts(const nlohmann::json& v, std::optional<ResetFacts>& out) {
+    if (!v.is_object()) return false;
+    ResetFacts f;
+    auto flag = [&](const char* key, bool& dst) {
+        auto it = v.find(key);
+        if (it == v.end()) return true;
+        if (!it->is_boolean()) return false;
+        dst = it->get<bool>();
+        return true;
+    };
+    auto closed = v.find("closed_first");
+    if (closed != v.end() && !closed->is_null()) {
+        if (!closed->is_string()) return false;
+        f.closed_first = closed->get<std::string>();
+        if (f.closed_first != "peer" && f.closed_first != "self") return false;
+    }
+    if (!flag("history", f.history) || !flag("request_unanswered", f.request_unanswered)) return false;
+    auto unacked = v.find("unacked_bytes");
+    if (unacked != v.end()) {
+        auto n = as_unsigned(*unacked);
+        if (!n || *n > std::numeric_limits<uint32_t>::max()) return false;
+        f.unacked_bytes = static_cast<uint32_t>(*n);
+    }
+    out = f;
+    return true;
+}
+
 bool read_string(const nlohmann::json& v, std::string& out) {
     if (!v.is_string()) return false;
     out = v.get<std::string>();
@@ -230,10 +257,18 @@ nlohmann::json incident_to_json(const Incident& inc, int64_t offset_ns) {
         inc.idle_before_write_ms ? json(round_tenth(*inc.idle_before_write_ms)) : json(nullptr);
     j["write_to_reset_ms"] =
         inc.write_to_reset_ms ? json(round_tenth(*inc.write_to_reset_ms)) : json(nullptr);
+    j["idle_precision_ms"] =
+        inc.idle_precision_ms ? json(round_tenth(*inc.idle_precision_ms)) : json(nullptr);
     j["state"] = inc.state;
     j["reset_reason"] = !inc.reset_reason.empty() ? json(inc.reset_reason) : json(nullptr);
     j["requests"] = inc.requests;
     j["netns"] = inc.netns;
+    if (inc.facts) {
+        j["facts"] = {{"history", inc.facts->history},
+                      {"closed_first", inc.facts->closed_first.empty() ? json(nullptr) : json(inc.facts->closed_first)},
+                      {"unacked_bytes", inc.facts->unacked_bytes},
+                      {"request_unanswered", inc.facts->request_unanswered}};
+    }
     return j;
 }
 
@@ -293,11 +328,15 @@ std::optional<Incident> incident_from_json(const nlohmann::json& j, int64_t offs
         read_nullable(
             j, "write_to_reset_ms",
             [&](const nlohmann::json& v) { return read_ms(v, inc.write_to_reset_ms); }) &&
+        read_nullable(
+            j, "idle_precision_ms",
+            [&](const nlohmann::json& v) { return read_ms(v, inc.idle_precision_ms); }) &&
         read_nullable(j, "reset_reason",
                       [&](const nlohmann::json& v) { return read_string(v, inc.reset_reason); }) &&
         read_nullable(j, "requests",
                       [&](const nlohmann::json& v) { return read_u32(v, inc.requests); }) &&
-        read_nullable(j, "netns", [&](const nlohmann::json& v) { return read_u32(v, inc.netns); });
+        read_nullable(j, "netns", [&](const nlohmann::json& v) { return read_u32(v, inc.netns); }) &&
+        read_nullable(j, "facts", [&](const nlohmann::json& v) { return read_facts(v, inc.facts); });
     if (!ok) return std::nullopt;
     return inc;
 }

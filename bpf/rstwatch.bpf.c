@@ -167,7 +167,7 @@ static __always_inline __u32 requests_of(const struct sock *sk, __u8 role)
  * For state changes, old_state/new_state are the transition (the socket still holds the
  * old state while the tracepoint runs); otherwise both are 0 and the state is read. */
 static __always_inline void emit(const struct sock *sk, bool full, __u8 type, __u8 old_state, __u8 new_state,
-				 const struct rw_conn_snapshot *snap, __u8 extra_flags, __u32 rst_reason)
+				 const struct rw_conn_snapshot *snap, __u16 extra_flags, __u32 rst_reason)
 {
 	struct rw_record *r = bpf_ringbuf_reserve(&events, sizeof(*r), 0);
 	struct rw_tuple tuple = {};
@@ -197,6 +197,9 @@ static __always_inline void emit(const struct sock *sk, bool full, __u8 type, __
 		r->bytes_acked = BPF_CORE_READ(tp, bytes_acked);
 		r->snd_una = BPF_CORE_READ(tp, snd_una);
 		r->unread_bytes = BPF_CORE_READ(tp, rcv_nxt) - BPF_CORE_READ(tp, copied_seq);
+		r->send_after_recv = (__s32)(BPF_CORE_READ(tp, lsndtime) -
+					     BPF_CORE_READ((const struct inet_connection_sock *)sk, icsk_ack.lrcvtime));
+		r->unacked_bytes = BPF_CORE_READ(tp, write_seq) - r->snd_una;
 	}
 	if (type == RW_REC_IDLE_WRITE || type == RW_REC_CLOSE_WAIT_WRITE) {
 		__u64 pid_tgid = bpf_get_current_pid_tgid();
@@ -217,10 +220,61 @@ static __always_inline void emit(const struct sock *sk, bool full, __u8 type, __
 
 /* ---- application writes ------------------------------------------------ */
 
+/* Linux < 6.4 names the iovec array of an iov_iter "iov" (now "__iov"). */
+struct iov_iter___pre64 {
+	const struct iovec *iov;
+} __attribute__((preserve_access_index));
+
+/* The content type of a write that is exactly one TLS alert record: 0x15 (TLS <= 1.2), or
+ * 0x17 for TLS 1.3, where an alert travels as a protected record of 19-24 bytes (2-byte alert,
+ * content type, 16-byte tag, little padding; a request is never that small once protected).
+ * A TLS stack answers the peer's close_notify with its own after the peer's FIN: such a write
+ * after FIN loses no request. Only CLOSE_WAIT writes get here. 0: not such a record, or the
+ * kernel's iov_iter is not one this reads (kernels before 5.14). */
+static __always_inline __u8 tls_alert_record(const struct msghdr *msg)
+{
+	const struct iov_iter *it;
+	const void *base = NULL;
+	__u8 head[5] = {};
+	__u64 count;
+	__u32 length;
+	__u8 type;
+
+	if (!msg || !bpf_core_field_exists(((struct iov_iter *)0)->iter_type))
+		return 0;
+	it = &msg->msg_iter;
+	count = BPF_CORE_READ(it, count);
+	if (count < 5 + 19 || count > 5 + 64)
+		return 0;
+	type = BPF_CORE_READ(it, iter_type);
+	if (bpf_core_enum_value_exists(enum iter_type, ITER_UBUF) &&
+	    type == bpf_core_enum_value(enum iter_type, ITER_UBUF)) {
+		base = BPF_CORE_READ(it, ubuf);
+	} else if (type == bpf_core_enum_value(enum iter_type, ITER_IOVEC)) {
+		const struct iovec *iov;
+
+		if (bpf_core_field_exists(it->__iov))
+			iov = BPF_CORE_READ(it, __iov);
+		else
+			iov = BPF_CORE_READ((const struct iov_iter___pre64 *)it, iov);
+		base = BPF_CORE_READ(iov, iov_base);
+	}
+	if (!base || bpf_probe_read_user(head, sizeof(head), base + BPF_CORE_READ(it, iov_offset)))
+		return 0;
+	length = ((__u32)head[3] << 8) | head[4];
+	if (head[1] != 3 || length + 5 != count)
+		return 0;
+	if (head[0] == 0x15)
+		return 0x15;
+	if (head[0] == 0x17 && head[2] == 3 && length >= 19 && length <= 24)
+		return 0x17;
+	return 0;
+}
+
 /* A write after idle or in CLOSE_WAIT: arm the connection (remember the write) and report
  * it, unless an earlier armed write still waits for its answer. */
-static __always_inline void arm_write(const struct sock *sk, const struct tcp_sock *tp, __u8 state,
-				      const bool direct)
+static __always_inline void arm_write(const struct sock *sk, const struct tcp_sock *tp, const struct msghdr *msg,
+				      __u8 state, const bool direct)
 {
 	const bool in_close_wait = state == RW_TCP_CLOSE_WAIT;
 	__u32 idle = direct ? idle_since(tp->lsndtime, tp->inet_conn.icsk_ack.lrcvtime) : idle_jiffies(sk);
@@ -250,6 +304,8 @@ static __always_inline void arm_write(const struct sock *sk, const struct tcp_so
 	st->armed_bytes_received = received;
 	st->armed_write_seq = RW_READ(direct, tp, write_seq);
 	st->armed_state = state;
+	st->armed_tls = in_close_wait ? tls_alert_record(msg) : 0;
+	st->flags &= ~RW_F_ARMED_INFERRED;
 	st->writer_pid = pid_tgid >> 32;
 	st->writer_tid = (__u32)pid_tgid;
 	bpf_get_current_comm(st->writer_comm, sizeof(st->writer_comm));
@@ -258,15 +314,16 @@ static __always_inline void arm_write(const struct sock *sk, const struct tcp_so
 }
 
 /* Subprograms of their own: the common early return then runs in a small stack frame. */
-static __noinline int arm_write_direct(const struct sock *sk, const struct tcp_sock *tp, __u8 state)
+static __noinline int arm_write_direct(const struct sock *sk, const struct tcp_sock *tp, const struct msghdr *msg,
+					__u8 state)
 {
-	arm_write(sk, tp, state, true);
+	arm_write(sk, tp, msg, state, true);
 	return 0;
 }
 
-static __noinline int arm_write_probe(const struct sock *sk, __u8 state)
+static __noinline int arm_write_probe(const struct sock *sk, const struct msghdr *msg, __u8 state)
 {
-	arm_write(sk, (const void *)sk, state, false);
+	arm_write(sk, (const void *)sk, msg, state, false);
 	return 0;
 }
 
@@ -275,7 +332,7 @@ static __noinline int arm_write_probe(const struct sock *sk, __u8 state)
  * time, before any map or storage lookup: the idle age since the last send or receive is at
  * most the age of the last send. `direct`: the program has BTF-typed arguments (tp_btf,
  * fentry). */
-static __always_inline void on_write(const struct sock *sk, const bool direct)
+static __always_inline void on_write(const struct sock *sk, const struct msghdr *msg, const bool direct)
 {
 	const struct tcp_sock *tp;
 	__u32 last_send;
@@ -294,9 +351,9 @@ static __always_inline void on_write(const struct sock *sk, const bool direct)
 	if (state != RW_TCP_CLOSE_WAIT && (__u32)bpf_jiffies64() - last_send < idle_threshold_jiffies)
 		return;
 	if (direct)
-		arm_write_direct(sk, tp, state);
+		arm_write_direct(sk, tp, msg, state);
 	else
-		arm_write_probe(sk, state);
+		arm_write_probe(sk, msg, state);
 }
 
 /* Preferred: the send-loop tracepoint (Linux >= 6.16). */
@@ -304,21 +361,21 @@ SEC("tp_btf/tcp_sendmsg_locked")
 int BPF_PROG(rw_write_tp, const struct sock *sk, const struct msghdr *msg, const struct sk_buff *skb,
 	     int size_goal)
 {
-	on_write(sk, true);
+	on_write(sk, msg, true);
 	return 0;
 }
 
 SEC("fentry/tcp_sendmsg")
-int BPF_PROG(rw_write_fentry, struct sock *sk)
+int BPF_PROG(rw_write_fentry, struct sock *sk, struct msghdr *msg)
 {
-	on_write(sk, true);
+	on_write(sk, msg, true);
 	return 0;
 }
 
 SEC("kprobe/tcp_sendmsg")
-int BPF_KPROBE(rw_write_kprobe, struct sock *sk)
+int BPF_KPROBE(rw_write_kprobe, struct sock *sk, struct msghdr *msg)
 {
-	on_write(sk, false);
+	on_write(sk, msg, false);
 	return 0;
 }
 
@@ -377,6 +434,39 @@ static __always_inline void settle_armed(const struct sock *sk, struct rw_conn_s
 		st->flags &= ~RW_F_ARMED;
 }
 
+/* A request that awaits its answer although the write hook did not record it (written within
+ * the idle threshold), found from what the kernel keeps per socket: our application's data is
+ * not yet acknowledged, or our last data went out after the last data came in. Arms the
+ * snapshot as the write hook would have, with the idle age before that write measured from the
+ * kernel's own timestamps (lsndtime - icsk_ack.lrcvtime, in jiffies). Clients only.
+ * `at_fin`: the peer's FIN crossed our data, which alone tells the peer closed without having
+ * the request. At a RST the request must also have followed an idle gap of at least
+ * RW_IDLE_CLOSE_FLOOR_MS (a reset right after a response is an abort, not an idle close). */
+static __always_inline bool infer_waiting_request(const struct sock *sk, struct rw_conn_snapshot *st,
+						  const bool at_fin)
+{
+	const struct tcp_sock *tp = (const void *)sk;
+	__u32 last_send, unacked;
+	__s32 gap;
+
+	if (st->role != RW_ROLE_CLIENT || (st->flags & RW_F_ARMED))
+		return false;
+	last_send = BPF_CORE_READ(tp, lsndtime);
+	gap = (__s32)(last_send - BPF_CORE_READ((const struct inet_connection_sock *)sk, icsk_ack.lrcvtime));
+	unacked = BPF_CORE_READ(tp, write_seq) - BPF_CORE_READ(tp, snd_una);
+	if (at_fin ? (unacked == 0 && gap <= 0)
+		   : (gap <= 0 || (__u64)gap * jiffy_ns < RW_IDLE_CLOSE_FLOOR_MS * 1000000ULL))
+		return false;
+	st->flags = (st->flags & ~RW_F_WRITE_IN_CLOSE_WAIT) | RW_F_ARMED | RW_F_ARMED_INFERRED;
+	st->armed_idle_ns = gap > 0 ? (__u64)gap * jiffy_ns : 0;
+	st->armed_write_ns = bpf_ktime_get_ns() - (__u64)((__u32)bpf_jiffies64() - last_send) * jiffy_ns;
+	st->armed_bytes_received = data_received(BPF_CORE_READ(tp, bytes_received), st);
+	st->armed_write_seq = BPF_CORE_READ(tp, snd_una);
+	st->armed_state = RW_TCP_ESTABLISHED;
+	st->armed_tls = 0;
+	return true;
+}
+
 SEC("tp_btf/inet_sock_set_state")
 int BPF_PROG(rw_state, const struct sock *sk, int old_state, int new_state)
 {
@@ -403,8 +493,10 @@ int BPF_PROG(rw_state, const struct sock *sk, int old_state, int new_state)
 	settle_armed(sk, st);
 
 	if (peer_fin) {
-		/* The peer's FIN was processed. */
+		/* The peer's FIN was processed. If it crossed a request we wrote within the idle
+		 * threshold (no write record), the socket's counters still tell: that is the race. */
 		st->peer_fin_ns = bpf_ktime_get_ns();
+		infer_waiting_request(sk, st, true);
 		idle = idle_jiffies(sk);
 		if ((st->flags & RW_F_ARMED) || idle >= close_idle_threshold_jiffies)
 			emit(sk, true, RW_REC_PEER_FIN, old_state, new_state, st, 0, RW_RST_REASON_NONE);
@@ -415,8 +507,11 @@ int BPF_PROG(rw_state, const struct sock *sk, int old_state, int new_state)
 		/* Our application closed (or shut down writing). */
 		st->flags |= RW_F_APP_CLOSED;
 		st->app_close_ns = bpf_ktime_get_ns();
-		idle_long = old_state == RW_TCP_ESTABLISHED && idle_jiffies(sk) >= close_idle_threshold_jiffies;
+		idle = old_state == RW_TCP_ESTABLISHED ? idle_jiffies(sk) : 0;
+		idle_long = idle >= close_idle_threshold_jiffies;
 		st->idle_closed = idle_long;
+		if ((__u64)idle * jiffy_ns >= RW_IDLE_CLOSE_FLOOR_MS * 1000000ULL)
+			st->flags |= RW_F_CLOSED_WHILE_IDLE;
 		if ((st->flags & RW_F_ARMED) || idle_long)
 			emit(sk, true, RW_REC_OWN_CLOSE, old_state, new_state, st, 0, RW_RST_REASON_NONE);
 		return 0;
@@ -436,10 +531,11 @@ int BPF_PROG(rw_state, const struct sock *sk, int old_state, int new_state)
 	/* Closed after our own close of an idle connection (entering TIME_WAIT, or aborted on
 	 * late data): keep the history under the 4-tuple, so the RST that the timewait socket
 	 * sends for a request that raced the close, or that follows the socket's destruction,
-	 * is tied to this connection. Busy closes (Connection: close) skip this map update. */
+	 * is tied to this connection, whatever the idle threshold. Busy closes (Connection:
+	 * close, right after the response) skip this map update. */
 	if ((old_state == RW_TCP_FIN_WAIT1 || old_state == RW_TCP_FIN_WAIT2 ||
 	     old_state == RW_TCP_CLOSING) &&
-	    ((st->role == RW_ROLE_SERVER && st->idle_closed) || (st->flags & RW_F_ARMED))) {
+	    ((st->role == RW_ROLE_SERVER && (st->flags & RW_F_CLOSED_WHILE_IDLE)) || (st->flags & RW_F_ARMED))) {
 		struct rw_tuple tuple = {};
 		__u8 family;
 
@@ -450,14 +546,33 @@ int BPF_PROG(rw_state, const struct sock *sk, int old_state, int new_state)
 	return 0;
 }
 
+/* Data our application never read, at the socket's destruction: received bytes not copied to
+ * the application, the peer's FIN (one sequence number, SOCK_DONE) not counted. */
+static __always_inline __s32 unread_data(const struct sock *sk)
+{
+	const struct tcp_sock *tp = (const void *)sk;
+	__s32 unread = (__s32)(BPF_CORE_READ(tp, rcv_nxt) - BPF_CORE_READ(tp, copied_seq));
+	unsigned long sk_flags = BPF_CORE_READ(sk, __sk_common.skc_flags);
+
+	if (unread > 0 && (sk_flags & (1UL << bpf_core_enum_value(enum sock_flags, SOCK_DONE))))
+		unread--;
+	return unread;
+}
+
 SEC("tp_btf/tcp_destroy_sock")
 int BPF_PROG(rw_destroy, const struct sock *sk)
 {
+	struct rw_conn_snapshot *st = conn_of(sk);
 	__u64 key = (__u64)sk;
 
+	/* A server socket our application closed (or shut down writing), destroyed with a request
+	 * it never read and no RST to show for it: the request arrived after its FIN and the
+	 * peer's FIN followed (half-closed servers such as Tomcat's keepalive timeout). */
+	if (st && st->role == RW_ROLE_SERVER && (st->flags & RW_F_APP_CLOSED) && unread_data(sk) > 0)
+		emit(sk, true, RW_REC_UNREAD_AT_DESTROY, 0, 0, st, 0, RW_RST_REASON_NONE);
 	/* Socket storage goes with the socket (freed by the kernel at destruct): only count it. */
 	if (use_sk_storage) {
-		if (conn_of(sk))
+		if (st)
 			count(RW_CNT_TRACK_REMOVED);
 		return 0;
 	}
@@ -473,8 +588,25 @@ int BPF_PROG(rw_rst_received, const struct sock *sk)
 {
 	struct rw_conn_snapshot *st = conn_of(sk);
 
-	if (st)
+	if (st) {
 		st->flags |= RW_F_RST_RECEIVED;
+		/* A request written within the idle threshold that the peer answers with RST (it
+		 * closed with the request unread): found from the socket's counters. */
+		if (BPF_CORE_READ(sk, __sk_common.skc_state) == RW_TCP_ESTABLISHED) {
+			settle_armed(sk, st);
+			infer_waiting_request(sk, st, false);
+		} else if (st->role == RW_ROLE_SERVER && (st->flags & RW_F_APP_CLOSED)) {
+			/* Data after our close: the kernel resets the socket (this tracepoint), tears
+			 * it down, then sends the RST that tells it. Keep the history for that RST
+			 * under the 4-tuple (the per-socket entry may be gone by then). */
+			struct rw_tuple tuple = {};
+			__u8 family;
+
+			read_tuple(sk, true, &tuple, &family);
+			st->requests = requests_of(sk, st->role);
+			bpf_map_update_elem(&closed_conns, &tuple, st, BPF_ANY);
+		}
+	}
 	emit(sk, true, RW_REC_RST_RECEIVED, 0, 0, st, 0, RW_RST_REASON_NONE);
 	return 0;
 }

@@ -130,7 +130,7 @@ rw_record make_record(FuzzedDataProvider& fdp, uint64_t now) {
     rw_record r;
     std::memset(&r, 0, sizeof(r));
     r.ts_ns = now;
-    r.type = fdp.ConsumeIntegralInRange<uint8_t>(RW_REC_IDLE_WRITE, RW_REC_RST_SENT);
+    r.type = fdp.ConsumeIntegralInRange<uint8_t>(RW_REC_IDLE_WRITE, RW_REC_TYPE_MAX - 1);
     r.family = fdp.ConsumeBool() ? AF_INET : AF_INET6;
     const unsigned conn = fdp.ConsumeIntegralInRange<unsigned>(0, 3);
     r.sock_id = 0xffff888100000000ULL + 0x1000 * fdp.ConsumeIntegralInRange<unsigned>(0, 4);
@@ -151,13 +151,16 @@ rw_record make_record(FuzzedDataProvider& fdp, uint64_t now) {
     r.pid = fdp.ConsumeIntegralInRange<uint32_t>(0, 70000);
     r.tid = r.pid;
     r.rst_reason = fdp.ConsumeBool() ? RW_RST_REASON_NONE : fdp.ConsumeIntegralInRange<uint32_t>(0, 40);
+    r.send_after_recv = fdp.ConsumeIntegralInRange<int32_t>(-100000, 100000);
+    r.unacked_bytes = fdp.ConsumeIntegralInRange<uint32_t>(0, 1 << 20);
     fill_comm(fdp, r.comm);
 
     rw_conn_snapshot& c = r.conn;
     static const uint64_t kStarts[] = {0, 1'000'000'000ULL, 2'000'000'000ULL, 3'000'000'000ULL};
     c.start_ns = kStarts[conn];
     c.role = fdp.ConsumeIntegralInRange<uint8_t>(0, 3);
-    c.flags = fdp.ConsumeIntegral<uint8_t>();
+    c.flags = fdp.ConsumeIntegral<uint16_t>();
+    c.armed_tls = fdp.ConsumeBool() ? 0 : fdp.PickValueInArray<uint8_t>({0x15, 0x17, 0xff});
     c.armed_state = fdp.ConsumeIntegralInRange<uint8_t>(0, 13);
     c.idle_closed = fdp.ConsumeIntegralInRange<uint8_t>(0, 1);
     c.armed_write_ns = before(fdp, now);

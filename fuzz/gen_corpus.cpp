@@ -179,6 +179,26 @@ int main(int argc, char** argv) {
         s.records.push_back(tw);
         ok &= write_records(dir, "server_data_after_close", s.records);
     }
+    {  // A request written 0.3 s after the last response (below the write threshold: no write
+       // record); the server's FIN crosses it: the state hook infers the waiting request.
+        Sock s(RW_ROLE_CLIENT, "10.244.1.2", 41880, "10.244.2.2", 8080, t0, 0xffff888112380000ULL, "node");
+        s.base.conn.flags |= RW_F_ARMED | RW_F_ARMED_INFERRED;
+        s.base.conn.armed_write_ns = t0 + 300 * kMs;
+        s.base.conn.armed_idle_ns = 300 * kMs;
+        s.base.conn.armed_state = RW_TCP_ESTABLISHED;
+        s.base.send_after_recv = 75;
+        s.base.unacked_bytes = 120;
+        s.peer_fin(t0 + 300 * kMs + kMs / 4);
+        s.rst(false, t0 + 300 * kMs + kMs / 2, RW_TCP_CLOSE_WAIT);
+        ok &= write_records(dir, "idle_close_race_inferred", s.records);
+    }
+    {  // Server half-closed at its keepalive timeout; the request arrived, was never read.
+        Sock s(RW_ROLE_SERVER, "10.244.2.2", 8080, "10.244.1.2", 41890, t0, 0xffff888112390000ULL, "java");
+        s.own_close(t0 + 2 * kSec, 2 * kSec);
+        s.base.unread_bytes = 300;
+        s.emit(RW_REC_UNREAD_AT_DESTROY, t0 + 2 * kSec + 5 * kMs, RW_TCP_CLOSE);
+        ok &= write_records(dir, "server_unread_at_destroy", s.records);
+    }
     {  // A RST sent with no socket (connection refused / unknown port) and a handshake RST.
         Sock s(RW_ROLE_UNKNOWN, "10.244.2.2", 9999, "10.244.1.2", 41999, 0, 0, "");
         s.base.conn.flags = RW_F_NO_SOCKET;

@@ -24,7 +24,8 @@ enum rw_record_type {
 	RW_REC_CLOSED = 5, /* an armed socket reached CLOSE */
 	RW_REC_RST_RECEIVED = 6, /* tcp:tcp_receive_reset, every one */
 	RW_REC_RST_SENT = 7, /* tcp:tcp_send_reset, every one */
-	RW_REC_TYPE_MAX = 8,
+	RW_REC_UNREAD_AT_DESTROY = 8, /* a socket our application closed is destroyed with data it never read */
+	RW_REC_TYPE_MAX = 9,
 };
 
 /* Which end of the connection this socket is. */
@@ -44,7 +45,14 @@ enum rw_conn_flags {
 	RW_F_NO_SOCKET = 1 << 5, /* RST sent with no socket: addresses from the packet */
 	RW_F_REPLY_RST = 1 << 6, /* RST sent in reply to a received segment, not an active reset */
 	RW_F_RST_RECEIVED = 1 << 7, /* a RST was received on this socket */
+	RW_F_ARMED_INFERRED = 1 << 8, /* the waiting request was found from the socket's counters at the
+				       * peer's FIN or RST (written within the idle threshold: no write record) */
+	RW_F_CLOSED_WHILE_IDLE = 1 << 9, /* our application closed it at least RW_IDLE_CLOSE_FLOOR_MS after its last data */
 };
+
+/* A close this long after the connection's last data is an idle close (keepalive timeout), not
+ * the close right after a response (Connection: close). */
+#define RW_IDLE_CLOSE_FLOOR_MS 10
 
 /* TCP states as the kernel numbers them (include/net/tcp_states.h, stable ABI). */
 enum rw_tcp_state {
@@ -85,10 +93,12 @@ struct rw_conn_snapshot {
 	__u32 writer_tid;
 	char writer_comm[RW_COMM_LEN];
 	__u8 role; /* enum rw_role */
-	__u8 flags; /* enum rw_conn_flags */
 	__u8 armed_state; /* socket state at the armed write */
 	__u8 idle_closed; /* our application closed it after it idled >= the close threshold */
-	__u32 reserved; /* zero; keeps the layout free of implicit padding */
+	__u8 armed_tls; /* the armed write was one TLS alert record (its content type: 0x15, or 0x17 for
+			 * TLS 1.3's protected form of that size), e.g. close_notify; 0 otherwise */
+	__u16 flags; /* enum rw_conn_flags */
+	__u16 reserved; /* zero; keeps the layout free of implicit padding */
 };
 
 struct rw_record {
@@ -103,6 +113,9 @@ struct rw_record {
 	__u32 pid; /* current task: meaningful only for write records */
 	__u32 tid;
 	__u32 rst_reason; /* raw enum sk_rst_reason value, RW_RST_REASON_NONE if the kernel gives none */
+	__s32 send_after_recv; /* full sockets: tcp_sock.lsndtime - icsk_ack.lrcvtime in jiffies; > 0 when our
+				* last data went out after the last data came in (a request awaits its answer) */
+	__u32 unacked_bytes; /* full sockets: write_seq - snd_una, written by the application and not acknowledged */
 	char comm[RW_COMM_LEN];
 	__u8 saddr[RW_ADDR_LEN]; /* local address of the observing socket */
 	__u8 daddr[RW_ADDR_LEN]; /* remote address */

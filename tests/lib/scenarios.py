@@ -179,7 +179,30 @@ def write_after_fin(client, server, family="inet", host=None, listen_family=None
 
 
 def reset_linger0(client, server, family="inet", host=None, port=0, exchanges=20):
-    """Client aborts a busy connection with SO_LINGER{1,0}: reset_other on both sides."""
+    """A client gives up on a request in flight and aborts with SO_LINGER{1,0} (its own
+    timeout): the server had read the request and not answered yet. reset_other on both
+    sides: a request was cut short, and it is no stale-keepalive cause."""
+    conn = connect(client, server, family=family, host=host, port=port)
+    conn.exchange(count=exchanges)
+    client.step("sleep", seconds=0.03)  # a few jiffies after the last response
+    client.step("send", size=100)
+    r = server.step("recv", size=100)
+    _check(r["n"] == 100, "server recv: %r, expected 100 bytes" % (r,))
+    client.step("close", name="c", linger0=True)
+    r = server.step("recv", size=100, exact=False, expect_ok=False)
+    _check(r.get("errno") == "ECONNRESET", "server recv: %r, expected ECONNRESET" % (r,))
+    server.step("close", name="c")
+    server.step("close", name="L")
+    expected = [
+        dict(cause="reset_other", observer="server", conn=conn, requests=exchanges + 1),
+        dict(cause="reset_other", observer="client", conn=conn, requests=exchanges + 1),
+    ]
+    return conn, expected
+
+
+def reset_idle_linger0(client, server, family="inet", host=None, port=0, exchanges=5):
+    """A client aborts an idle pooled connection with SO_LINGER{1,0} (HAProxy's nolinger):
+    nothing in flight on either side, so no incident; the RST is counted as a reset."""
     conn = connect(client, server, family=family, host=host, port=port)
     conn.exchange(count=exchanges)
     client.step("close", name="c", linger0=True)
@@ -187,30 +210,28 @@ def reset_linger0(client, server, family="inet", host=None, port=0, exchanges=20
     _check(r.get("errno") == "ECONNRESET", "server recv: %r, expected ECONNRESET" % (r,))
     server.step("close", name="c")
     server.step("close", name="L")
-    expected = [
-        dict(cause="reset_other", observer="server", conn=conn, requests=exchanges),
-        dict(cause="reset_other", observer="client", conn=conn, requests=exchanges),
-    ]
-    return conn, expected
+    return conn, []
 
 
-def half_close_answered(client, server, family="inet", host=None, port=0):
-    """Server shutdown(SHUT_WR) but keeps reading; the client's write in CLOSE_WAIT is read;
-    both close normally.  No incident: returns (conn, [])."""
+def half_close_read_unanswered(client, server, family="inet", host=None, port=0):
+    """Server shutdown(SHUT_WR) (its FIN) after idle and keeps reading; the client's request
+    in CLOSE_WAIT is acknowledged and read but can never be answered (the server's sending
+    side is shut); the client closes. No RST anywhere: client write_after_fin (decided at
+    its close); the server read the request, so nothing on its side."""
     conn = connect(client, server, family=family, host=host, port=port)
     conn.exchange()
     server.step("sleep", seconds=0.2)
     server.step("shutdown", name="c", how="wr")
     client.step("wait_state", state="CLOSE_WAIT", timeout=5)
     client.step("sleep", seconds=0.3)
-    client.step("send", size=100)
+    w = client.step("send", size=100)
     r = server.step("recv", size=100)
     _check(r["n"] == 100, "server recv: %r, expected 100 bytes" % (r,))
-    server.step("close", name="c")
     r = client.step("recv", size=10, exact=False)
     _check(r["eof"], "client recv: %r, expected EOF" % (r,))
     _close_both(conn)
-    return conn, []
+    server.step("close", name="c")
+    return conn, [_client_incident("write_after_fin", conn, w)]
 
 
 def healthy_reuse(client, server, family="inet", host=None, port=0, gaps_s=(0.8, 0.8),

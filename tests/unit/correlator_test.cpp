@@ -39,11 +39,14 @@ std::string test_reason_name(uint32_t raw) {
     }
 }
 
+constexpr uint64_t kJiffy = 4 * kMs;  // HZ=250
+
 CorrelatorOptions test_options() {
     CorrelatorOptions o;
     o.reset_reason_name = test_reason_name;
     o.idle_threshold_ns = kThreshold;
     o.linger_ns = kLinger;
+    o.jiffy_ns = kJiffy;
     return o;
 }
 
@@ -84,7 +87,7 @@ public:
             base_.conn.writer_pid = base_.conn.writer_tid = kConnectorPid;
             set_comm(base_.conn.writer_comm, "nginx");
         }
-        last_data_ns_ = start_ns;
+        last_data_ns_ = last_send_ns_ = last_recv_ns_ = start_ns;
     }
 
     static constexpr uint32_t kConnectorPid = 4242;
@@ -93,7 +96,8 @@ public:
     uint8_t state() const { return state_; }
 
     // The application writes `len` bytes (sendmsg runs in its context): one data segment.
-    Sock& write(uint64_t ts, uint32_t len, uint32_t pid = 4242, const char* comm = "nginx") {
+    // tls: the write is one TLS alert record (a close_notify): its content type, else 0.
+    Sock& write(uint64_t ts, uint32_t len, uint32_t pid = 4242, const char* comm = "nginx", uint8_t tls = 0) {
         const bool in_close_wait = state_ == RW_TCP_CLOSE_WAIT;
         const bool idle = ts - last_data_ns_ >= kThreshold;
         if (base_.conn.role == RW_ROLE_CLIENT) ++base_.conn.requests;  // data_segs_out
@@ -106,15 +110,17 @@ public:
                 bytes_received_ == base_.conn.armed_bytes_received)
                 may_arm = false;
             else
-                base_.conn.flags &= static_cast<uint8_t>(~RW_F_ARMED);
+                base_.conn.flags &= static_cast<uint16_t>(~RW_F_ARMED);
         }
         if (may_arm) {
             auto& c = base_.conn;
             c.flags |= RW_F_ARMED;
+            c.flags &= static_cast<uint16_t>(~RW_F_ARMED_INFERRED);
             if (in_close_wait)
                 c.flags |= RW_F_WRITE_IN_CLOSE_WAIT;
             else
-                c.flags &= static_cast<uint8_t>(~RW_F_WRITE_IN_CLOSE_WAIT);
+                c.flags &= static_cast<uint16_t>(~RW_F_WRITE_IN_CLOSE_WAIT);
+            c.armed_tls = in_close_wait ? tls : 0;
             c.armed_write_ns = ts;
             c.armed_idle_ns = ts - last_data_ns_;
             c.armed_bytes_received = bytes_received_;
@@ -130,7 +136,7 @@ public:
             records.push_back(r);
         }
         write_seq_ += len;
-        last_data_ns_ = ts;
+        last_data_ns_ = last_send_ns_ = ts;
         return *this;
     }
     // The peer's data arrives and acknowledges everything we sent.
@@ -138,8 +144,13 @@ public:
         bytes_received_ += len;
         if (!app_reads) unread_ += len;
         snd_una_ = write_seq_;
-        last_data_ns_ = ts;
+        last_data_ns_ = last_recv_ns_ = ts;
         if (base_.conn.role == RW_ROLE_SERVER) ++base_.conn.requests;  // data_segs_in
+        return *this;
+    }
+    // The peer's kernel takes our data into its buffer (acknowledges it) without answering.
+    Sock& peer_acks_data() {
+        snd_una_ = write_seq_;
         return *this;
     }
     // The peer acknowledges our data without sending any.
@@ -152,6 +163,8 @@ public:
         if (state_ == RW_TCP_ESTABLISHED) {
             base_.conn.flags |= RW_F_PEER_FIN;
             base_.conn.peer_fin_ns = ts;
+            settle();
+            infer(ts, /*at_fin=*/true);
             transition(ts, RW_TCP_CLOSE_WAIT, RW_REC_PEER_FIN, ts - last_data_ns_ >= kThreshold);
         } else if (state_ == RW_TCP_FIN_WAIT2) {
             // The full socket closes; a timewait socket takes over (see timewait_*).
@@ -164,6 +177,8 @@ public:
     Sock& own_close(uint64_t ts) {
         base_.conn.flags |= RW_F_APP_CLOSED;
         base_.conn.app_close_ns = ts;
+        if (state_ == RW_TCP_ESTABLISHED && ts - last_data_ns_ >= 10 * kMs)
+            base_.conn.flags |= RW_F_CLOSED_WHILE_IDLE;
         const uint8_t next = state_ == RW_TCP_CLOSE_WAIT ? RW_TCP_LAST_ACK : RW_TCP_FIN_WAIT1;
         transition(ts, next, RW_REC_OWN_CLOSE, ts - last_data_ns_ >= kThreshold);
         return *this;
@@ -215,10 +230,36 @@ public:
     }
     // tcp_reset(): tcp_receive_reset in the current state, then the socket closes.
     Sock& rst_received(uint64_t ts) {
+        base_.conn.flags |= RW_F_RST_RECEIVED;
+        if (state_ == RW_TCP_ESTABLISHED) {
+            settle();
+            infer(ts, /*at_fin=*/false);
+        }
         records.push_back(make(RW_REC_RST_RECEIVED, ts));
         transition(ts, RW_TCP_CLOSE, RW_REC_CLOSED);
         return *this;
     }
+    // Data the peer sent after our own close (or half-close) with the FIN acked arrives at the
+    // orphan: the kernel resets it (tcp_receive_reset), tears it down, answers RST.
+    Sock& abort_on_data(uint64_t ts, uint32_t reason) {
+        rst_received(ts);
+        return rst_sent(ts, reason, /*reply=*/true);
+    }
+    // The socket is destroyed (tcp_destroy_sock) with `unread` bytes the application never read.
+    Sock& destroy(uint64_t ts) {
+        if (base_.conn.role == RW_ROLE_SERVER && (base_.conn.flags & RW_F_APP_CLOSED) && unread_ > 0 &&
+            !no_history())
+            records.push_back(make(RW_REC_UNREAD_AT_DESTROY, ts));
+        return *this;
+    }
+    // Data arrives that the application does not read (e.g. after its shutdown(SHUT_WR)).
+    Sock& receive_unread(uint64_t ts, uint32_t len) {
+        bytes_received_ += len;
+        unread_ += len;
+        last_data_ns_ = last_recv_ns_ = ts;
+        return *this;
+    }
+
     // The timewait socket left behind answers a late segment with RST.
     Sock& timewait_rst_sent(uint64_t ts, uint64_t tw_sock_id, uint32_t reason,
                             bool with_snapshot = true) {
@@ -242,7 +283,25 @@ private:
     void settle() {
         if (armed() && !(base_.conn.flags & RW_F_WRITE_IN_CLOSE_WAIT) &&
             bytes_received_ != base_.conn.armed_bytes_received)
-            base_.conn.flags &= static_cast<uint8_t>(~RW_F_ARMED);
+            base_.conn.flags &= static_cast<uint16_t>(~RW_F_ARMED);
+    }
+    int32_t send_after_recv() const {
+        return static_cast<int32_t>(last_send_ns_ / kJiffy) - static_cast<int32_t>(last_recv_ns_ / kJiffy);
+    }
+    // The kernel side's infer_waiting_request(): a request the write hook did not record.
+    void infer(uint64_t ts, bool at_fin) {
+        if (base_.conn.role != RW_ROLE_CLIENT || armed() || no_history()) return;
+        const int32_t gap = send_after_recv();
+        const uint32_t unacked = write_seq_ - snd_una_;
+        if (at_fin ? (unacked == 0 && gap <= 0) : (gap <= 0 || gap * kJiffy < 10 * kMs)) return;
+        auto& c = base_.conn;
+        c.flags = static_cast<uint16_t>((c.flags & ~RW_F_WRITE_IN_CLOSE_WAIT) | RW_F_ARMED | RW_F_ARMED_INFERRED);
+        c.armed_idle_ns = gap > 0 ? static_cast<uint64_t>(gap) * kJiffy : 0;
+        c.armed_write_ns = ts - (ts / kJiffy - last_send_ns_ / kJiffy) * kJiffy;
+        c.armed_bytes_received = bytes_received_;
+        c.armed_write_seq = snd_una_;
+        c.armed_state = RW_TCP_ESTABLISHED;
+        c.armed_tls = 0;
     }
     bool no_history() const { return base_.conn.start_ns == 0; }
 
@@ -268,6 +327,8 @@ private:
         r.bytes_acked = snd_una_ - 1000;
         r.snd_una = snd_una_;
         r.unread_bytes = unread_;
+        r.send_after_recv = send_after_recv();
+        r.unacked_bytes = write_seq_ - snd_una_;
         // Softirq context: whoever was interrupted. Never the writer.
         r.pid = 17;
         r.tid = 17;
@@ -279,6 +340,8 @@ private:
     rw_record base_{};
     uint8_t state_ = RW_TCP_ESTABLISHED;
     uint64_t last_data_ns_ = 0;
+    uint64_t last_send_ns_ = 0;  // lsndtime
+    uint64_t last_recv_ns_ = 0;  // icsk_ack.lrcvtime
     uint64_t bytes_received_ = 0;
     uint32_t write_seq_ = 1000;
     uint32_t snd_una_ = 1000;
@@ -449,7 +512,9 @@ TEST(CorrelatorClient, ResetOtherOnBusyConnection) {
     EXPECT_FALSE(inc.write_to_reset_ms);
 }
 
-TEST(CorrelatorClient, ResetAfterAnsweredIdleWriteIsResetOther) {
+TEST(CorrelatorClient, ResetWithNothingInFlightIsNoIncident) {
+    // The idle write was answered; a later RST finds no request waiting: the peer aborted
+    // an idle connection. Counted as a reset, not an incident.
     Sock s = proxy_socket();
     exchange(s, T0 + 10 * kMs);
     s.write(T0 + 3 * kSec, 300);           // idle reuse
@@ -458,13 +523,9 @@ TEST(CorrelatorClient, ResetAfterAnsweredIdleWriteIsResetOther) {
 
     Harness h;
     h.feed(s.records);
-    ASSERT_EQ(h.out.incidents.size(), 1u);
-    EXPECT_EQ(h.out.incidents[0].cause, Cause::reset_other);
-    // The answered idle write is not the failing write: no idle age or delay is claimed,
-    // but the process that owns the connection is still named.
-    EXPECT_FALSE(h.out.incidents[0].idle_before_write_ms.has_value());
-    EXPECT_FALSE(h.out.incidents[0].write_to_reset_ms.has_value());
-    EXPECT_EQ(h.out.incidents[0].comm, "nginx");
+    EXPECT_TRUE(h.out.incidents.empty());
+    ASSERT_EQ(h.out.resets.size(), 1u);
+    EXPECT_EQ(h.c.stats().idle_resets, 1u);
 }
 
 TEST(CorrelatorClient, LaterBusyWriteDisarmsAnsweredIdleWrite) {
@@ -503,17 +564,184 @@ TEST(CorrelatorClient, WriteAfterFinOnAnUnansweredIdleWriteStaysIdleCloseRace) {
     EXPECT_EQ(h.out.incidents[0].state, "CLOSE_WAIT");
 }
 
-TEST(CorrelatorClient, RstSentByClientIsResetOther) {
+TEST(CorrelatorClient, OwnAbortIsResetOtherOnlyWithARequestInFlight) {
+    // nginx closes a pooled connection with the peer's last bytes unread (e.g. a TLS
+    // upstream's close_notify): nothing of ours in flight, no incident.
+    Sock idle = proxy_socket();
+    exchange(idle, T0 + 10 * kMs);
+    idle.abort_close(T0 + 3 * kSec, kReasonAbortOnClose);
+    // A client giving up on a request (its own timeout) aborts with the request unanswered.
+    Sock busy = proxy_socket(T0 + 1, 0xffff8880'aaaa2222ULL);
+    exchange(busy, T0 + 10 * kMs);
+    busy.write(T0 + 20 * kMs, 300);
+    busy.abort_close(T0 + 5 * kSec, kReasonAbortOnClose);
+
+    Harness h;
+    h.feed(idle.records);
+    EXPECT_TRUE(h.out.incidents.empty());
+    h.feed(busy.records);
+    ASSERT_EQ(h.out.incidents.size(), 1u);
+    const Incident& inc = h.out.incidents[0];
+    EXPECT_EQ(inc.cause, Cause::reset_other);
+    EXPECT_EQ(inc.observer, Observer::client);
+    EXPECT_EQ(inc.reset_reason, "TCP_ABORT_ON_CLOSE");
+    ASSERT_TRUE(inc.facts);
+    EXPECT_TRUE(inc.facts->history);
+    EXPECT_TRUE(inc.facts->request_unanswered);
+    EXPECT_EQ(inc.facts->closed_first, "self");
+}
+
+// ------------------------------------------------ below the idle threshold (issue 16)
+// Requests written within the write hook's idle threshold leave no write record; the FIN or
+// RST finds them from the socket's counters, with the idle age from the kernel's timestamps.
+
+TEST(CorrelatorClient, SubThresholdRaceFoundAtTheFinThatCrossedTheRequest) {
     Sock s = proxy_socket();
     exchange(s, T0 + 10 * kMs);
-    s.abort_close(T0 + 30 * kMs, kReasonAbortOnClose);
+    const uint64_t last = T0 + 15 * kMs;
+    s.write(last + 300 * kMs, 300);  // 0.3 s idle: below the 1 s threshold, no record
+    ASSERT_EQ(count_type(s.records, RW_REC_IDLE_WRITE), 0u);
+    s.peer_fin(last + 300 * kMs + 200'000);  // the server's idle close crossed the request
+    s.rst_received(last + 300 * kMs + 400'000);
 
     Harness h;
     h.feed(s.records);
     ASSERT_EQ(h.out.incidents.size(), 1u);
-    EXPECT_EQ(h.out.incidents[0].cause, Cause::reset_other);
-    EXPECT_EQ(h.out.incidents[0].observer, Observer::client);
-    EXPECT_EQ(h.out.incidents[0].reset_reason, "TCP_ABORT_ON_CLOSE");
+    const Incident& inc = h.out.incidents[0];
+    EXPECT_EQ(inc.cause, Cause::idle_close_race);
+    EXPECT_EQ(inc.state, "CLOSE_WAIT");
+    ASSERT_TRUE(inc.idle_before_write_ms);
+    EXPECT_NEAR(*inc.idle_before_write_ms, 300.0, 4.0);  // one jiffy
+    ASSERT_TRUE(inc.idle_precision_ms);
+    EXPECT_DOUBLE_EQ(*inc.idle_precision_ms, 4.0);
+    EXPECT_EQ(inc.pid, Sock::kConnectorPid);  // named at connect
+    EXPECT_EQ(inc.comm, "nginx");
+    EXPECT_EQ(inc.requests, 2u);
+}
+
+TEST(CorrelatorClient, SubThresholdRaceFoundAtTheRst) {
+    // The request reached the server's buffer (acknowledged) and the server closed with it
+    // unread: RST in ESTABLISHED ("104: Connection reset by peer").
+    Sock s = proxy_socket();
+    exchange(s, T0 + 10 * kMs);
+    const uint64_t last = T0 + 15 * kMs;
+    s.write(last + 300 * kMs, 300).peer_acks_data();
+    s.rst_received(last + 300 * kMs + 300'000);
+
+    Harness h;
+    h.feed(s.records);
+    ASSERT_EQ(h.out.incidents.size(), 1u);
+    EXPECT_EQ(h.out.incidents[0].cause, Cause::idle_close_race);
+    EXPECT_EQ(h.out.incidents[0].state, "ESTABLISHED");
+    EXPECT_NEAR(*h.out.incidents[0].idle_before_write_ms, 300.0, 4.0);
+}
+
+TEST(CorrelatorClient, RstOnARequestSentRightAfterTheResponseIsResetOther) {
+    // No idle gap worth the name before the request (< 10 ms): an abort, not an idle close.
+    Sock s = proxy_socket();
+    exchange(s, T0 + 10 * kMs);
+    s.write(T0 + 20 * kMs, 300).peer_acks_data();
+    s.rst_received(T0 + 25 * kMs);
+
+    Harness h;
+    h.feed(s.records);
+    ASSERT_EQ(h.out.incidents.size(), 1u);
+    const Incident& inc = h.out.incidents[0];
+    EXPECT_EQ(inc.cause, Cause::reset_other);
+    ASSERT_TRUE(inc.facts);
+    EXPECT_TRUE(inc.facts->history);
+    EXPECT_TRUE(inc.facts->request_unanswered);
+    EXPECT_EQ(inc.facts->unacked_bytes, 0u);
+    EXPECT_EQ(inc.facts->closed_first, "");
+    EXPECT_FALSE(inc.idle_before_write_ms);
+}
+
+TEST(CorrelatorClient, FinAfterTheServerTookTheRequestWithoutAnswerIsTheRace) {
+    // The server's kernel acknowledged the request, then the server closed (its idle timer
+    // fired as the request arrived) without answering: "upstream prematurely closed".
+    Sock s = proxy_socket();
+    exchange(s, T0 + 10 * kMs);
+    s.write(T0 + 515 * kMs, 300).peer_acks_data();
+    s.peer_fin(T0 + 516 * kMs);
+
+    Harness h;
+    h.feed(s.records);
+    ASSERT_EQ(h.out.incidents.size(), 1u);
+    EXPECT_EQ(h.out.incidents[0].cause, Cause::idle_close_race);
+    EXPECT_NEAR(*h.out.incidents[0].idle_before_write_ms, 500.0, 4.0);
+}
+
+TEST(CorrelatorClient, HealthyReuseBelowTheThresholdThenFinIsNoIncident) {
+    Sock s = proxy_socket();
+    exchange(s, T0 + 10 * kMs);
+    s.write(T0 + 300 * kMs, 300).receive(T0 + 305 * kMs, 1200);  // answered
+    s.peer_fin(T0 + 605 * kMs);  // idle close with nothing in flight
+    s.own_close(T0 + 606 * kMs).our_fin_acked(T0 + 607 * kMs);
+
+    Harness h;
+    h.feed(s.records);
+    EXPECT_TRUE(h.out.incidents.empty());
+}
+
+TEST(CorrelatorClient, WriteAfterFinIntoAHalfClosedServerThatNeverAnswers) {
+    // Tomcat's keepalive timeout half-closes (FIN); HAProxy writes the next request anyway;
+    // the server's kernel acknowledges it, nobody reads it; HAProxy sees the EOF and closes
+    // (502 "SH--"). No RST anywhere.
+    Sock s = proxy_socket();
+    exchange(s, T0 + 10 * kMs);
+    const uint64_t last = T0 + 15 * kMs;
+    s.peer_fin(last + 2 * kSec);
+    s.write(last + 2 * kSec + 1 * kMs, 300).peer_acks_data();
+    s.own_close(last + 2 * kSec + 2 * kMs).our_fin_acked(last + 2 * kSec + 3 * kMs);
+    ASSERT_EQ(count_type(s.records, RW_REC_RST_RECEIVED), 0u);
+
+    Harness h;
+    h.feed(s.records);
+    ASSERT_EQ(h.out.incidents.size(), 1u);
+    EXPECT_EQ(h.out.incidents[0].cause, Cause::write_after_fin);
+    EXPECT_EQ(h.out.incidents[0].state, "CLOSE");
+}
+
+TEST(CorrelatorClient, TlsCloseNotifyAfterTheFinIsNotAnIncident) {
+    // The server closes an idle TLS connection (close_notify, FIN); the client's TLS stack
+    // answers with its own close_notify on the half-closed socket; the closed server resets.
+    Sock viaRst = proxy_socket();
+    exchange(viaRst, T0 + 10 * kMs);
+    viaRst.peer_fin(T0 + 2 * kSec);
+    viaRst.write(T0 + 2 * kSec + 200'000, 31, 4242, "node", /*tls=*/0x15);
+    viaRst.rst_received(T0 + 2 * kSec + 300'000);
+    // ... or the client closes before the RST comes back.
+    Sock viaClose = proxy_socket(T0 + 1, 0xffff8880'aaaa3333ULL);
+    exchange(viaClose, T0 + 10 * kMs);
+    viaClose.peer_fin(T0 + 2 * kSec);
+    viaClose.write(T0 + 2 * kSec + 200'000, 24, 4242, "node", /*tls=*/0x17);
+    viaClose.own_close(T0 + 2 * kSec + 300'000).retransmit_timeout(T0 + 3 * kSec);
+
+    Harness h;
+    h.feed(viaRst.records);
+    h.feed(viaClose.records);
+    EXPECT_TRUE(h.out.incidents.empty());
+    EXPECT_EQ(h.c.stats().tls_close_notify, 2u);
+    // The same write that is not a TLS alert is the failure it always was.
+    Sock plain = proxy_socket(T0 + 2, 0xffff8880'aaaa4444ULL);
+    exchange(plain, T0 + 10 * kMs);
+    plain.peer_fin(T0 + 2 * kSec);
+    plain.write(T0 + 2 * kSec + 200'000, 31);
+    plain.rst_received(T0 + 2 * kSec + 300'000);
+    h.feed(plain.records);
+    ASSERT_EQ(h.out.incidents.size(), 1u);
+    EXPECT_EQ(h.out.incidents[0].cause, Cause::write_after_fin);
+}
+
+TEST(CorrelatorClient, ResetAfterOurOwnCloseIsNoIncident) {
+    Sock s = proxy_socket();
+    exchange(s, T0 + 10 * kMs);
+    s.own_close(T0 + 2 * kSec);  // our pool's idle timeout
+    s.rst_received(T0 + 2 * kSec + 1 * kMs);
+
+    Harness h;
+    h.feed(s.records);
+    EXPECT_TRUE(h.out.incidents.empty());
 }
 
 // ---------------------------------------------------------------- server causes
@@ -557,36 +785,51 @@ TEST(CorrelatorServer, AbortOnCloseWithoutReasonPre610) {
     }
 }
 
-TEST(CorrelatorServer, RstWithoutReasonAndNothingUnreadIsResetOther) {
+TEST(CorrelatorServer, AbortOfAnIdleConnectionIsNoIncident) {
     Sock s = upstream_socket();
     serve(s, T0 + 10 * kMs);
-    s.abort_close(T0 + 2 * kSec, RW_RST_REASON_NONE);  // SO_LINGER 0 style abort
+    s.abort_close(T0 + 2 * kSec, RW_RST_REASON_NONE);  // SO_LINGER 0 on an idle connection
 
     Harness h;
     h.feed(s.records);
-    ASSERT_EQ(h.out.incidents.size(), 1u);
-    EXPECT_EQ(h.out.incidents[0].cause, Cause::reset_other);
+    EXPECT_TRUE(h.out.incidents.empty());
+    EXPECT_EQ(h.out.resets.size(), 1u);
 }
 
-TEST(CorrelatorServer, DataAfterCloseViaRstReceivedInFinWait2) {
+TEST(CorrelatorServer, DataAfterCloseViaAbortOnDataInFinWait2) {
     Sock s = upstream_socket();
     serve(s, T0 + 10 * kMs);
     const uint64_t last = T0 + 14 * kMs;
     s.own_close(last + 2 * kSec);  // idle timeout: FIN_WAIT1
     s.our_fin_acked(last + 2 * kSec + 100'000);  // FIN_WAIT2
     ASSERT_EQ(s.state(), RW_TCP_FIN_WAIT2);
-    s.rst_received(last + 2 * kSec + 200'000);  // request arrives: abort on data
+    // The request arrives: tcp_reset() (the receive tracepoint), then the RST in reply,
+    // without a reason before 6.10.
+    s.abort_on_data(last + 2 * kSec + 200'000, RW_RST_REASON_NONE);
 
     Harness h;
     h.feed(s.records);
     ASSERT_EQ(h.out.incidents.size(), 1u);
     EXPECT_EQ(h.out.incidents[0].cause, Cause::data_after_close);
     EXPECT_EQ(h.out.incidents[0].observer, Observer::server);
-    EXPECT_EQ(h.out.incidents[0].state, "FIN_WAIT2");
     ASSERT_EQ(h.out.observations.size(), 1u);
     EXPECT_EQ(h.out.observations[0].kind, ObservationKind::server_idle_close);
     EXPECT_EQ(h.out.observations[0].observer, Observer::server);
     EXPECT_DOUBLE_EQ(h.out.observations[0].idle_s, 2.0);
+}
+
+TEST(CorrelatorServer, PeerResetAfterOurCloseIsNoIncident) {
+    // The client aborted (e.g. discarding our TLS close_notify) after we closed: a real RST
+    // received in FIN_WAIT2, no RST of ours follows. Nothing was lost.
+    Sock s = upstream_socket();
+    serve(s, T0 + 10 * kMs);
+    s.own_close(T0 + 2 * kSec).our_fin_acked(T0 + 2 * kSec + 100'000);
+    s.rst_received(T0 + 2 * kSec + 200'000);
+
+    Harness h;
+    h.feed(s.records);
+    EXPECT_TRUE(h.out.incidents.empty());
+    EXPECT_EQ(h.out.resets.size(), 1u);
 }
 
 TEST(CorrelatorServer, DataAfterCloseViaAbortOnDataReasonPlusReset) {
@@ -624,9 +867,9 @@ TEST(CorrelatorServer, DataAfterCloseViaReplyRstOfDoneOrphan) {
     }
 }
 
-TEST(CorrelatorServer, ActiveRstAfterOwnCloseWithoutReasonIsResetOther) {
+TEST(CorrelatorServer, ActiveRstAfterOwnCloseWithoutReasonIsNoIncident) {
     // No reason, our FIN sent, then an active reset (no segment answered; e.g. an orphan
-    // killed under memory pressure): not data after close.
+    // killed under memory pressure) with nothing unread: not data after close, no request.
     Sock s = upstream_socket();
     serve(s, T0 + 10 * kMs);
     s.own_close(T0 + 2 * kSec);
@@ -634,8 +877,7 @@ TEST(CorrelatorServer, ActiveRstAfterOwnCloseWithoutReasonIsResetOther) {
 
     Harness h;
     h.feed(s.records);
-    ASSERT_EQ(h.out.incidents.size(), 1u);
-    EXPECT_EQ(h.out.incidents[0].cause, Cause::reset_other);
+    EXPECT_TRUE(h.out.incidents.empty());
 }
 
 TEST(CorrelatorServer, DataAfterCloseViaTimewaitRst) {
@@ -707,22 +949,68 @@ TEST(CorrelatorServer, TimewaitRecordsOfAReportedConnectionAddNothing) {
     }
 }
 
-TEST(CorrelatorServer, ResetOther) {
+TEST(CorrelatorServer, ResetOtherNeedsARequestInFlight) {
+    // The client aborts while its request is being served (received, not yet answered).
     Sock s = upstream_socket();
     serve(s, T0 + 10 * kMs);
-    s.rst_received(T0 + 50 * kMs);  // the client aborted an open connection
+    s.receive(T0 + 40 * kMs, 300);  // read by the application, not answered yet
+    s.rst_received(T0 + 50 * kMs);
+    // The server aborts an idle connection: nothing in flight.
     Sock s2 = upstream_socket(T0 + 5 * kSec, 0xffff8880'bbbb1111ULL);
     serve(s2, T0 + 5 * kSec + 10 * kMs);
     s2.rst_sent(T0 + 5 * kSec + 20 * kMs, kReasonNotSpecified);
+    // ... and one with a request unread: reset_other with the reason.
+    Sock s3 = upstream_socket(T0 + 9 * kSec, 0xffff8880'bbbb2222ULL);
+    serve(s3, T0 + 9 * kSec + 10 * kMs);
+    s3.receive(T0 + 9 * kSec + 20 * kMs, 300, /*app_reads=*/false);
+    s3.rst_sent(T0 + 9 * kSec + 30 * kMs, kReasonNotSpecified);
 
     Harness h;
     h.feed(s.records);
     h.feed(s2.records);
+    h.feed(s3.records);
     ASSERT_EQ(h.out.incidents.size(), 2u);
     EXPECT_EQ(h.out.incidents[0].cause, Cause::reset_other);
     EXPECT_EQ(h.out.incidents[0].observer, Observer::server);
+    ASSERT_TRUE(h.out.incidents[0].facts);
+    EXPECT_TRUE(h.out.incidents[0].facts->request_unanswered);
+    EXPECT_EQ(h.out.incidents[0].facts->closed_first, "");
     EXPECT_EQ(h.out.incidents[1].cause, Cause::reset_other);
     EXPECT_EQ(h.out.incidents[1].reset_reason, "NOT_SPECIFIED");
+    EXPECT_EQ(h.out.resets.size(), 3u);
+}
+
+TEST(CorrelatorServer, RequestReachingAHalfClosedSocketThatIsNeverReadIsDataAfterClose) {
+    // Tomcat: the keepalive timeout shuts down writing (FIN); the request arrives and is
+    // acknowledged but never read; the client's FIN follows; the socket is destroyed with the
+    // request unread and no RST ever sent.
+    Sock s = upstream_socket();
+    serve(s, T0 + 10 * kMs);
+    s.own_close(T0 + 2 * kSec).our_fin_acked(T0 + 2 * kSec + 100'000);
+    s.receive_unread(T0 + 2 * kSec + 1 * kMs, 300);
+    s.peer_fin(T0 + 2 * kSec + 2 * kMs);
+    s.destroy(T0 + 2 * kSec + 3 * kMs);
+    ASSERT_EQ(count_type(s.records, RW_REC_UNREAD_AT_DESTROY), 1u);
+
+    Harness h;
+    h.feed(s.records);
+    ASSERT_EQ(h.out.incidents.size(), 1u);
+    EXPECT_EQ(h.out.incidents[0].cause, Cause::data_after_close);
+    EXPECT_EQ(h.out.incidents[0].observer, Observer::server);
+}
+
+TEST(CorrelatorServer, AbortWithUnreadDataAfterThePeerClosedIsNoIncident) {
+    // The client closed first, its last bytes (e.g. its TLS close_notify) unread when we
+    // close: nothing awaits an answer.
+    Sock s = upstream_socket();
+    serve(s, T0 + 10 * kMs);
+    s.receive(T0 + 20 * kMs, 31, /*app_reads=*/false);
+    s.peer_fin(T0 + 21 * kMs);
+    s.abort_close(T0 + 22 * kMs, kReasonAbortOnClose);
+
+    Harness h;
+    h.feed(s.records);
+    EXPECT_TRUE(h.out.incidents.empty());
 }
 
 // ---------------------------------------------------------------- negative cases
@@ -874,8 +1162,7 @@ TEST(CorrelatorRobustness, LostRecordsDoNotInventACause) {
     Harness h;
     h.c.on_records_lost(5);
     h.feed(without(s.records, RW_REC_IDLE_WRITE));
-    ASSERT_EQ(h.out.incidents.size(), 1u);
-    EXPECT_EQ(h.out.incidents[0].cause, Cause::reset_other);
+    EXPECT_TRUE(h.out.incidents.empty());  // nothing was in flight at the RST
 
     // Half-close answered normally, the OWN_CLOSE lost: still nothing.
     Sock hc = proxy_socket(T0, 0xffff8880'dddd0000ULL);

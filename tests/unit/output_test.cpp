@@ -110,7 +110,8 @@ TEST(Json, KeysAndValues) {
     for (const auto& [k, v] : j.items()) keys.insert(k);
     EXPECT_EQ(keys, (std::set<std::string>{"ts", "cause", "observer", "client", "server", "pid",
                                            "comm", "idle_before_write_ms", "write_to_reset_ms",
-                                           "state", "reset_reason", "requests", "netns"}));
+                                           "idle_precision_ms", "state", "reset_reason", "requests",
+                                           "netns"}));
     EXPECT_EQ(j["ts"], "2026-11-25T07:47:52.123Z");
     EXPECT_EQ(j["cause"], "idle_close_race");
     EXPECT_EQ(j["observer"], "client");
@@ -124,6 +125,34 @@ TEST(Json, KeysAndValues) {
     EXPECT_TRUE(j["reset_reason"].is_null());
     EXPECT_EQ(j["requests"], 17);
     EXPECT_EQ(j["netns"], 4026531840u);
+    EXPECT_TRUE(j["idle_precision_ms"].is_null());  // unset in the sample
+}
+
+TEST(Json, ResetOtherCarriesItsFactsAndRoundTrips) {
+    Incident inc = sample_incident();
+    inc.cause = Cause::reset_other;
+    inc.idle_before_write_ms.reset();
+    inc.write_to_reset_ms.reset();
+    inc.facts = ResetFacts{true, "peer", 300, true};
+    Incident race = sample_incident();
+    race.idle_precision_ms = 4.0;
+    for (const Incident& original : {inc, race}) {
+        const json j = incident_to_json(original, kOffset);
+        EXPECT_EQ(j.contains("facts"), original.facts.has_value());
+        auto back = incident_from_json(j, kOffset);
+        ASSERT_TRUE(back) << j.dump();
+        EXPECT_EQ(back->facts, original.facts);
+        EXPECT_EQ(back->idle_precision_ms, original.idle_precision_ms);
+    }
+    const json j = incident_to_json(inc, kOffset);
+    EXPECT_EQ(j["facts"], (json{{"history", true}, {"closed_first", "peer"}, {"unacked_bytes", 300},
+                                {"request_unanswered", true}}));
+    json bad = j;
+    bad["facts"]["closed_first"] = "nobody";
+    EXPECT_FALSE(incident_from_json(bad, kOffset));
+    bad = j;
+    bad["facts"] = "x";
+    EXPECT_FALSE(incident_from_json(bad, kOffset));
 }
 
 TEST(Json, UnknownValuesAreNull) {
