@@ -333,6 +333,28 @@ TEST(HttpServer, MetricsHealthAndReadiness) {
     EXPECT_EQ(server.follower_count(), 0u);
 }
 
+TEST(HttpServer, DiagnoseGetsTheQuery) {
+    std::mutex mutex;
+    std::vector<std::string> queries;
+    auto options = loopback_options();
+    options.diagnose = [&](const std::string& query) {
+        std::lock_guard lock(mutex);
+        queries.push_back(query);
+        return std::string(R"({"level":"x"})");
+    };
+    HttpServer server(options);
+    std::string error;
+    ASSERT_TRUE(server.start(&error)) << error;
+    auto r = http_get(base_url(server) + "/diagnose?level=pod");
+    EXPECT_EQ(r.status, 200) << r.error;
+    EXPECT_EQ(r.content_type, "application/json");
+    EXPECT_EQ(r.body, "{\"level\":\"x\"}\n");
+    EXPECT_EQ(http_get(base_url(server) + "/diagnose").status, 200);
+    EXPECT_EQ(http_get(base_url(server) + "/diagnose?level=work%6Coad&x").status, 200);
+    std::lock_guard lock(mutex);
+    EXPECT_EQ(queries, (std::vector<std::string>{"level=pod", "", "level=workload&x"}));
+}
+
 TEST(HttpServer, StreamsToTwoFollowersInOrder) {
     HttpServer server(loopback_options());
     std::string error;
