@@ -27,6 +27,7 @@
 #include <mutex>
 #include <optional>
 #include <thread>
+#include <utility>
 
 namespace rstwatch {
 
@@ -286,7 +287,6 @@ bool parse_basic(const std::string& path, std::vector<std::string>* entries, std
     }
     return ok;
 }
-
 
 // Wipes a string holding key material when it goes.
 struct Secret {
