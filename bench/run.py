@@ -1314,10 +1314,12 @@ def render(rows, machine, args, results, started, elapsed, markdown):
         "machine: %s" % machine.describe(),
         "load average at start: %.2f %.2f %.2f" % machine.load,
         "rstwatch: %s (%s), git %s" % (binfo.get("path"), binfo.get("mtime"), binfo.get("git")),
-        "run: %s UTC, %.1f min; %d interleaved repetitions of %d s per condition (wrk -c%d); "
-        "storm %d x %d s; churn %.1f min; latency %d races" % (
-            started, elapsed / 60.0, args.reps, args.round_seconds, args.connections,
-            args.storm_reps, args.storm_seconds, args.churn_minutes, args.latency_reps),
+        "run: %s UTC, %.1f min; %s" % (started, elapsed / 60.0, "; ".join(part for key, part in (
+            ("http", "%d interleaved repetitions of %d s per condition (wrk -c%d)" % (
+                args.reps, args.round_seconds, args.connections)),
+            ("storm", "storm %d x %d s" % (args.storm_reps, args.storm_seconds)),
+            ("memory", "churn %.1f min" % args.churn_minutes),
+            ("latency", "latency %d races" % args.latency_reps)) if key in results) or "see below"),
     ]
     if "http" in results:
         meta.append("cpu plan: %s" % results["http"]["plan"])
