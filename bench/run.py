@@ -1285,24 +1285,27 @@ def build_table(results, machine, args, started, elapsed):
     hs = results.get("httpserver")
     if hs:
         this, base = hs["this"], hs.get("baseline")
-        for key, label, digits, lower_better in (
-                ("scrape_0_ms", "http server: GET /metrics, no follower (ms, median of run medians)", 2, True),
-                ("scrape_0_p99_ms", "http server: GET /metrics p99, no follower (ms)", 2, True),
-                ("scrape_32_ms", "http server: GET /metrics, 32 followers fed 1000/s (ms)", 2, True),
-                ("scrape_32_p99_ms", "http server: GET /metrics p99, 32 followers (ms)", 2, True),
-                ("delivered_per_s", "http server: incidents/s delivered to each of 8 followers", 0, False),
-                ("publish_p99_us", "http server: publish() p99 during that burst (us)", 1, True),
-                ("publish_max_us", "http server: publish() max during that burst (us)", 0, True),
-                ("stop_ms", "http server: stop() with a follower stuck in a write (ms)", 0, True),
-                ("rss_idle_mib", "agent RSS after 20 scrapes (MiB)", 1, True),
-                ("rss_followers_mib", "agent RSS with 8 followers (MiB)", 1, True),
-                ("threads", "agent threads with 8 followers", 0, True)):
+        # The budget's items get a verdict against the baseline ("no worse": within 5%
+        # of its median, or better); the others are reported with the baseline for comparison.
+        for key, label, digits, lower_better, budget in (
+                ("scrape_0_ms", "http server: GET /metrics, no follower (ms, median of run medians)", 2, True, True),
+                ("scrape_0_p99_ms", "http server: GET /metrics p99, no follower (ms)", 2, True, True),
+                ("scrape_32_ms", "http server: GET /metrics, 32 followers fed 1000/s (ms)", 2, True, True),
+                ("scrape_32_p99_ms", "http server: GET /metrics p99, 32 followers (ms)", 2, True, True),
+                ("delivered_per_s", "http server: incidents/s delivered to each of 8 followers", 0, False, True),
+                ("publish_p99_us", "http server: publish() p99 during that burst (us)", 1, True, False),
+                ("publish_max_us", "http server: publish() max during that burst (us, scheduling-bound)", 0, True,
+                 False),
+                ("stop_ms", "http server: stop() with a follower stuck in a write (ms)", 0, True, False),
+                ("rss_idle_mib", "agent RSS after 20 scrapes (MiB)", 1, True, True),
+                ("rss_followers_mib", "agent RSS with 8 followers (MiB)", 1, True, True),
+                ("threads", "agent threads with 8 followers", 0, True, False)):
             target, ok = "", None
             if base and base[key].get("median") and this[key].get("median") is not None:
                 a, b = this[key]["median"], base[key]["median"]
                 target = "baseline %s; ratio %.2f" % (fmt(b, "", digits), a / b)
-                # "no worse": within 5% of the baseline's median, in the better direction beyond
-                ok = (a <= 1.05 * b) if lower_better else (a >= 0.95 * b)
+                if budget:
+                    ok = (a <= 1.05 * b) if lower_better else (a >= 0.95 * b)
             row(label, this[key], digits=digits, target=target, ok=ok)
     return rows
 
