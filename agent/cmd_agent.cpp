@@ -433,9 +433,10 @@ int Agent::run() {
         spdlog::error("dropping capabilities failed, running with them: {}", dropped.error);
     }
     bpf_attached_ = true;
-    spdlog::info("rstwatch agent {}: write hook {}, idle threshold {:.3f} s, kernel HZ {} ({}), attribution: {}{}{}",
+    spdlog::info("rstwatch agent {}: write hook {}, idle threshold {:.3f} s, kernel HZ {} ({}), capabilities {}, "
+                 "attribution: {}{}{}",
                  RSTWATCH_VERSION, write_mode_name(bpf_->write_mode()), options_.loader.idle_threshold_s, features_.hz,
-                 features_.hz_source,
+                 features_.hz_source, features_.privileges_summary,
                  pod_map_ ? "pod map " + *options_.pod_map_path : std::string("no pod map"),
                  kube_config ? ", Kubernetes API " + kube_config->api_url : std::string(", no Kubernetes"),
                  options_.pair_labels == PairLabelMode::workload ? ", workload pair labels" : "");

@@ -18,7 +18,7 @@ const char* yes_no(bool value) { return value ? "yes" : "no"; }
 int run_check(const LoaderOptions& options) {
     KernelFeatures features = probe_kernel_features();
     row("kernel", features.release);
-    row("privileges", features.privileges ? "yes" : "no: " + features.privileges_error);
+    row("privileges", features.privileges ? "yes: " + features.privileges_summary : "no: " + features.privileges_error);
     row("BTF", features.btf ? "yes" : "no: " + features.btf_error);
     row("ring buffer", yes_no(features.ringbuf));
     row("HZ", std::to_string(features.hz) + " (" + features.hz_source + ")");
@@ -38,6 +38,7 @@ int run_check(const LoaderOptions& options) {
     auto try_mode = [&](WriteMode mode, bool offered) -> std::string {
         if (options.write_mode && *options.write_mode != mode) return "not tried (--write-hook)";
         if (!offered && !options.write_mode) return "not offered by this kernel";
+        if (!features.privileges) return "not tried (no privileges, above)";
         LoaderOptions single = options;
         single.write_mode = mode;
         std::string mode_error;

@@ -429,8 +429,11 @@ void Correlator::on_record(const rw_record& r, CorrelatorOutput& out) {
             if (reason == "TCP_ABORT_ON_CLOSE" ||
                 (reason.empty() && app_closed && r.unread_bytes > 0))
                 emit_incident(r, conn, Cause::abort_on_close, out);
+            // Before 6.10 a reset answering a segment after our close is data after close
+            // (an orphan that got data with the ACK of its FIN is done before it answers).
             else if (reason == "TCP_ABORT_ON_DATA" || reason == "TCP_TIMEWAIT_SOCKET" ||
-                     (has(flags, RW_F_FROM_TIMEWAIT) && app_closed))
+                     (has(flags, RW_F_FROM_TIMEWAIT) && app_closed) ||
+                     (reason.empty() && has(flags, RW_F_REPLY_RST) && app_closed))
                 emit_incident(r, conn, Cause::data_after_close, out);
             else
                 emit_incident(r, conn, Cause::reset_other, out);

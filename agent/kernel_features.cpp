@@ -1,9 +1,9 @@
 #include "kernel_features.h"
 
+#include "capabilities.h"
+
 #include <bpf/btf.h>
 #include <bpf/libbpf.h>
-#include <linux/capability.h>
-#include <sys/syscall.h>
 #include <sys/utsname.h>
 #include <unistd.h>
 #include <zlib.h>
@@ -55,20 +55,6 @@ std::map<uint32_t, std::string> reset_reason_names(const btf* b) {
         names[static_cast<uint32_t>(values[i].val)] = name;
     }
     return names;
-}
-
-bool check_privileges(std::string* error) {
-    __user_cap_header_struct header{_LINUX_CAPABILITY_VERSION_3, 0};
-    __user_cap_data_struct data[2] = {};
-    if (syscall(SYS_capget, &header, data) != 0) {
-        *error = "cannot read process capabilities";
-        return false;
-    }
-    auto has = [&](int cap) { return (data[cap / 32].effective >> (cap % 32)) & 1U; };
-    constexpr int kCapSysAdmin = 21, kCapPerfmon = 38, kCapBpf = 39;
-    if (has(kCapSysAdmin) || (has(kCapBpf) && has(kCapPerfmon))) return true;
-    *error = "missing CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN): run as root or grant them";
-    return false;
 }
 
 std::optional<uint32_t> hz_from_config_text(const std::string& text) {
@@ -148,7 +134,17 @@ KernelFeatures probe_kernel_features() {
     utsname u{};
     if (uname(&u) == 0) f.release = u.release;
 
-    f.privileges = check_privileges(&f.privileges_error);
+    // First: the probes below already need CAP_BPF.
+    const CapabilityResult caps = acquire_bpf_capabilities();
+    f.privileges = caps.ok;
+    f.privileges_error = caps.problem;
+    if (caps.ok)
+        f.privileges_summary =
+            capability_list(caps.effective) +
+            (caps.raised == 0 ? std::string()
+             : caps.raised == caps.effective
+                 ? " (raised from the permitted set: the binary's file capabilities)"
+                 : " (" + capability_list(caps.raised) + " raised from the permitted set)");
     f.ringbuf = libbpf_probe_bpf_map_type(BPF_MAP_TYPE_RINGBUF, nullptr) == 1;
 
     BtfPtr vmlinux(btf__load_vmlinux_btf());

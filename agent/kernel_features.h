@@ -15,8 +15,9 @@ struct KernelFeatures {
     bool btf = false;                  // /sys/kernel/btf/vmlinux loads
     std::string btf_error;
     bool ringbuf = false;              // BPF_MAP_TYPE_RINGBUF (Linux >= 5.8)
-    bool privileges = false;           // CAP_BPF + CAP_PERFMON, or CAP_SYS_ADMIN
-    std::string privileges_error;
+    bool privileges = false;           // CAP_BPF + CAP_PERFMON (or CAP_SYS_ADMIN) effective, bpf() allowed
+    std::string privileges_error;      // one line: what is missing, why, and what grants it
+    std::string privileges_summary;    // what is effective (and what was raised)
     WriteHookSupport write;            // candidate write hooks
     bool send_reset_has_reason = false;  // tcp_send_reset carries enum sk_rst_reason (Linux >= 6.10)
     bool state_tracepoint = false;     // sock:inet_sock_set_state
@@ -31,6 +32,8 @@ struct KernelFeatures {
     std::string blocking_problem() const;
 };
 
+// Raises the BPF capabilities from the permitted set first (capabilities.h): call before
+// starting threads.
 KernelFeatures probe_kernel_features();
 
 // CONFIG_HZ from /proc/config.gz or /boot/config-RELEASE, else measured from /proc/timer_list.

@@ -560,7 +560,9 @@ static __always_inline void on_send_reset(const struct sock *sk, const struct sk
 		read_tuple(sk, true, &tuple, &family);
 		st = bpf_map_lookup_elem(&closed_conns, &tuple);
 	}
-	emit(sk, true, RW_REC_RST_SENT, 0, 0, st, 0, reason);
+	/* With an skb the RST answers a segment that arrived (before 6.10 the only sign of
+	 * data after our close on a full socket); without, it is an active reset. */
+	emit(sk, true, RW_REC_RST_SENT, 0, 0, st, skb ? RW_F_REPLY_RST : 0, reason);
 }
 
 /* Linux >= 6.10: the reason is the third argument (numbers differ between versions:

@@ -42,6 +42,7 @@ enum rw_conn_flags {
 	RW_F_APP_CLOSED = 1 << 3, /* our application closed (FIN_WAIT1 / LAST_ACK / abort) */
 	RW_F_FROM_TIMEWAIT = 1 << 4, /* the record's socket was a timewait socket */
 	RW_F_NO_SOCKET = 1 << 5, /* RST sent with no socket: addresses from the packet */
+	RW_F_REPLY_RST = 1 << 6, /* RST sent in reply to a received segment, not an active reset */
 	RW_F_RST_RECEIVED = 1 << 7, /* a RST was received on this socket */
 };
 

@@ -11,6 +11,10 @@ packages=(
 )
 if [[ "${1:-}" == "--test" ]]; then
   packages+=(libgtest-dev python3 python3-yaml iproute2 nginx-light curl openssl procps prometheus libclang-rt-14-dev libfaketime)
+  # The agent image (tests/image): podman with runc, base images made with mmdebstrap.
+  packages+=(podman runc mmdebstrap)
+  # Kernel matrix (tests/kernels): Debian's kernels booted under qemu with a busybox initramfs.
+  packages+=(qemu-system-x86 busybox-static cpio libc6-dev binutils)
 fi
 
 missing=()

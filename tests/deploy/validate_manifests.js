@@ -17,7 +17,9 @@ const YAML = require("yaml");
 const REPO = path.resolve(__dirname, "..", "..");
 const DEPLOY = path.join(REPO, "deploy");
 const NAMESPACE = "rstwatch";
-const CAPABILITIES = ["BPF", "PERFMON", "SYS_RESOURCE"]; // docs/deploy.md explains each
+const CAPABILITIES = ["BPF", "PERFMON"]; // docs/deploy.md explains each
+// components/memlock adds this one for kernels before 5.11 (BPF maps charged to RLIMIT_MEMLOCK).
+const MEMLOCK_CAPABILITY = "SYS_RESOURCE";
 const BOOT = "/boot"; // the only host path: CONFIG_HZ from /boot/config-$(uname -r)
 
 // ---- schemas ------------------------------------------------------------------------------
@@ -88,7 +90,7 @@ function sortedSet(list) {
 }
 
 // Checks the agent's objects (deploy/base or anything built on it): a list of problems.
-function checkAgent(objects) {
+function checkAgent(objects, capabilities = CAPABILITIES) {
   const p = [];
   const one = (kind, name) => {
     const found = find(objects, kind, name);
@@ -170,8 +172,8 @@ function checkAgent(objects) {
       if (runAsNonRoot !== true || !(runAsUser > 0)) p.push(`${where}: must run as a non-root uid`);
       const caps = sc.capabilities || {};
       if (!same(caps.drop, ["ALL"])) p.push(`${where}: capabilities.drop must be [ALL], got ${JSON.stringify(caps.drop)}`);
-      if (!same(sortedSet(caps.add), sortedSet(CAPABILITIES)) || (caps.add || []).length !== CAPABILITIES.length)
-        p.push(`${where}: capabilities.add must be exactly ${CAPABILITIES.join(", ")}, got ${JSON.stringify(caps.add)}`);
+      if (!same(sortedSet(caps.add), sortedSet(capabilities)) || (caps.add || []).length !== capabilities.length)
+        p.push(`${where}: capabilities.add must be exactly ${capabilities.join(", ")}, got ${JSON.stringify(caps.add)}`);
       const args = c.args || [];
       const listen = args.indexOf("--listen");
       const listenValue = listen >= 0 ? args[listen + 1] : (args.find((a) => a.startsWith("--listen=")) || "").slice(9);
@@ -242,8 +244,8 @@ function quantity(text) {
 }
 
 // The full install (deploy/): the agent plus the alerting rules and the dashboard.
-function checkFull(objects) {
-  const p = checkAgent(objects.filter((o) => !["PrometheusRule", "ConfigMap"].includes(o.kind)));
+function checkFull(objects, capabilities = CAPABILITIES) {
+  const p = checkAgent(objects.filter((o) => !["PrometheusRule", "ConfigMap"].includes(o.kind)), capabilities);
   const rules = objects.filter((o) => o.kind === "PrometheusRule");
   if (rules.length !== 1) p.push(`deploy: expected one PrometheusRule, found ${rules.length}`);
   for (const o of objects.filter((x) => ["PrometheusRule", "ConfigMap"].includes(x.kind)))
@@ -253,23 +255,26 @@ function checkFull(objects) {
   return p;
 }
 
-// The image gives the binary exactly the capabilities the DaemonSet grants: a capability in
-// the file set but not in the pod's bounding set makes execve fail with EPERM.
+// The image gives the binary the capabilities the DaemonSet (and components/memlock) can grant,
+// permitted only ("=p"): with the effective bit, a file capability missing from the pod's
+// bounding set (SYS_RESOURCE without components/memlock) would make execve fail with EPERM.
 function checkDockerfile() {
   const p = [];
   const text = fs.readFileSync(path.join(DEPLOY, "Dockerfile"), "utf8");
-  const setcap = /setcap\s+(\S+)=ep\s+\/usr\/local\/bin\/rstwatch/.exec(text);
-  if (!setcap) return ["Dockerfile: no `setcap CAPS=ep /usr/local/bin/rstwatch`"];
+  const setcap = /setcap\s+(\S+)=(\S*)\s+\/usr\/local\/bin\/rstwatch/.exec(text);
+  if (!setcap) return ["Dockerfile: no `setcap CAPS=p /usr/local/bin/rstwatch`"];
+  if (setcap[2] !== "p") p.push(`Dockerfile: file capabilities must be permitted only (=p), got =${setcap[2]}`);
   const fileCaps = setcap[1].split(",").map((c) => c.replace(/^cap_/, "").toUpperCase()).sort();
-  if (!same(fileCaps, sortedSet(CAPABILITIES)))
-    p.push(`Dockerfile: file capabilities ${fileCaps} differ from the DaemonSet's ${CAPABILITIES}`);
+  if (!same(fileCaps, sortedSet([...CAPABILITIES, MEMLOCK_CAPABILITY])))
+    p.push(`Dockerfile: file capabilities ${fileCaps} differ from ${[...CAPABILITIES, MEMLOCK_CAPABILITY]}`);
   if (!/^USER\s+65532/m.test(text)) p.push("Dockerfile: must run as USER 65532 (the DaemonSet's runAsUser)");
   if (!/^FROM debian:12 AS build/m.test(text) || !/^FROM debian:12-slim\s*$/m.test(text))
     p.push("Dockerfile: expected a debian:12 build stage and a debian:12-slim runtime stage");
   const docsPath = path.join(REPO, "docs", "deploy.md");
   if (!fs.existsSync(docsPath)) return [...p, "docs/deploy.md is missing"];
   const docs = fs.readFileSync(docsPath, "utf8");
-  for (const cap of CAPABILITIES) if (!docs.includes(`CAP_${cap}`)) p.push(`docs/deploy.md does not explain CAP_${cap}`);
+  for (const cap of [...CAPABILITIES, MEMLOCK_CAPABILITY])
+    if (!docs.includes(`CAP_${cap}`)) p.push(`docs/deploy.md does not explain CAP_${cap}`);
   return p;
 }
 
@@ -412,7 +417,8 @@ metadata: {name: broken}
   const mutations = {
     "a privileged container": (o) => (ds(o).containers[0].securityContext.privileged = true),
     "CAP_SYS_ADMIN added": (o) => ds(o).containers[0].securityContext.capabilities.add.push("SYS_ADMIN"),
-    "CAP_SYS_RESOURCE missing": (o) => ds(o).containers[0].securityContext.capabilities.add.pop(),
+    "CAP_PERFMON missing": (o) => ds(o).containers[0].securityContext.capabilities.add.pop(),
+    "CAP_SYS_RESOURCE granted everywhere": (o) => ds(o).containers[0].securityContext.capabilities.add.push("SYS_RESOURCE"),
     "drop ALL missing": (o) => delete ds(o).containers[0].securityContext.capabilities.drop,
     "a writable root filesystem": (o) => (ds(o).containers[0].securityContext.readOnlyRootFilesystem = false),
     "hostPID": (o) => (ds(o).hostPID = true),
@@ -504,6 +510,15 @@ function main() {
       ...schemaProblems,
       ...checkFull(objects),
       ...own,
+    ]);
+  }
+
+  const memlockText = build("kustomize overlay with components/memlock", () => buildOverlay("memlock"));
+  if (memlockText !== null) {
+    const [objects, schemaProblems] = parseAndValidate(memlockText, "memlock overlay");
+    report(`memlock overlay: ${objects.length} objects validate, capabilities ${[...CAPABILITIES, MEMLOCK_CAPABILITY]}`, [
+      ...schemaProblems,
+      ...checkFull(objects, [...CAPABILITIES, MEMLOCK_CAPABILITY]),
     ]);
   }
 

@@ -247,7 +247,8 @@ def incidents_of(incidents, conns):
 
 def incident_mismatch(inc, exp, tol_ms=IDLE_TOL_MS):
     """How incident inc (rstwatch JSON) differs from exp (an entry of an expected list: cause,
-    observer, conn, and optional pid, comm, idle_ms, reset_reason, requests): [] when it matches."""
+    observer, conn, and optional pid, comm, idle_ms, reset_reason, requests, state): [] when it
+    matches."""
     conn = exp["conn"]
     errs = []
     if inc.get("cause") != exp["cause"]:
@@ -259,7 +260,8 @@ def incident_mismatch(inc, exp, tol_ms=IDLE_TOL_MS):
     if tuple(server_ep(inc)) != conn.server_ep:
         errs.append("server %s != %s" % (server_ep(inc), conn.server_ep))
     for key, fmt in (("pid", "pid %s != %s"), ("comm", "comm %r != %r"),
-                     ("reset_reason", "reset_reason %r != %r"), ("requests", "requests %s != %s")):
+                     ("reset_reason", "reset_reason %r != %r"), ("requests", "requests %s != %s"),
+                     ("state", "state %s != %s")):
         if key in exp and inc.get(key) != exp[key]:
             errs.append(fmt % (inc.get(key), exp[key]))
     if "idle_ms" in exp:

@@ -197,12 +197,21 @@ public:
         if (armed()) records.push_back(make(RW_REC_CLOSED, ts));
         return *this;
     }
-    // tcp_send_reset on this (full) socket, state unchanged.
-    Sock& rst_sent(uint64_t ts, uint32_t reason) {
+    // tcp_send_reset on this (full) socket, state unchanged; reply: answering a received
+    // segment (the tracepoint's skb), else an active reset.
+    Sock& rst_sent(uint64_t ts, uint32_t reason, bool reply = false) {
         rw_record r = make(RW_REC_RST_SENT, ts);
         r.rst_reason = reason;
+        if (reply) r.conn.flags |= RW_F_REPLY_RST;
         records.push_back(r);
         return *this;
+    }
+    // An orphaned FIN_WAIT1 socket gets data carrying the ACK of its FIN: FIN_WAIT2, then
+    // tcp_done() (CLOSE), and only then the RST in reply (reason as the kernel gives it).
+    Sock& orphan_abort_on_data(uint64_t ts, uint32_t reason) {
+        our_fin_acked(ts);
+        transition(ts, RW_TCP_CLOSE, RW_REC_CLOSED);
+        return rst_sent(ts, reason, /*reply=*/true);
     }
     // tcp_reset(): tcp_receive_reset in the current state, then the socket closes.
     Sock& rst_received(uint64_t ts) {
@@ -593,6 +602,40 @@ TEST(CorrelatorServer, DataAfterCloseViaAbortOnDataReasonPlusReset) {
     ASSERT_EQ(h.out.incidents.size(), 1u);  // both records name the same event
     EXPECT_EQ(h.out.incidents[0].cause, Cause::data_after_close);
     EXPECT_EQ(h.out.incidents[0].reset_reason, "TCP_ABORT_ON_DATA");
+}
+
+TEST(CorrelatorServer, DataAfterCloseViaReplyRstOfDoneOrphan) {
+    // The nginx timing: the request carries the ACK of our FIN. With the reason (>= 6.10)
+    // and without (< 6.10: found by the kernel matrix on Debian's 6.1, reset_other before).
+    for (uint32_t reason : {kReasonAbortOnData, RW_RST_REASON_NONE}) {
+        Sock s = upstream_socket();
+        serve(s, T0 + 10 * kMs);
+        s.own_close(T0 + 2 * kSec);
+        s.orphan_abort_on_data(T0 + 2 * kSec + 300'000, reason);
+
+        Harness h;
+        h.feed(s.records);
+        ASSERT_EQ(h.out.incidents.size(), 1u);
+        EXPECT_EQ(h.out.incidents[0].cause, Cause::data_after_close);
+        EXPECT_EQ(h.out.incidents[0].observer, Observer::server);
+        EXPECT_EQ(h.out.incidents[0].state, "CLOSE");
+        EXPECT_EQ(h.out.incidents[0].reset_reason,
+                  reason == RW_RST_REASON_NONE ? "" : "TCP_ABORT_ON_DATA");
+    }
+}
+
+TEST(CorrelatorServer, ActiveRstAfterOwnCloseWithoutReasonIsResetOther) {
+    // No reason, our FIN sent, then an active reset (no segment answered; e.g. an orphan
+    // killed under memory pressure): not data after close.
+    Sock s = upstream_socket();
+    serve(s, T0 + 10 * kMs);
+    s.own_close(T0 + 2 * kSec);
+    s.rst_sent(T0 + 2 * kSec + 300'000, RW_RST_REASON_NONE, /*reply=*/false);
+
+    Harness h;
+    h.feed(s.records);
+    ASSERT_EQ(h.out.incidents.size(), 1u);
+    EXPECT_EQ(h.out.incidents[0].cause, Cause::reset_other);
 }
 
 TEST(CorrelatorServer, DataAfterCloseViaTimewaitRst) {
