@@ -132,7 +132,7 @@ private:
     CorrelatorOutput produced_;
     // This agent's own HTTP port (the same on every node of a DaemonSet): connections to it are
     // the agent's scrapes, streams and probes, not what it watches. A TLS client's close_notify
-    // after the agent's FIN (civetweb closes without lingering) would otherwise be an incident
+    // after the agent's FIN (every answer closes its connection) would otherwise be an incident
     // on every scrape, and a follower stopped with Ctrl-C one more.
     uint16_t own_port_ = 0;
     uint64_t own_port_incidents_ = 0;

@@ -1,56 +1,52 @@
-// HTTP endpoints of the agent on civetweb; see http_server.h for the follower design.
+// HTTP endpoints of the agent on libmicrohttpd; see http_server.h for the design.
 #include "http_server.h"
 
-#include "openssl_compat.h"
-
-#include <CivetServer.h>
 #include <arpa/inet.h>
-#include <civetweb.h>
+#include <fcntl.h>
+#include <gnutls/gnutls.h>
+#include <gnutls/x509.h>
+#include <microhttpd.h>
 #include <netinet/in.h>
 #include <prometheus/text_serializer.h>
 #include <spdlog/spdlog.h>
-#include <dlfcn.h>
-#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <cctype>
+#include <cerrno>
 #include <charconv>
 #include <condition_variable>
+#include <cstdarg>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <deque>
 #include <fstream>
 #include <mutex>
 #include <optional>
 #include <thread>
+#include <utility>
 
 namespace rstwatch {
 
 namespace {
 
 constexpr const char* kMetricsContentType = "text/plain; version=0.0.4; charset=utf-8";
+constexpr const char* kTextContentType = "text/plain; charset=utf-8";
 constexpr const char* kStreamContentType = "application/x-ndjson";
-constexpr size_t kMaxChunkBytes = 64 * 1024;
-constexpr unsigned kFeatureTls = 2;   // mg_check_feature bits
-constexpr unsigned kFeatureIpv6 = 8;
 constexpr size_t kMaxCredentialFileBytes = 64 * 1024;
+constexpr size_t kMaxPemFileBytes = 1024 * 1024;
+// Connections beyond the followers: scrapes, probes and /diagnose at the same time.
+constexpr unsigned kRequestConnections = 64;
+// TLS 1.2 and 1.3, GnuTLS's default ("NORMAL") ciphers and groups otherwise.
+constexpr const char* kTlsPriorities = "NORMAL:-VERS-ALL:+VERS-TLS1.3:+VERS-TLS1.2";
+// How long stop() lets followers finish their stream before every connection is closed.
+constexpr auto kStopGrace = std::chrono::milliseconds(500);
 
 using Line = std::shared_ptr<const std::string>;
-
-// Messages civetweb logs while the server starts on this thread (bind errors come this way).
-thread_local std::vector<std::string>* t_start_log = nullptr;
-
-int log_message(const mg_connection*, const char* message) {
-    if (t_start_log != nullptr) {
-        t_start_log->emplace_back(message != nullptr ? message : "");
-    } else {
-        spdlog::debug("http: {}", message != nullptr ? message : "");
-    }
-    return 1;  // handled: civetweb prints nothing itself
-}
+using Clock = std::chrono::steady_clock;
 
 std::optional<uint16_t> parse_port(std::string_view text) {
     unsigned value = 0;
@@ -60,8 +56,14 @@ std::optional<uint16_t> parse_port(std::string_view text) {
     return static_cast<uint16_t>(value);
 }
 
-// "ADDR:PORT" -> civetweb's listening_ports value.
-std::optional<std::string> civet_listen_spec(const std::string& listen, std::string* error) {
+struct ListenAddress {
+    sockaddr_storage storage{};
+    socklen_t length = 0;
+    int family = AF_INET;
+};
+
+// "ADDR:PORT" -> the socket address to bind.
+std::optional<ListenAddress> parse_listen(const std::string& listen, std::string* error) {
     auto bad = [&](const std::string& why) {
         *error = "bad listen address \"" + listen + "\": " + why;
         return std::nullopt;
@@ -71,37 +73,83 @@ std::optional<std::string> civet_listen_spec(const std::string& listen, std::str
     auto port = parse_port(std::string_view(listen).substr(colon + 1));
     if (!port) return bad("port must be a number from 0 to 65535");
     const std::string host = listen.substr(0, colon);
-    if (host.empty()) return "0.0.0.0:" + std::to_string(*port);
-    if (host.front() == '[') {
+    ListenAddress out;
+    if (!host.empty() && host.front() == '[') {
         if (host.size() < 3 || host.back() != ']') return bad("unterminated [IPv6] address");
-        const std::string addr = host.substr(1, host.size() - 2);
-        in6_addr a6{};
-        if (inet_pton(AF_INET6, addr.c_str(), &a6) != 1) return bad("not an IPv6 address");
-        if (mg_check_feature(kFeatureIpv6) == 0)
-            return bad("this build's civetweb has no IPv6 support; listen on an IPv4 address");
-        return "[" + addr + "]:" + std::to_string(*port);
+        auto* a6 = reinterpret_cast<sockaddr_in6*>(&out.storage);
+        a6->sin6_family = AF_INET6;
+        a6->sin6_port = htons(*port);
+        if (inet_pton(AF_INET6, host.substr(1, host.size() - 2).c_str(), &a6->sin6_addr) != 1)
+            return bad("not an IPv6 address");
+        out.family = AF_INET6;
+        out.length = sizeof *a6;
+        return out;
     }
-    in_addr a4{};
-    if (inet_pton(AF_INET, host.c_str(), &a4) != 1)
+    auto* a4 = reinterpret_cast<sockaddr_in*>(&out.storage);
+    a4->sin_family = AF_INET;
+    a4->sin_port = htons(*port);
+    if (host.empty()) {
+        a4->sin_addr.s_addr = htonl(INADDR_ANY);
+    } else if (inet_pton(AF_INET, host.c_str(), &a4->sin_addr) != 1) {
         return bad("not an IPv4 address (use [ADDR]:PORT for IPv6; host names are not resolved)");
-    return host + ":" + std::to_string(*port);
+    }
+    out.length = sizeof *a4;
+    return out;
 }
 
-// civetweb's "cannot bind to 127.0.0.1:9090: 98 (Address already in use)" -> the reason.
-std::string bind_error_reason(const std::vector<std::string>& log) {
-    for (const auto& message : log) {
-        if (message.rfind("Failed to setup server ports", 0) == 0) continue;
-        const size_t open = message.rfind('(');
-        const size_t close = message.rfind(')');
-        if (message.find("cannot bind") != std::string::npos && open != std::string::npos &&
-            close != std::string::npos && close > open) {
-            std::string reason = message.substr(open + 1, close - open - 1);
-            if (!reason.empty()) reason[0] = static_cast<char>(std::tolower(reason[0]));
-            return reason;
+// strerror() with a lower-case first letter, to follow "cannot listen on ADDR: ".
+std::string errno_text(int err) {
+    std::string text = std::strerror(err);
+    if (!text.empty()) text[0] = static_cast<char>(std::tolower(static_cast<unsigned char>(text[0])));
+    return text;
+}
+
+// A file descriptor closed with its owner unless released.
+class UniqueFd {
+public:
+    explicit UniqueFd(int fd = -1) : fd_(fd) {}
+    UniqueFd(const UniqueFd&) = delete;
+    UniqueFd& operator=(const UniqueFd&) = delete;
+    UniqueFd& operator=(UniqueFd&& other) noexcept {
+        if (this != &other) {
+            if (fd_ >= 0) close(fd_);
+            fd_ = other.release();
         }
-        return message;
+        return *this;
     }
-    return log.empty() ? "civetweb could not start" : log.front();
+    ~UniqueFd() {
+        if (fd_ >= 0) close(fd_);
+    }
+    int get() const { return fd_; }
+    int release() { return std::exchange(fd_, -1); }
+
+private:
+    int fd_;
+};
+
+// The listening socket, bound here rather than by libmicrohttpd: errors as the kernel gives them.
+// "[::]:PORT" also takes IPv4 (IPV6_V6ONLY off, whatever net.ipv6.bindv6only says).
+bool bind_listener(const std::string& listen, const ListenAddress& address, UniqueFd* out, uint16_t* port,
+                   std::string* error) {
+    auto fail = [&](int err) {
+        *error = "cannot listen on " + listen + ": " + errno_text(err);
+        return false;
+    };
+    UniqueFd fd(socket(address.family, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    if (fd.get() < 0) return fail(errno);
+    const int on = 1, off = 0;
+    if (setsockopt(fd.get(), SOL_SOCKET, SO_REUSEADDR, &on, sizeof on) != 0) return fail(errno);
+    if (address.family == AF_INET6 && setsockopt(fd.get(), IPPROTO_IPV6, IPV6_V6ONLY, &off, sizeof off) != 0)
+        return fail(errno);
+    if (bind(fd.get(), reinterpret_cast<const sockaddr*>(&address.storage), address.length) != 0) return fail(errno);
+    if (::listen(fd.get(), SOMAXCONN) != 0) return fail(errno);
+    sockaddr_storage bound{};
+    socklen_t length = sizeof bound;
+    if (getsockname(fd.get(), reinterpret_cast<sockaddr*>(&bound), &length) != 0) return fail(errno);
+    *port = ntohs(bound.ss_family == AF_INET6 ? reinterpret_cast<sockaddr_in6*>(&bound)->sin6_port
+                                              : reinterpret_cast<sockaddr_in*>(&bound)->sin_port);
+    *out = std::move(fd);
+    return true;
 }
 
 std::string one_line(std::string text) {
@@ -110,56 +158,7 @@ std::string one_line(std::string text) {
     return text;
 }
 
-void respond(mg_connection* conn, int status, const char* status_text, const char* content_type,
-             const std::string& body) {
-    mg_printf(conn,
-              "HTTP/1.1 %d %s\r\n"
-              "Content-Type: %s\r\n"
-              "Content-Length: %zu\r\n"
-              "Cache-Control: no-cache\r\n"
-              "Connection: close\r\n\r\n",
-              status, status_text, content_type, body.size());
-    if (!body.empty()) mg_write(conn, body.data(), body.size());
-}
-
-// A connection attempt that wakes civetweb's master thread out of its accept poll.
-void poke(const std::string& ip, uint16_t port) {
-    sockaddr_storage storage{};
-    socklen_t len = 0;
-    int family = AF_INET;
-    if (ip.find(':') != std::string::npos) {
-        auto* a6 = reinterpret_cast<sockaddr_in6*>(&storage);
-        a6->sin6_family = family = AF_INET6;
-        a6->sin6_port = htons(port);
-        if (inet_pton(AF_INET6, ip.c_str(), &a6->sin6_addr) != 1) return;
-        len = sizeof *a6;
-    } else {
-        auto* a4 = reinterpret_cast<sockaddr_in*>(&storage);
-        a4->sin_family = AF_INET;
-        a4->sin_port = htons(port);
-        if (inet_pton(AF_INET, ip.c_str(), &a4->sin_addr) != 1) return;
-        len = sizeof *a4;
-    }
-    const int fd = socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (fd < 0) return;
-    (void)connect(fd, reinterpret_cast<sockaddr*>(&storage), len);
-    close(fd);
-}
-
 std::string dropped_line(uint64_t n) { return "{\"dropped\":" + std::to_string(n) + "}"; }
-
-// Appends one HTTP chunk holding `data`.
-void append_chunk(std::string& out, std::string_view data) {
-    char size[20];
-    const int len = std::snprintf(size, sizeof size, "%zx\r\n", data.size());
-    out.append(size, static_cast<size_t>(len));
-    out.append(data);
-    out.append("\r\n");
-}
-
-bool write_all(mg_connection* conn, const std::string& data) {
-    return mg_write(conn, data.data(), data.size()) == static_cast<int>(data.size());
-}
 
 std::string_view trim(std::string_view text) {
     while (!text.empty() && std::isspace(static_cast<unsigned char>(text.front()))) text.remove_prefix(1);
@@ -217,7 +216,8 @@ std::optional<FileStamp> stamp_of(const std::string& path) {
                      st.st_ctim.tv_sec * 1'000'000'000LL + st.st_ctim.tv_nsec};
 }
 
-bool read_small_file(const std::string& path, std::string* out, std::string* error) {
+bool read_small_file(const std::string& path, std::string* out, std::string* error,
+                     size_t limit = kMaxCredentialFileBytes) {
     std::ifstream in(path, std::ios::binary);
     if (!in) {
         *error = "cannot read " + path + ": " + std::strerror(errno);
@@ -228,8 +228,8 @@ bool read_small_file(const std::string& path, std::string* out, std::string* err
         *error = "cannot read " + path;
         return false;
     }
-    if (out->size() > kMaxCredentialFileBytes) {
-        *error = path + " is larger than 64 KiB";
+    if (out->size() > limit) {
+        *error = path + " is larger than " + std::to_string(limit / 1024) + " KiB";
         return false;
     }
     return true;
@@ -288,13 +288,128 @@ bool parse_basic(const std::string& path, std::vector<std::string>* entries, std
     return ok;
 }
 
+// Wipes a string holding key material when it goes.
+struct Secret {
+    std::string text;
+    Secret() = default;
+    Secret(const Secret&) = delete;
+    Secret& operator=(const Secret&) = delete;
+    ~Secret() { explicit_bzero(text.data(), text.size()); }
+};
+
+// The certificate chain and key, read and checked with GnuTLS so that an error names the flag
+// and file it comes from (libmicrohttpd only says that its TLS setup failed).
+bool load_tls(const std::string& cert_file, const std::string& key_file, Secret* cert, Secret* key,
+              std::string* error) {
+    if (!read_small_file(cert_file, &cert->text, error, kMaxPemFileBytes) ||
+        !read_small_file(key_file, &key->text, error, kMaxPemFileBytes))
+        return false;
+    auto datum = [](Secret* s) {
+        return gnutls_datum_t{reinterpret_cast<unsigned char*>(s->text.data()),
+                              static_cast<unsigned>(s->text.size())};
+    };
+    gnutls_datum_t cert_pem = datum(cert), key_pem = datum(key);
+
+    gnutls_x509_crt_t* chain = nullptr;
+    unsigned chain_length = 0;
+    int rc = gnutls_x509_crt_list_import2(&chain, &chain_length, &cert_pem, GNUTLS_X509_FMT_PEM, 0);
+    for (unsigned i = 0; i < chain_length; ++i) gnutls_x509_crt_deinit(chain[i]);
+    gnutls_free(chain);
+    if (rc < 0) {
+        *error = "--tls-cert " + cert_file + ": no PEM certificate (" + gnutls_strerror(rc) + ")";
+        return false;
+    }
+
+    gnutls_x509_privkey_t parsed = nullptr;
+    rc = gnutls_x509_privkey_init(&parsed);
+    if (rc >= 0) rc = gnutls_x509_privkey_import2(parsed, &key_pem, GNUTLS_X509_FMT_PEM, nullptr, 0);
+    if (parsed != nullptr) gnutls_x509_privkey_deinit(parsed);
+    if (rc < 0) {
+        *error = "--tls-key " + key_file + ": no usable PEM private key (" + gnutls_strerror(rc) +
+                 "; an encrypted key is not supported)";
+        return false;
+    }
+
+    gnutls_certificate_credentials_t credentials = nullptr;
+    rc = gnutls_certificate_allocate_credentials(&credentials);
+    if (rc >= 0)
+        rc = gnutls_certificate_set_x509_key_mem2(credentials, &cert_pem, &key_pem, GNUTLS_X509_FMT_PEM, nullptr, 0);
+    if (credentials != nullptr) gnutls_certificate_free_credentials(credentials);
+    if (rc == GNUTLS_E_CERTIFICATE_KEY_MISMATCH) {
+        *error = "--tls-key " + key_file + ": the key does not match the certificate of --tls-cert " + cert_file;
+        return false;
+    }
+    if (rc < 0) {
+        *error = "--tls-cert " + cert_file + " / --tls-key " + key_file + ": " + gnutls_strerror(rc);
+        return false;
+    }
+    return true;
+}
+
+// What libmicrohttpd logs: debug, except while start() collects its messages for an error.
+thread_local std::string* t_start_log = nullptr;
+
+void log_mhd(void*, const char* format, va_list args) {
+    char text[512];
+    std::vsnprintf(text, sizeof text, format, args);
+    std::string message = one_line(text);
+    while (!message.empty() && message.back() == ' ') message.pop_back();
+    if (t_start_log != nullptr) {
+        *t_start_log = message;
+    } else {
+        spdlog::debug("http: {}", message);
+    }
+}
+
+[[noreturn]] void mhd_panic(void*, const char* file, unsigned int line, const char* reason) {
+    spdlog::critical("libmicrohttpd: internal error at {}:{}: {}", file ? file : "?", line, reason ? reason : "");
+    std::abort();
+}
+
+struct ResponseRelease {
+    void operator()(MHD_Response* response) const { MHD_destroy_response(response); }
+};
+using ResponsePtr = std::unique_ptr<MHD_Response, ResponseRelease>;
+
+MHD_Result respond(MHD_Connection* connection, unsigned status, const char* content_type, const std::string& body,
+                   const std::vector<std::pair<const char*, const char*>>& headers = {}) {
+    ResponsePtr response(MHD_create_response_from_buffer(body.size(), const_cast<char*>(body.data()),
+                                                         MHD_RESPMEM_MUST_COPY));
+    if (!response) return MHD_NO;
+    MHD_add_response_header(response.get(), MHD_HTTP_HEADER_CONTENT_TYPE, content_type);
+    MHD_add_response_header(response.get(), MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
+    MHD_add_response_header(response.get(), MHD_HTTP_HEADER_CONNECTION, "close");
+    for (const auto& [name, value] : headers) MHD_add_response_header(response.get(), name, value);
+    return MHD_queue_response(connection, status, response.get());
+}
+
+// One follower of /incidents. `queue`, `dropped_pending`, `closed` and `suspended` are shared
+// with publish() and stop() under `mutex`; `out`, `current` and `offset` belong to the server
+// thread (the content reader) alone.
 struct Follower {
     std::mutex mutex;
-    std::condition_variable wake;
     std::deque<Line> queue;
     uint64_t dropped_pending = 0;  // dropped since the last line queued
-    bool closed = false;
+    bool closed = false;           // stop(): end the stream once what is queued is written
+    bool suspended = false;        // the connection waits for lines (libmicrohttpd: suspended)
+    bool gone = false;             // the connection is over: `connection` is no longer valid
+    MHD_Connection* connection = nullptr;
+    std::atomic<int64_t> last_output_ns{0};  // steady clock, when bytes were last handed over
+
+    std::deque<Line> out;
+    Line current;
+    size_t offset = 0;  // into *current + '\n'
+
+    // Under `mutex`, with the connection suspended: back into the server's loop.
+    void resume_locked() {
+        suspended = false;
+        MHD_resume_connection(connection);
+    }
 };
+
+int64_t now_ns() {
+    return std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch()).count();
+}
 
 }  // namespace
 
@@ -307,17 +422,34 @@ struct HttpServer::Hub {
     std::vector<std::shared_ptr<Follower>> followers;
     bool stopping = false;
     std::atomic<uint64_t> dropped_total{0};
+    std::condition_variable changed;  // a follower went, or stopping
 
-    std::shared_ptr<Follower> add() {
+    std::thread heartbeat_thread;
+    std::mutex heartbeat_mutex;
+    std::condition_variable heartbeat_wake;
+    bool heartbeat_stop = false;
+
+    std::shared_ptr<Follower> add(MHD_Connection* connection) {
         std::lock_guard lock(mutex);
         if (stopping || followers.size() >= max_followers) return nullptr;
-        followers.push_back(std::make_shared<Follower>());
-        return followers.back();
+        auto f = std::make_shared<Follower>();
+        f->connection = connection;
+        f->last_output_ns = now_ns();
+        followers.push_back(f);
+        return f;
     }
 
-    void remove(const std::shared_ptr<Follower>& follower) {
+    // The connection is over (its response released by libmicrohttpd).
+    void remove(const std::shared_ptr<Follower>& f) {
+        {
+            std::lock_guard follower_lock(f->mutex);
+            f->gone = true;
+            f->suspended = false;
+            f->connection = nullptr;
+        }
         std::lock_guard lock(mutex);
-        std::erase(followers, follower);
+        std::erase(followers, f);
+        changed.notify_all();
     }
 
     size_t count() {
@@ -329,7 +461,7 @@ struct HttpServer::Hub {
         std::lock_guard lock(mutex);
         for (const auto& f : followers) {
             std::lock_guard follower_lock(f->mutex);
-            if (f->closed) continue;
+            if (f->closed || f->gone) continue;
             const size_t needed = f->dropped_pending > 0 ? 2 : 1;
             if (f->queue.size() + needed > capacity) {
                 ++f->dropped_pending;
@@ -337,93 +469,125 @@ struct HttpServer::Hub {
                 continue;
             }
             if (f->dropped_pending > 0) {
-                f->queue.push_back(
-                    std::make_shared<const std::string>(dropped_line(f->dropped_pending)));
+                f->queue.push_back(std::make_shared<const std::string>(dropped_line(f->dropped_pending)));
                 f->dropped_pending = 0;
             }
             f->queue.push_back(line);
-            f->wake.notify_one();
+            if (f->suspended) f->resume_locked();
         }
     }
 
+    // Every stream ends once what is queued for it is written; no follower is accepted after.
     void close_all() {
         std::lock_guard lock(mutex);
         stopping = true;
         for (const auto& f : followers) {
             std::lock_guard follower_lock(f->mutex);
             f->closed = true;
-            f->wake.notify_one();
+            if (f->suspended) f->resume_locked();
         }
+        changed.notify_all();
     }
 
-    // After close_all(): waits until every follower has written the end of its stream and gone
-    // (civetweb refuses writes once it is stopping), at most `limit`: a follower inside a data
-    // write usually finishes it at once, but a stuck client keeps it there, and mg_stop() then
-    // aborts it. (Not waiting for writers at all lost the end of a stream whose last write was
-    // just finishing when stop() came.)
-    void wait_for_idle_followers(std::chrono::milliseconds limit) {
-        const auto deadline = std::chrono::steady_clock::now() + limit;
-        for (;;) {
-            {
+    // After close_all(): until every follower's connection is over, at most `limit` (a follower
+    // stuck in a write stays; stopping the daemon closes it).
+    void wait_for_followers(std::chrono::milliseconds limit) {
+        std::unique_lock lock(mutex);
+        changed.wait_for(lock, limit, [&] { return followers.empty(); });
+    }
+
+    // Wakes suspended followers that have been idle for `heartbeat`: their content reader then
+    // sends an empty line.
+    void start_heartbeats() {
+        heartbeat_thread = std::thread([this] {
+            const auto tick = std::max(heartbeat / 2, std::chrono::milliseconds(10));
+            std::unique_lock wait_lock(heartbeat_mutex);
+            while (!heartbeat_wake.wait_for(wait_lock, tick, [&] { return heartbeat_stop; })) {
+                const int64_t due = now_ns() - std::chrono::nanoseconds(heartbeat).count();
                 std::lock_guard lock(mutex);
-                if (followers.empty()) return;
+                for (const auto& f : followers) {
+                    std::lock_guard follower_lock(f->mutex);
+                    if (f->suspended && f->last_output_ns.load() <= due) f->resume_locked();
+                }
             }
-            if (std::chrono::steady_clock::now() >= deadline) return;
-            std::this_thread::sleep_for(std::chrono::milliseconds(2));
-        }
+        });
     }
 
-    // Runs on the follower's civetweb worker thread until the follower goes or the server stops.
-    void serve(mg_connection* conn, const std::shared_ptr<Follower>& f) {
-        mg_printf(conn,
-                  "HTTP/1.1 200 OK\r\n"
-                  "Content-Type: %s\r\n"
-                  "Transfer-Encoding: chunked\r\n"
-                  "Cache-Control: no-cache\r\n"
-                  "X-Content-Type-Options: nosniff\r\n"
-                  "Connection: close\r\n\r\n",
-                  kStreamContentType);
-        std::deque<Line> batch;
-        std::string out;
-        bool ok = true;
-        bool closed = false;
-        while (ok) {
-            batch.clear();
-            {
-                std::unique_lock lock(f->mutex);
-                f->wake.wait_for(lock, heartbeat, [&] {
-                    return f->closed || !f->queue.empty() || f->dropped_pending > 0;
-                });
-                if (f->closed) {
-                    closed = true;
-                    break;
-                }
-                batch.swap(f->queue);
-                if (f->dropped_pending > 0) {
-                    // The drops happened after everything queued: the gap is here.
-                    batch.push_back(
-                        std::make_shared<const std::string>(dropped_line(f->dropped_pending)));
-                    f->dropped_pending = 0;
-                }
-            }
-            // No lock held from here: a stuck client blocks only this thread.
-            out.clear();
-            if (batch.empty()) append_chunk(out, "\n");  // heartbeat
-            for (const auto& line : batch) {
-                std::string data = *line + '\n';
-                append_chunk(out, data);
-                if (out.size() >= kMaxChunkBytes) {
-                    ok = write_all(conn, out);
-                    out.clear();
-                    if (!ok) break;
-                }
-            }
-            if (ok && !out.empty()) ok = write_all(conn, out);
+    void stop_heartbeats() {
+        {
+            std::lock_guard lock(heartbeat_mutex);
+            heartbeat_stop = true;
         }
-        if (closed) mg_write(conn, "0\r\n\r\n", 5);  // end of the chunked body
-        remove(f);                                   // after the last write: stop() waits for this
+        heartbeat_wake.notify_all();
+        if (heartbeat_thread.joinable()) heartbeat_thread.join();
     }
 };
+
+namespace {
+
+// What a stream's response carries: its follower, and the hub to leave when it is released.
+struct Stream {
+    std::shared_ptr<HttpServer::Hub> hub;
+    std::shared_ptr<Follower> follower;
+};
+
+// libmicrohttpd's content reader for /incidents, on the server thread: whole queued lines (the
+// last one may continue in the next call), a heartbeat, the end of the stream, or nothing for
+// now (the connection is suspended until publish(), a heartbeat or stop() resumes it).
+ssize_t read_stream(void* cls, uint64_t, char* buf, size_t max) {
+    auto& stream = *static_cast<Stream*>(cls);
+    Follower& f = *stream.follower;
+    if (f.out.empty() && !f.current) {
+        std::lock_guard lock(f.mutex);
+        f.out.swap(f.queue);
+        if (f.dropped_pending > 0) {
+            // The drops happened after everything queued: the gap is here.
+            f.out.push_back(std::make_shared<const std::string>(dropped_line(f.dropped_pending)));
+            f.dropped_pending = 0;
+        }
+        if (f.out.empty()) {
+            if (f.closed) return MHD_CONTENT_READER_END_OF_STREAM;
+            const int64_t now = now_ns();
+            if (now - f.last_output_ns.load() >= std::chrono::nanoseconds(stream.hub->heartbeat).count()) {
+                f.last_output_ns = now;
+                buf[0] = '\n';
+                return 1;
+            }
+            f.suspended = true;
+            MHD_suspend_connection(f.connection);
+            return 0;
+        }
+    }
+    size_t written = 0;
+    while (written < max) {
+        if (!f.current) {
+            if (f.out.empty()) break;
+            f.current = std::move(f.out.front());
+            f.out.pop_front();
+            f.offset = 0;
+        }
+        const std::string& line = *f.current;
+        if (f.offset < line.size()) {
+            const size_t n = std::min(line.size() - f.offset, max - written);
+            std::memcpy(buf + written, line.data() + f.offset, n);
+            written += n;
+            f.offset += n;
+        }
+        if (f.offset == line.size() && written < max) {
+            buf[written++] = '\n';
+            f.current.reset();
+        }
+    }
+    f.last_output_ns = now_ns();
+    return static_cast<ssize_t>(written);
+}
+
+void release_stream(void* cls) {
+    std::unique_ptr<Stream> stream(static_cast<Stream*>(cls));
+    stream->hub->remove(stream->follower);
+}
+
+}  // namespace
 
 struct HttpServer::Credentials {
     HttpAuthOptions options;
@@ -504,17 +668,104 @@ struct HttpServer::Credentials {
     }
 };
 
-class HttpHandler : public CivetHandler {
-public:
-    using Fn = std::function<void(mg_connection*)>;
-    explicit HttpHandler(Fn fn) : fn_(std::move(fn)) {}
-    bool handleGet(CivetServer*, mg_connection* conn) override {
-        fn_(conn);
-        return true;
+
+// Request handling, on the server thread. Every request is answered on the handler's first call
+// (GET has no body to wait for); libmicrohttpd calls it no more once a response is queued.
+struct HttpServer::Endpoints {
+    static MHD_Result handle(void* cls, MHD_Connection* connection, const char* url, const char* method,
+                             const char*, const char*, size_t* upload_size, void**) {
+        auto& server = *static_cast<HttpServer*>(cls);
+        *upload_size = 0;  // a body sent with a GET is ignored
+        if (std::strcmp(method, MHD_HTTP_METHOD_GET) != 0)
+            return respond(connection, MHD_HTTP_METHOD_NOT_ALLOWED, kTextContentType, "only GET is served\n",
+                           {{MHD_HTTP_HEADER_ALLOW, MHD_HTTP_METHOD_GET}});
+        const std::string_view path = url;
+        if (path == "/healthz") return respond(connection, MHD_HTTP_OK, kTextContentType, "ok\n");
+        if (path == "/readyz") return readyz(server, connection);
+        const bool known = path == "/metrics" || path == "/diagnose" || path == "/incidents";
+        if (!known) return respond(connection, MHD_HTTP_NOT_FOUND, kTextContentType, "not found\n");
+        // /metrics, /diagnose and /incidents (it reveals peer addresses) need credentials when
+        // any are configured; /healthz and /readyz never do.
+        if (server.credentials_ && !server.credentials_->check(MHD_lookup_connection_value(
+                                       connection, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION)))
+            return unauthorized(*server.credentials_, connection);
+        if (path == "/metrics") return metrics(server, connection);
+        if (path == "/diagnose") return diagnose(server, connection);
+        return incidents(server, connection);
     }
 
-private:
-    Fn fn_;
+    static MHD_Result readyz(HttpServer& server, MHD_Connection* connection) {
+        std::string reason;
+        if (server.options_.readiness) {
+            try {
+                reason = server.options_.readiness();
+            } catch (const std::exception& e) {
+                reason = std::string("readiness check failed: ") + e.what();
+            }
+        }
+        if (reason.empty()) return respond(connection, MHD_HTTP_OK, kTextContentType, "ready\n");
+        return respond(connection, MHD_HTTP_SERVICE_UNAVAILABLE, kTextContentType, one_line(reason) + "\n");
+    }
+
+    static MHD_Result unauthorized(Credentials& credentials, MHD_Connection* connection) {
+        credentials.unauthorized.fetch_add(1, std::memory_order_relaxed);
+        std::vector<std::pair<const char*, const char*>> challenges;
+        if (!credentials.options.token_file.empty())
+            challenges.emplace_back(MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer realm=\"rstwatch\"");
+        if (!credentials.options.basic_auth_file.empty())
+            challenges.emplace_back(MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Basic realm=\"rstwatch\", charset=\"UTF-8\"");
+        return respond(connection, MHD_HTTP_UNAUTHORIZED, kTextContentType,
+                       "unauthorized: send Authorization: Bearer TOKEN (or Basic)\n", challenges);
+    }
+
+    static MHD_Result metrics(HttpServer& server, MHD_Connection* connection) {
+        if (!server.options_.collect) return respond(connection, MHD_HTTP_NOT_FOUND, kTextContentType, "no metrics\n");
+        std::string body;
+        try {
+            body = prometheus::TextSerializer().Serialize(server.options_.collect());
+        } catch (const std::exception& e) {
+            return respond(connection, MHD_HTTP_INTERNAL_SERVER_ERROR, kTextContentType,
+                           std::string("collecting metrics failed: ") + e.what() + "\n");
+        }
+        return respond(connection, MHD_HTTP_OK, kMetricsContentType, body);
+    }
+
+    static MHD_Result diagnose(HttpServer& server, MHD_Connection* connection) {
+        if (!server.options_.diagnose)
+            return respond(connection, MHD_HTTP_NOT_FOUND, kTextContentType, "no diagnosis\n");
+        std::string query;
+        MHD_get_connection_values(
+            connection, MHD_GET_ARGUMENT_KIND,
+            [](void* cls, MHD_ValueKind, const char* key, const char* value) {
+                auto& q = *static_cast<std::string*>(cls);
+                if (!q.empty()) q += '&';
+                q += key;
+                if (value != nullptr) q += std::string("=") + value;
+                return MHD_YES;
+            },
+            &query);
+        return respond(connection, MHD_HTTP_OK, "application/json", server.options_.diagnose(query) + "\n");
+    }
+
+    static MHD_Result incidents(HttpServer& server, MHD_Connection* connection) {
+        auto follower = server.hub_->add(connection);
+        if (!follower)
+            return respond(connection, MHD_HTTP_SERVICE_UNAVAILABLE, kTextContentType,
+                           "too many followers of /incidents (or shutting down)\n");
+        auto stream = std::make_unique<Stream>(Stream{server.hub_, follower});
+        ResponsePtr response(
+            MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16 * 1024, &read_stream, stream.get(), &release_stream));
+        if (!response) {
+            server.hub_->remove(follower);
+            return MHD_NO;
+        }
+        stream.release();  // the response owns it now: release_stream()
+        MHD_add_response_header(response.get(), MHD_HTTP_HEADER_CONTENT_TYPE, kStreamContentType);
+        MHD_add_response_header(response.get(), MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
+        MHD_add_response_header(response.get(), MHD_HTTP_HEADER_X_CONTENT_TYPE_OPTIONS, "nosniff");
+        MHD_add_response_header(response.get(), MHD_HTTP_HEADER_CONNECTION, "close");
+        return MHD_queue_response(connection, MHD_HTTP_OK, response.get());
+    }
 };
 
 bool constant_time_equal(std::string_view a, std::string_view b) {
@@ -545,59 +796,19 @@ bool is_loopback_listen(const std::string& listen) {
     return (ntohl(a4.s_addr) >> 24) == 127;
 }
 
+
 std::string listen_address_error(const std::string& listen) {
     std::string error;
-    return civet_listen_spec(listen, &error) ? std::string() : error;
+    return parse_listen(listen, &error) ? std::string() : error;
 }
-
-namespace {
-
-// civetweb names the memory file it was given ("ssl_use_pem_file: cannot open private key file
-// /proc/self/fd/N: error:...key values mismatch"): name the user's files instead.
-std::string name_pem_files(std::string reason, const std::string& pem_path, const std::string& cert_file,
-                           const std::string& key_file) {
-    const std::pair<std::string, std::string> rewrites[] = {
-        {"ssl_use_pem_file: cannot open private key file " + pem_path, "--tls-key " + key_file},
-        {"ssl_use_pem_file: cannot open certificate file " + pem_path, "--tls-cert " + cert_file},
-        {pem_path, "--tls-cert " + cert_file + " / --tls-key " + key_file},
-    };
-    for (const auto& [from, to] : rewrites) {
-        for (size_t at = reason.find(from); at != std::string::npos; at = reason.find(from, at + to.size()))
-            reason.replace(at, from.size(), to);
-    }
-    return reason;
-}
-
-}  // namespace
 
 bool tls_support(std::string* why) {
-    std::string ignored;
-    if (why == nullptr) why = &ignored;
-    if (mg_check_feature(kFeatureTls) == 0) {
-        *why = "this build's civetweb has no TLS support";
-        return false;
-    }
-    // Before anything opens "libssl.so": afterwards that name would stay bound to the system's.
-    std::string compat_error;
-    const bool compat = load_openssl_compat(&compat_error);
-    for (const char* lib : {"libssl.so", "libcrypto.so"}) {
-        void* handle = dlopen(lib, RTLD_LAZY | RTLD_LOCAL);
-        if (handle == nullptr) {
-            *why = std::string("civetweb loads OpenSSL as ") + lib + " at run time and cannot open it (" +
-                   (compat ? std::string("unknown reason") : compat_error) + ")";
-            return false;
-        }
-        // civetweb 1.15 uses the OpenSSL 1.1 API: SSL_get_peer_certificate must resolve.
-        if (std::string(lib) == "libssl.so" && dlsym(handle, "SSL_get_peer_certificate") == nullptr) {
-            *why = "this civetweb uses the OpenSSL 1.1 API (SSL_get_peer_certificate), the installed libssl.so "
-                   "lacks it and the OpenSSL 3 shim did not load (" + compat_error + ")";
-            dlclose(handle);
-            return false;
-        }
-        // Left loaded: civetweb opens the same library when the server starts.
-    }
-    return true;
+    if (MHD_is_feature_supported(MHD_FEATURE_TLS) == MHD_YES) return true;
+    if (why != nullptr) *why = "this libmicrohttpd was built without TLS (GnuTLS)";
+    return false;
 }
+
+void HttpServer::DaemonStop::operator()(MHD_Daemon* daemon) const { MHD_stop_daemon(daemon); }
 
 HttpServer::HttpServer(HttpServerOptions options)
     : options_(std::move(options)), hub_(std::make_shared<Hub>()) {
@@ -611,12 +822,12 @@ HttpServer::~HttpServer() { stop(); }
 bool HttpServer::start(std::string* error) {
     std::string ignored;
     if (error == nullptr) error = &ignored;
-    if (server_ || stopped_) {
+    if (daemon_ || stopped_) {
         *error = "http server already started";
         return false;
     }
-    auto spec = civet_listen_spec(options_.listen, error);
-    if (!spec) return false;
+    auto address = parse_listen(options_.listen, error);
+    if (!address) return false;
 
     if (options_.auth.enabled()) {
         credentials_ = std::make_shared<Credentials>();
@@ -628,16 +839,7 @@ bool HttpServer::start(std::string* error) {
     }
 
     const bool tls = !options_.tls_cert_file.empty() || !options_.tls_key_file.empty();
-    // civetweb reads one PEM file holding both key and certificate(s): give it an anonymous
-    // memory file (memfd) with both, so the key is never written to disk; closed after start.
-    int pem_fd = -1;
-    struct PemFdCloser {
-        int& fd;
-        ~PemFdCloser() {
-            if (fd >= 0) close(fd);
-        }
-    } pem_closer{pem_fd};
-    std::string pem_path;
+    Secret cert, key;  // wiped on return: the daemon holds its own GnuTLS credentials by then
     if (tls) {
         if (options_.tls_cert_file.empty() || options_.tls_key_file.empty()) {
             *error = "TLS needs both a certificate and a key file";
@@ -648,153 +850,58 @@ bool HttpServer::start(std::string* error) {
             *error = "TLS is not available: " + why;
             return false;
         }
-        std::string cert, key;
-        if (!read_small_file(options_.tls_cert_file, &cert, error) ||
-            !read_small_file(options_.tls_key_file, &key, error)) {
-            explicit_bzero(key.data(), key.size());
+        std::string reason;
+        if (!load_tls(options_.tls_cert_file, options_.tls_key_file, &cert, &key, &reason)) {
+            *error = "cannot serve TLS on " + options_.listen + ": " + one_line(reason);
             return false;
         }
-        pem_fd = memfd_create("rstwatch-tls", MFD_CLOEXEC);
-        std::string pem = cert + "\n" + key + "\n";
-        explicit_bzero(key.data(), key.size());
-        const bool written = pem_fd >= 0 && ::write(pem_fd, pem.data(), pem.size()) ==
-                                                static_cast<ssize_t>(pem.size());
-        explicit_bzero(pem.data(), pem.size());
-        if (!written) {
-            *error = std::string("cannot prepare the TLS key for civetweb: ") + std::strerror(errno);
-            return false;
-        }
-        pem_path = "/proc/self/fd/" + std::to_string(pem_fd);
     }
 
-    std::vector<std::string> civet_options = {
-        "listening_ports",    tls ? *spec + "s" : *spec,
-        "num_threads",        std::to_string(options_.max_followers + 4),
-        "request_timeout_ms", std::to_string(options_.write_timeout.count()),
-        "enable_keep_alive",  "no",
-        "tcp_nodelay",        "1",
+    UniqueFd listener;
+    if (!bind_listener(options_.listen, *address, &listener, &port_, error)) return false;
+
+    static std::once_flag panic_handler;
+    std::call_once(panic_handler, [] { MHD_set_panic_func(&mhd_panic, nullptr); });
+
+    unsigned flags = MHD_USE_EPOLL_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
+    if (tls) flags |= MHD_USE_TLS;
+    if (address->family == AF_INET6) flags |= MHD_USE_IPv6;
+    const auto timeout_s = static_cast<unsigned>(
+        std::max<int64_t>(1, (options_.write_timeout.count() + 999) / 1000));
+    MHD_OptionItem tls_options[] = {
+        {MHD_OPTION_HTTPS_MEM_CERT, 0, cert.text.data()},
+        {MHD_OPTION_HTTPS_MEM_KEY, 0, key.text.data()},
+        {MHD_OPTION_HTTPS_PRIORITIES, 0, const_cast<char*>(kTlsPriorities)},
+        {MHD_OPTION_END, 0, nullptr},
     };
-    if (tls) {
-        civet_options.insert(civet_options.end(), {
-                                                      "ssl_certificate", pem_path,
-                                                      "ssl_certificate_chain", pem_path,
-                                                      "ssl_protocol_version", "4",  // TLS 1.2 and later
-                                                  });
-    }
-    CivetCallbacks callbacks;
-    callbacks.log_message = &log_message;
+    MHD_OptionItem no_options[] = {{MHD_OPTION_END, 0, nullptr}};
 
-    std::vector<std::string> start_log;
+    // libmicrohttpd owns the listener from here (and closes it on some of its failure paths).
+    struct stat listener_stat {};
+    fstat(listener.get(), &listener_stat);
+    const int listen_fd = listener.release();
+    std::string start_log;
     t_start_log = &start_log;
-    try {
-        server_ = std::make_unique<CivetServer>(civet_options, &callbacks);
-    } catch (const std::exception&) {
-        server_.reset();
-    }
+    MHD_Daemon* daemon = MHD_start_daemon(
+        flags, 0, nullptr, nullptr, &Endpoints::handle, this,
+        MHD_OPTION_LISTEN_SOCKET, listen_fd,
+        MHD_OPTION_CONNECTION_LIMIT, static_cast<unsigned>(options_.max_followers + kRequestConnections),
+        MHD_OPTION_CONNECTION_TIMEOUT, timeout_s,
+        MHD_OPTION_EXTERNAL_LOGGER, &log_mhd, nullptr,
+        MHD_OPTION_ARRAY, tls ? tls_options : no_options,
+        MHD_OPTION_END);
     t_start_log = nullptr;
-    if (!server_ || server_->getContext() == nullptr) {
-        server_.reset();
-        std::string reason = one_line(bind_error_reason(start_log));
-        if (tls) reason = name_pem_files(reason, pem_path, options_.tls_cert_file, options_.tls_key_file);
-        *error = (tls ? "cannot serve TLS on " : "cannot listen on ") + options_.listen + ": " + reason;
+    if (daemon == nullptr) {
+        // Close the listener unless libmicrohttpd did (same descriptor, same socket).
+        struct stat now {};
+        if (fstat(listen_fd, &now) == 0 && now.st_ino == listener_stat.st_ino && now.st_dev == listener_stat.st_dev)
+            close(listen_fd);
+        *error = std::string(tls ? "cannot serve TLS on " : "cannot listen on ") + options_.listen + ": " +
+                 (start_log.empty() ? "libmicrohttpd did not start" : start_log);
         return false;
     }
-    const auto ports = server_->getListeningPorts();
-    port_ = ports.empty() ? 0 : static_cast<uint16_t>(ports.front());
-    wake_ip_ = spec->substr(0, spec->rfind(':'));
-    if (wake_ip_.front() == '[') wake_ip_ = wake_ip_.substr(1, wake_ip_.size() - 2);
-    if (wake_ip_ == "0.0.0.0") wake_ip_ = "127.0.0.1";
-    if (wake_ip_ == "::") wake_ip_ = "::1";
-
-    // /metrics, /diagnose and /incidents (it reveals peer addresses) need credentials when
-    // any are configured; /healthz and /readyz never do.
-    std::shared_ptr<Credentials> credentials = credentials_;
-    auto protect = [credentials](HttpHandler::Fn fn) -> HttpHandler::Fn {
-        if (!credentials) return fn;
-        return [credentials, fn = std::move(fn)](mg_connection* conn) {
-            if (credentials->check(mg_get_header(conn, "Authorization"))) {
-                fn(conn);
-                return;
-            }
-            credentials->unauthorized.fetch_add(1, std::memory_order_relaxed);
-            const std::string body = "unauthorized: send Authorization: Bearer TOKEN (or Basic)\n";
-            std::string challenge;
-            if (!credentials->options.token_file.empty()) challenge += "WWW-Authenticate: Bearer realm=\"rstwatch\"\r\n";
-            if (!credentials->options.basic_auth_file.empty())
-                challenge += "WWW-Authenticate: Basic realm=\"rstwatch\", charset=\"UTF-8\"\r\n";
-            mg_printf(conn,
-                      "HTTP/1.1 401 Unauthorized\r\n"
-                      "%s"
-                      "Content-Type: text/plain; charset=utf-8\r\n"
-                      "Content-Length: %zu\r\n"
-                      "Cache-Control: no-cache\r\n"
-                      "Connection: close\r\n\r\n",
-                      challenge.c_str(), body.size());
-            mg_write(conn, body.data(), body.size());
-        };
-    };
-
-    handlers_.push_back(std::make_unique<HttpHandler>(protect([this](mg_connection* conn) {
-        if (!options_.collect) {
-            respond(conn, 404, "Not Found", "text/plain; charset=utf-8", "no metrics\n");
-            return;
-        }
-        std::string body;
-        try {
-            body = prometheus::TextSerializer().Serialize(options_.collect());
-        } catch (const std::exception& e) {
-            respond(conn, 500, "Internal Server Error", "text/plain; charset=utf-8",
-                    std::string("collecting metrics failed: ") + e.what() + "\n");
-            return;
-        }
-        respond(conn, 200, "OK", kMetricsContentType, body);
-    })));
-    server_->addHandler("/metrics$", handlers_.back().get());
-
-    handlers_.push_back(std::make_unique<HttpHandler>([](mg_connection* conn) {
-        respond(conn, 200, "OK", "text/plain; charset=utf-8", "ok\n");
-    }));
-    server_->addHandler("/healthz$", handlers_.back().get());
-
-    handlers_.push_back(std::make_unique<HttpHandler>([this](mg_connection* conn) {
-        std::string reason;
-        if (options_.readiness) {
-            try {
-                reason = options_.readiness();
-            } catch (const std::exception& e) {
-                reason = std::string("readiness check failed: ") + e.what();
-            }
-        }
-        if (reason.empty())
-            respond(conn, 200, "OK", "text/plain; charset=utf-8", "ready\n");
-        else
-            respond(conn, 503, "Service Unavailable", "text/plain; charset=utf-8",
-                    one_line(reason) + "\n");
-    }));
-    server_->addHandler("/readyz$", handlers_.back().get());
-
-    handlers_.push_back(std::make_unique<HttpHandler>(protect([this](mg_connection* conn) {
-        if (!options_.diagnose) {
-            respond(conn, 404, "Not Found", "text/plain; charset=utf-8", "no diagnosis\n");
-            return;
-        }
-        const mg_request_info* info = mg_get_request_info(conn);
-        std::string query = info && info->query_string ? info->query_string : "";
-        respond(conn, 200, "OK", "application/json", options_.diagnose(query) + "\n");
-    })));
-    server_->addHandler("/diagnose$", handlers_.back().get());
-
-    std::shared_ptr<Hub> hub = hub_;
-    handlers_.push_back(std::make_unique<HttpHandler>(protect([hub](mg_connection* conn) {
-        auto follower = hub->add();
-        if (!follower) {
-            respond(conn, 503, "Service Unavailable", "text/plain; charset=utf-8",
-                    "too many followers of /incidents (or shutting down)\n");
-            return;
-        }
-        hub->serve(conn, follower);
-    })));
-    server_->addHandler("/incidents$", handlers_.back().get());
+    daemon_.reset(daemon);
+    hub_->start_heartbeats();
     return true;
 }
 
@@ -818,24 +925,12 @@ uint64_t HttpServer::unauthorized_total() const {
 void HttpServer::stop() {
     if (stopped_) return;
     stopped_ = true;
-    hub_->close_all();
-    if (server_) {
-        hub_->wait_for_idle_followers(std::chrono::milliseconds(500));
-        // mg_stop() sets civetweb's stop flag, then waits for its master thread, which polls the
-        // listener in 2 s quanta: keep poking the listener until mg_stop() returns.
-        std::atomic<bool> stopped{false};
-        std::thread waker([&] {
-            for (int i = 0; i < 400 && !stopped.load(); ++i) {
-                std::this_thread::sleep_for(std::chrono::milliseconds(5));
-                if (!stopped.load() && port_ != 0) poke(wake_ip_, port_);
-            }
-        });
-        server_->close();  // mg_stop: aborts writes in progress, joins the workers
-        stopped = true;
-        waker.join();
-        server_.reset();
+    hub_->close_all();  // no follower stays suspended: libmicrohttpd cannot stop with one
+    hub_->stop_heartbeats();
+    if (daemon_) {
+        hub_->wait_for_followers(kStopGrace);
+        daemon_.reset();  // closes every connection, a stuck follower's too, and joins its thread
     }
-    handlers_.clear();
 }
 
 }  // namespace rstwatch

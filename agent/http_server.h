@@ -1,24 +1,31 @@
-// The agent's HTTP endpoints on civetweb:
+// The agent's HTTP endpoints on libmicrohttpd (Debian 12's, TLS by GnuTLS):
 //   GET /metrics    Prometheus text format 0.0.4 (prometheus::TextSerializer over `collect`)
 //   GET /healthz    200 "ok" while the process runs
 //   GET /readyz     200 "ready" when `readiness` returns "", else 503 and that reason
 //   GET /incidents  live incident stream, JSON lines (format: stream_client.h)
 //   GET /diagnose   inferred idle timeouts and keepalive verdicts per pair (JSON, diagnosis.h)
+// Any other method: 405. Every answer closes its connection.
 //
-// Followers of /incidents. Each follower is served by its own civetweb worker thread and owns a
-// bounded queue. publish() formats the line once, then for each follower takes that follower's
-// mutex just long enough to push a shared pointer (or count a drop when the queue is full) and
-// returns: it never waits for a network write. The worker takes its follower's mutex only to
-// swap the queue out and writes with no lock held, so a follower that stops reading blocks
-// only its own worker (until write_timeout, after which it is disconnected) and loses lines
-// of its own; it is told {"dropped":N} where the gap is once it catches up. Followers are
-// limited to max_followers (then 503) and civetweb gets max_followers + 4 worker threads, so
-// scrapes and probes always find a thread. Lines are written as soon as the worker wakes (a burst
-// is coalesced into writes of up to 64 KiB of whole lines, never held back; TCP_NODELAY on).
+// One libmicrohttpd thread serves every connection from an epoll loop; sockets are non-blocking
+// and no callback waits, so neither a follower nor a slow client holds up a scrape.
+// Followers of /incidents. Each follower owns a bounded queue. publish() formats the line once,
+// then for each follower takes that follower's mutex just long enough to push a shared pointer
+// (or count a drop when the queue is full) and, if its connection is parked waiting for lines,
+// resumes it (libmicrohttpd's resume: a flag and an eventfd write); it never waits for a network
+// write. The server thread takes the queue out under the mutex and copies it into the
+// connection's buffer without it; with nothing to send the connection is suspended, so idle
+// followers cost no polling. A follower that stops reading loses lines of its own only: it is
+// told {"dropped":N} where the gap is once it catches up, and a connection that makes no
+// progress for write_timeout (whole seconds, rounded up) is closed. Followers are limited to
+// max_followers (then 503); the connection limit is max_followers plus room for 64 scrapes,
+// probes and /diagnose requests at once (beyond it, new connections wait in the listen queue).
+// Lines go out as soon as the server thread wakes (a burst is coalesced into chunks of up to
+// ~32 KiB, never held back). Heartbeats: an empty line to a follower idle for `heartbeat`.
 //
 // Listen address: "IPv4:PORT" ("0.0.0.0:9090", "127.0.0.1:0"), ":PORT" (all IPv4 addresses) or
-// "[IPv6]:PORT". Port 0 picks a free port; port() reports it. IPv6 needs a civetweb built with
-// USE_IPV6 (Debian 12's is not): otherwise start() fails with a clear error.
+// "[IPv6]:PORT" ("[::1]:9090"; "[::]:PORT" takes IPv4 too, as ::ffff:a.b.c.d). The agent binds
+// the socket itself and hands it to libmicrohttpd, so a bind error is reported as the kernel
+// gave it. Port 0 picks a free port; port() reports it.
 //
 // Protection (HttpAuthOptions): when a token file and/or a basic-auth file is configured,
 // /metrics, /incidents and /diagnose answer 401 unless the request carries
@@ -28,8 +35,13 @@
 // (kubelet probes carry no credentials; they reveal nothing but "ok"/"ready"). Both files are
 // re-read when they change (stat checked at most once a second, on requests), so a rotated
 // Kubernetes Secret takes effect without a restart; a file that becomes unreadable or empty
-// keeps the previous credentials (logged). TLS (tls_cert_file + tls_key_file) uses civetweb's
-// OpenSSL support: see tls_support().
+// keeps the previous credentials (logged).
+//
+// TLS (tls_cert_file + tls_key_file): both PEM files are read into memory, checked with GnuTLS
+// (errors name --tls-cert / --tls-key), and given to libmicrohttpd from memory: the key is
+// never written anywhere, and the copies are wiped once the server holds its credentials.
+// TLS 1.2 and 1.3 only (GnuTLS priority string); a plain http request on the TLS port fails
+// its handshake and is closed.
 #pragma once
 
 #include <prometheus/metric_family.h>
@@ -44,11 +56,9 @@
 
 #include "stream_client.h"
 
-class CivetServer;
+struct MHD_Daemon;
 
 namespace rstwatch {
-
-class HttpHandler;
 
 // Credentials for the protected endpoints. Both empty: no authentication.
 struct HttpAuthOptions {
@@ -69,11 +79,8 @@ bool is_loopback_listen(const std::string& listen);
 // "" when `listen` is a usable listen address, else why not (one line, as start() reports it).
 std::string listen_address_error(const std::string& listen);
 
-// Whether TLS can be served: civetweb built with TLS (mg_check_feature(2)) and the OpenSSL
-// library civetweb loads at run time ("libssl.so", "libcrypto.so": Debian's civetweb dlopens
-// these unversioned names, which only libssl-dev installs) present with the API civetweb was
-// built for. Else false and *why. On Debian 12 this is false: its civetweb 1.15 is built for
-// the OpenSSL 1.1 API (needs SSL_get_peer_certificate) and Debian 12 ships only OpenSSL 3.
+// Whether TLS can be served: the libmicrohttpd in use was built with GnuTLS (Debian's is).
+// Else false and *why.
 bool tls_support(std::string* why);
 
 struct HttpServerOptions {
@@ -88,12 +95,14 @@ struct HttpServerOptions {
     // /readyz: "" = ready, else the reason it is not. Empty function: always ready.
     std::function<std::string()> readiness;
     // /diagnose?level=pod|workload: the inferred timeouts and verdicts as one JSON document
-    // (the callback gets the raw query string). Empty: 404.
+    // (the callback gets the query arguments as "key=value&key=value", percent-decoded). Empty: 404.
     std::function<std::string(const std::string& query)> diagnose;
     size_t follower_queue_lines = 1024;
     size_t max_followers = 8;
     std::chrono::milliseconds heartbeat{15000};      // empty line to idle followers
-    std::chrono::milliseconds write_timeout{30000};  // a follower write stuck this long: drop it
+    // A connection that makes no progress this long (a follower that stops reading, a client
+    // that sends half a request) is closed. Whole seconds, rounded up.
+    std::chrono::milliseconds write_timeout{30000};
 };
 
 class HttpServer {
@@ -121,23 +130,25 @@ public:
     // Requests refused with 401 (missing or wrong credentials).
     uint64_t unauthorized_total() const;
 
-    // Ends all follower streams (a follower that is idle gets a clean end of the chunked body)
-    // and stops the server. Returns within a few ms, or up to ~2 s when a follower is stuck in a
-    // write (civetweb re-checks its stop flag every 2 s while waiting to write). Idempotent;
-    // call it from one thread.
+    // Ends all follower streams (a follower that reads gets what was queued for it, then a
+    // clean end of the chunked body), then closes every connection and stops the server
+    // thread. A follower stuck in a write is given at most 500 ms and then closed with the
+    // rest: stop() never waits for a client. Idempotent; call it from one thread.
     void stop();
 
     struct Hub;          // followers and their queues (http_server.cpp)
     struct Credentials;  // loaded token / basic-auth files (http_server.cpp)
+    struct Endpoints;    // request handling on the server thread (http_server.cpp)
+    struct DaemonStop {
+        void operator()(MHD_Daemon* daemon) const;
+    };
 
 private:
     HttpServerOptions options_;
     std::shared_ptr<Hub> hub_;
     std::shared_ptr<Credentials> credentials_;
-    std::vector<std::unique_ptr<HttpHandler>> handlers_;
-    std::unique_ptr<CivetServer> server_;  // destroyed first
+    std::unique_ptr<MHD_Daemon, DaemonStop> daemon_;
     uint16_t port_ = 0;
-    std::string wake_ip_;  // where stop() connects to wake civetweb's accept loop
     bool stopped_ = false;
 };
 

@@ -4,7 +4,7 @@
 // bound. What stays possible is only what those open descriptors allow.
 //
 // Linux credentials are per thread (capset(2) changes only the calling thread), and the agent
-// already runs civetweb's and the Kubernetes watcher's threads at that point. drop_privileges()
+// already runs the HTTP server's and the Kubernetes watcher's threads at that point. drop_privileges()
 // therefore applies the change on every thread of the process, the way glibc's setuid() does:
 // it signals each other thread (a real-time signal whose handler makes the raw system calls)
 // and waits for each to confirm, then checks /proc/self/task/*/status. Threads created later

@@ -18,6 +18,11 @@ Measurements (each repeated; medians, min, max):
             >= 1M connections (RSS sampled every 10 s, slope reported).
   latency   a scripted write-after-FIN race: client sees EOF/ECONNRESET -> incident line in
             `rstwatch trace -o json` (standalone) and `trace --from` the agent -> /metrics.
+  httpserver  the agent's HTTP server alone (bench/httpserver_bench): /metrics latency with 0 and
+            with 32 followers, incidents/s delivered to 8 followers, publish() latency, stop()
+            with a stuck follower; and the agent's RSS idle and with 8 followers. With
+            --httpserver-baseline BUILD_DIR (another tree's build with its own httpserver_bench)
+            both builds run, interleaved (the order alternates every repetition).
 
 Reuses tests/lib (netns.py namespaces and process registry, nginx.py, agent.py, prom.py).
 Only loopback and the run's own namespaces are used; every process started here is ended
@@ -995,6 +1000,122 @@ def measure_latency(args, machine, results):
         "reps": len(rows), "client_saw": sorted({r["client_saw"] for r in rows})}
 
 
+# ---------------------------------------------------------------- httpserver
+
+class _StreamReader:
+    """A follower of /incidents on a plain socket that reads (and discards) everything."""
+
+    def __init__(self, port):
+        import socket
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.sock.sendall(b"GET /incidents HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        self.head = b""
+        self.stop = False
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        self.sock.settimeout(0.2)
+        while not self.stop:
+            try:
+                data = self.sock.recv(65536)
+            except OSError:
+                continue
+            if not data:
+                return
+            if len(self.head) < 64:
+                self.head += data[:64]
+
+    def close(self):
+        self.stop = True
+        self.thread.join(timeout=5)
+        self.sock.close()
+
+
+def _agent_rss(binary, followers=8, scrapes=20):
+    """`rstwatch agent` (this binary) on 127.0.0.1: VmRSS (MiB) after start and scrapes, then
+    with `followers` followers attached and scraped again."""
+    ag = agentlib.Agent(binary=binary, idle_threshold=None, name="agent-http",
+                        args=["--kube", "off"]).start()
+    try:
+        for _ in range(scrapes):
+            ag.scrape()
+        idle = proc_status_kib(ag.proc.pid, "VmRSS") / 1024.0
+        readers = [_StreamReader(ag.port) for _ in range(followers)]
+        try:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and not all(r.head.startswith(b"HTTP/1.1 200") for r in readers):
+                time.sleep(0.05)
+            ok = all(r.head.startswith(b"HTTP/1.1 200") for r in readers)
+            for _ in range(scrapes):
+                ag.scrape()
+            following = proc_status_kib(ag.proc.pid, "VmRSS") / 1024.0
+            threads = len(os.listdir("/proc/%d/task" % ag.proc.pid))
+        finally:
+            for r in readers:
+                r.close()
+        hwm = proc_status_kib(ag.proc.pid, "VmHWM") / 1024.0
+    finally:
+        ag.stop()
+    return {"idle_mib": idle, "followers_mib": following, "hwm_mib": hwm, "threads": threads,
+            "followers_ok": ok}
+
+
+def measure_httpserver(args, machine, results):
+    builds = [("this", args.build_dir)]
+    if args.httpserver_baseline:
+        builds.append(("baseline", args.httpserver_baseline))
+    runs = {label: [] for label, _ in builds}
+    rss = {label: [] for label, _ in builds}
+    for label, d in builds:
+        for f in ("rstwatch", os.path.join("bench", "httpserver_bench")):
+            if not os.access(os.path.join(d, f), os.X_OK):
+                raise RuntimeError("%s: no %s (build it: cmake --build %s --target %s)" % (
+                    d, f, d, os.path.basename(f)))
+    for rep in range(args.httpserver_reps):
+        order = builds if rep % 2 == 0 else list(reversed(builds))
+        for label, d in order:
+            cmd = [os.path.join(d, "bench", "httpserver_bench"),
+                   "--scrapes", str(args.httpserver_scrapes),
+                   "--stream-seconds", str(args.httpserver_stream_seconds)]
+            r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               timeout=600)
+            out = json.loads(r.stdout) if r.stdout.strip() else {"errors": [r.stderr.strip()[-300:]]}
+            if r.returncode != 0 or out.get("errors"):
+                raise RuntimeError("%s (%s): exit %d: %s" % (cmd[0], label, r.returncode, out.get("errors")))
+            runs[label].append(out)
+            log("httpserver %s rep %d/%d: scrape %.2f / %.2f ms (0 / 32 followers), %.0f incidents/s "
+                "to each of 8, stop %.0f ms" % (
+                    label, rep + 1, args.httpserver_reps, out["scrape_0"]["median"],
+                    out["scrape_followers"]["median"], out["stream"]["delivered_per_s"]["median"],
+                    out["stop_ms"]))
+            rss[label].append(_agent_rss(os.path.join(d, "rstwatch")))
+            log("httpserver %s rep %d/%d: agent RSS %s" % (label, rep + 1, args.httpserver_reps,
+                                                            rss[label][-1]))
+    res = {}
+    for label, _ in builds:
+        rr = runs[label]
+        res[label] = {
+            "build": dict(builds)[label],
+            "scrape_0_ms": summary([x["scrape_0"]["median"] for x in rr]),
+            "scrape_0_p99_ms": summary([x["scrape_0"]["p99"] for x in rr]),
+            "scrape_32_ms": summary([x["scrape_followers"]["median"] for x in rr]),
+            "scrape_32_p99_ms": summary([x["scrape_followers"]["p99"] for x in rr]),
+            "delivered_per_s": summary([x["stream"]["delivered_per_s"]["median"] for x in rr]),
+            "dropped_per_s": summary([x["stream"]["dropped_per_s"]["median"] for x in rr]),
+            "published_per_s": summary([x["stream"]["published_per_s"] for x in rr]),
+            "publish_p99_us": summary([x["stream"]["publish_us"]["p99"] for x in rr]),
+            "publish_max_us": summary([x["stream"]["publish_us"]["max"] for x in rr]),
+            "stop_ms": summary([x["stop_ms"] for x in rr]),
+            "rss_idle_mib": summary([x["idle_mib"] for x in rss[label]]),
+            "rss_followers_mib": summary([x["followers_mib"] for x in rss[label]]),
+            "threads": summary([x["threads"] for x in rss[label]]),
+            "body_bytes": rr[0]["scrape_0"].get("body_bytes"),
+            "raw": rr, "raw_rss": rss[label],
+        }
+    results["httpserver"] = res
+
+
 # ---------------------------------------------------------------- table
 
 def fmt(x, unit="", digits=0):
@@ -1161,6 +1282,31 @@ def build_table(results, machine, args, started, elapsed):
         row("latency: client error -> /metrics (ms, 50 ms polls)", lat["metrics_ms"], digits=1,
             target="next scrape: %d/%d" % (lat["metrics_next_scrape"], lat["reps"]),
             ok=lat["metrics_next_scrape"] == lat["reps"] and lat["missed"]["metrics"] == 0)
+    hs = results.get("httpserver")
+    if hs:
+        this, base = hs["this"], hs.get("baseline")
+        # The budget's items get a verdict against the baseline ("no worse": within 5%
+        # of its median, or better); the others are reported with the baseline for comparison.
+        for key, label, digits, lower_better, budget in (
+                ("scrape_0_ms", "http server: GET /metrics, no follower (ms, median of run medians)", 2, True, True),
+                ("scrape_0_p99_ms", "http server: GET /metrics p99, no follower (ms)", 2, True, True),
+                ("scrape_32_ms", "http server: GET /metrics, 32 followers fed 1000/s (ms)", 2, True, True),
+                ("scrape_32_p99_ms", "http server: GET /metrics p99, 32 followers (ms)", 2, True, True),
+                ("delivered_per_s", "http server: incidents/s delivered to each of 8 followers", 0, False, True),
+                ("publish_p99_us", "http server: publish() p99 during that burst (us)", 1, True, False),
+                ("publish_max_us", "http server: publish() max during that burst (us, scheduling-bound)", 0, True,
+                 False),
+                ("stop_ms", "http server: stop() with a follower stuck in a write (ms)", 0, True, False),
+                ("rss_idle_mib", "agent RSS after 20 scrapes (MiB)", 1, True, True),
+                ("rss_followers_mib", "agent RSS with 8 followers (MiB)", 1, True, True),
+                ("threads", "agent threads with 8 followers", 0, True, False)):
+            target, ok = "", None
+            if base and base[key].get("median") and this[key].get("median") is not None:
+                a, b = this[key]["median"], base[key]["median"]
+                target = "baseline %s; ratio %.2f" % (fmt(b, "", digits), a / b)
+                if budget:
+                    ok = (a <= 1.05 * b) if lower_better else (a >= 0.95 * b)
+            row(label, this[key], digits=digits, target=target, ok=ok)
     return rows
 
 
@@ -1171,13 +1317,23 @@ def render(rows, machine, args, results, started, elapsed, markdown):
         "machine: %s" % machine.describe(),
         "load average at start: %.2f %.2f %.2f" % machine.load,
         "rstwatch: %s (%s), git %s" % (binfo.get("path"), binfo.get("mtime"), binfo.get("git")),
-        "run: %s UTC, %.1f min; %d interleaved repetitions of %d s per condition (wrk -c%d); "
-        "storm %d x %d s; churn %.1f min; latency %d races" % (
-            started, elapsed / 60.0, args.reps, args.round_seconds, args.connections,
-            args.storm_reps, args.storm_seconds, args.churn_minutes, args.latency_reps),
+        "run: %s UTC, %.1f min; %s" % (started, elapsed / 60.0, "; ".join(part for key, part in (
+            ("http", "%d interleaved repetitions of %d s per condition (wrk -c%d)" % (
+                args.reps, args.round_seconds, args.connections)),
+            ("storm", "storm %d x %d s" % (args.storm_reps, args.storm_seconds)),
+            ("memory", "churn %.1f min" % args.churn_minutes),
+            ("latency", "latency %d races" % args.latency_reps)) if key in results) or "see below"),
     ]
     if "http" in results:
         meta.append("cpu plan: %s" % results["http"]["plan"])
+    if "httpserver" in results:
+        hs = results["httpserver"]
+        meta.append("httpserver: %d interleaved repetitions (%d scrapes per case, %.0f s burst), this build %s%s; "
+                    "/metrics body %s bytes" % (
+                        args.httpserver_reps, args.httpserver_scrapes, args.httpserver_stream_seconds,
+                        hs["this"]["build"],
+                        ", baseline %s" % hs["baseline"]["build"] if "baseline" in hs else "",
+                        hs["this"]["body_bytes"]))
     if markdown:
         out = ["<!-- generated by bench/run.py; do not edit -->", ""]
         out += ["- " + m for m in meta] + [""]
@@ -1214,8 +1370,14 @@ def main():
     p.add_argument("--churn-rate", type=float, default=10000.0, help="minimum connections/s")
     p.add_argument("--sample-seconds", type=int, default=10)
     p.add_argument("--latency-reps", type=int, default=10)
-    p.add_argument("--only", default="http,correlator,storm,memory,latency",
-                   help="comma-separated subset of http,correlator,storm,memory,latency")
+    p.add_argument("--only", default="http,correlator,storm,memory,latency,httpserver",
+                   help="comma-separated subset of http,correlator,storm,memory,latency,httpserver")
+    p.add_argument("--httpserver-baseline", default=None, metavar="BUILD_DIR",
+                   help="another tree's build (rstwatch, bench/httpserver_bench) to compare the HTTP "
+                        "server with, interleaved")
+    p.add_argument("--httpserver-reps", type=int, default=5)
+    p.add_argument("--httpserver-scrapes", type=int, default=300, help="GET /metrics per run and case")
+    p.add_argument("--httpserver-stream-seconds", type=float, default=5.0)
     p.add_argument("--build-dir", default=os.path.join(REPO, "build"))
     p.add_argument("--connload", default=None)
     p.add_argument("--correlator-bench", default=None)
@@ -1245,6 +1407,9 @@ def main():
                     setattr(args, attr, cand)
                     break
     only = set(args.only.split(","))
+    known = {"http", "correlator", "storm", "memory", "latency", "httpserver"}
+    if only - known:
+        p.error("--only: unknown %s (known: %s)" % (",".join(sorted(only - known)), ",".join(sorted(known))))
     if os.geteuid() != 0:
         sys.exit("bench/run.py needs root (namespaces, BPF)")
     import unittest
@@ -1280,7 +1445,7 @@ def main():
         set_stats(False)
         steps = [("correlator", measure_correlator), ("http", measure_http),
                  ("storm", measure_storm), ("memory", measure_memory),
-                 ("latency", measure_latency)]
+                 ("latency", measure_latency), ("httpserver", measure_httpserver)]
         for name, fn in steps:
             if name not in only:
                 continue

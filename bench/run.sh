@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One command for every performance budget (docs/performance.md):
-#   bench/run.sh [--no-build] [run.py options, e.g. --churn-minutes 10 | --reps 7 | --only http]
+#   bench/run.sh [--no-build] [run.py options, e.g. --churn-minutes 10 | --reps 7 | --only http
+#                | --only httpserver --httpserver-baseline OTHER_TREE/build]
 # Installs what is missing (scripts/deps.sh --test plus wrk, bpftrace, tcpdump,
 # libbenchmark-dev), configures and builds into build/ (rstwatch, connload, correlator_bench),
 # then runs bench/run.py as root. The table goes to stdout and bench/results/latest.md.
@@ -43,7 +44,7 @@ fi
 # else standalone against the main tree's librstwatch_core.a.
 if [[ ! -x $build/bench/connload ]] || (( no_build )); then
   if (( no_build == 0 )) && [[ -f $build/bench/Makefile ]]; then
-    cmake --build "$build" -j"$jobs" --target connload correlator_bench hookfloor || true
+    cmake --build "$build" -j"$jobs" --target connload correlator_bench hookfloor httpserver_bench || true
   fi
   if [[ ! -x $build/bench/connload ]]; then
     cmake -S bench -B "$build/bench-standalone" -DRSTWATCH_BUILD_DIR="$build" \
