@@ -209,7 +209,10 @@ int run_trace(const TraceOptions& options) {
     session->poll(0);  // what is already in the buffer still counts
     lost_seen = std::max(lost_seen, session->lost_records());
     session.reset();  // detach before the summary: nothing stays attached
-    spdlog::info("summary: {}", format_summary(incidents_by_cause, lost_seen));
+    // What was seen and is not an incident, so that a quiet summary is not mistaken for blindness.
+    spdlog::info("summary: {}; not incidents: {} TLS close_notify teardowns, {} resets with nothing in flight",
+                 format_summary(incidents_by_cause, lost_seen), correlator.stats().tls_close_notify,
+                 correlator.stats().idle_resets);
     return rc;
 }
 

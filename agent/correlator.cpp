@@ -45,6 +45,22 @@ bool request_in_flight(const rw_record& r, uint8_t role) {
     return r.unread_bytes > 0 || r.send_after_recv < 0;
 }
 
+// Bytes that are one TLS alert record (a close_notify) rather than a request. The record's
+// own unread count may include the peer's FIN (one sequence number).
+bool is_tls_alert_size(uint32_t bytes) {
+    return bytes >= RW_TLS_ALERT_MIN_BYTES && bytes <= RW_TLS_ALERT_MAX_BYTES;
+}
+bool is_tls_alert_size_with_fin(uint32_t bytes) {
+    return is_tls_alert_size(bytes) || is_tls_alert_size(bytes - 1);
+}
+
+bool is_loopback(const uint8_t addr[RW_ADDR_LEN]) {
+    static constexpr uint8_t kV4MappedPrefix[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+    static constexpr uint8_t kV6Loopback[RW_ADDR_LEN] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1};
+    if (std::memcmp(addr, kV4MappedPrefix, sizeof(kV4MappedPrefix)) == 0) return addr[12] == 127;
+    return std::memcmp(addr, kV6Loopback, RW_ADDR_LEN) == 0;
+}
+
 bool is_after_own_close_state(uint8_t state) {
     return state == RW_TCP_FIN_WAIT1 || state == RW_TCP_FIN_WAIT2 || state == RW_TCP_CLOSING ||
            state == RW_TCP_CLOSE;
@@ -116,6 +132,34 @@ size_t Correlator::TupleKeyHash::operator()(const TupleKey& k) const {
         h ^= h >> 31;
     }
     return static_cast<size_t>(h * 0x94D049BB133111EBULL ^ (h >> 29));
+}
+
+size_t Correlator::ServerKeyHash::operator()(const ServerKey& k) const {
+    uint64_t a, b;
+    std::memcpy(&a, k.addr, 8);
+    std::memcpy(&b, k.addr + 8, 8);
+    uint64_t h = (a * 0x9E3779B97F4A7C15ULL) ^ (b + 0xBF58476D1CE4E5B9ULL) ^
+                 ((static_cast<uint64_t>(k.port) << 32) | k.netns);
+    h ^= h >> 31;
+    return static_cast<size_t>(h * 0x94D049BB133111EBULL);
+}
+
+Correlator::ServerKey Correlator::server_key(const rw_record& r, uint8_t role) {
+    ServerKey key;
+    const uint8_t* addr = role == RW_ROLE_SERVER ? r.saddr : r.daddr;
+    std::memcpy(key.addr, addr, RW_ADDR_LEN);
+    key.port = role == RW_ROLE_SERVER ? r.sport : r.dport;
+    key.netns = is_loopback(addr) ? r.netns : 0;
+    return key;
+}
+
+void Correlator::learn_tls_server(const rw_record& r, uint8_t role) {
+    if (tls_servers_.size() >= kMaxTlsServers) return;  // bounded: on_raw takes untrusted input
+    tls_servers_.insert(server_key(r, role));
+}
+
+bool Correlator::speaks_tls(const rw_record& r, uint8_t role, uint16_t flags) const {
+    return has(flags, RW_F_TLS_ALERT_SENT) || tls_servers_.count(server_key(r, role)) != 0;
 }
 
 Correlator::Correlator(CorrelatorOptions options) : options_(std::move(options)) {}
@@ -227,7 +271,7 @@ Correlator::Resolved Correlator::resolve(const rw_record& r) {
         if (res.role == RW_ROLE_UNKNOWN) {
             // Tied timewait record without its own snapshot: history comes from memory.
             res.role = mem->role;
-            res.flags |= mem->flags & (RW_F_APP_CLOSED | RW_F_PEER_FIN);
+            res.flags |= mem->flags & (RW_F_APP_CLOSED | RW_F_PEER_FIN | RW_F_TLS_ALERT_SENT);
         }
     } else if (res.role != RW_ROLE_UNKNOWN) {
         if (make_room()) t = by_tuple_.find(tuple);  // the evicted one may have owned it
@@ -245,7 +289,7 @@ Correlator::Resolved Correlator::resolve(const rw_record& r) {
     }
     if (mem != nullptr) {
         mem->last_seen_ns = std::max<uint64_t>(mem->last_seen_ns, r.ts_ns);
-        if (start != 0) mem->flags |= r.conn.flags & (RW_F_APP_CLOSED | RW_F_PEER_FIN);
+        if (start != 0) mem->flags |= r.conn.flags & (RW_F_APP_CLOSED | RW_F_PEER_FIN | RW_F_TLS_ALERT_SENT);
     }
     res.mem = mem;
     return res;
@@ -386,9 +430,10 @@ void Correlator::on_record(const rw_record& r, CorrelatorOutput& out) {
     // An idle write (before any FIN) that got no response byte so far.
     const bool armed_unanswered = armed && !write_in_close_wait &&
                                   r.bytes_received == r.conn.armed_bytes_received;
-    // A write after the peer's FIN that was a TLS stack's close_notify (an answer to the
-    // peer's), not a request: its reset loses nothing.
-    const bool tls_close_notify = write_in_close_wait && r.conn.armed_tls != 0;
+    // The armed write was a TLS stack's close_notify (after the peer's FIN, an answer to the
+    // peer's; after idle, our own idle close), not a request: its reset loses nothing.
+    const bool tls_close_notify = armed && r.conn.armed_tls != 0;
+    if (r.conn.start_ns != 0 && r.conn.armed_tls != 0 && is_known_role(role)) learn_tls_server(r, role);
     const bool idle = r.idle_ns >= options_.idle_threshold_ns;
     const double idle_s = static_cast<double>(r.idle_ns) / 1e9;
 
@@ -407,7 +452,7 @@ void Correlator::on_record(const rw_record& r, CorrelatorOutput& out) {
         break;  // decided later by the peer's answer (RST, ack, or nothing)
 
     case RW_REC_PEER_FIN:
-        if (role == RW_ROLE_CLIENT && armed_unanswered) {
+        if (role == RW_ROLE_CLIENT && armed_unanswered && !tls_close_notify) {
             emit_incident(r, conn, Cause::idle_close_race, out);
         } else if (idle && !armed_unanswered && conn.mem != nullptr &&
                    !conn.mem->observed_peer_fin) {
@@ -444,13 +489,23 @@ void Correlator::on_record(const rw_record& r, CorrelatorOutput& out) {
         break;
 
     case RW_REC_UNREAD_AT_DESTROY:
-        // A request reached a socket our server had closed (or half-closed) and was never read.
-        if (role == RW_ROLE_SERVER) emit_incident(r, conn, Cause::data_after_close, out);
+        // A request reached a socket our server had closed (or half-closed) and was never
+        // read; on a TLS server, bytes of one alert record are the client's close_notify.
+        if (role == RW_ROLE_SERVER) {
+            if (is_tls_alert_size_with_fin(r.unread_bytes) && speaks_tls(r, role, flags))
+                count_tls_close_notify(conn);
+            else
+                emit_incident(r, conn, Cause::data_after_close, out);
+        }
         break;
 
     case RW_REC_RST_RECEIVED:
         if (role == RW_ROLE_CLIENT) {
-            if (tls_close_notify)
+            // Our close_notify (all that is unacknowledged, answered or not) reset by a TLS
+            // server that closed with it unread: a teardown.
+            if (tls_close_notify ||
+                ((!armed || has(flags, RW_F_ARMED_INFERRED)) && is_tls_alert_size(r.unacked_bytes) &&
+                 speaks_tls(r, role, flags)))
                 count_tls_close_notify(conn);
             else if (has(flags, RW_F_APP_CLOSED) && !write_in_close_wait &&
                      (is_after_own_close_state(r.state) || is_after_own_close_state(r.old_state)))
@@ -470,6 +525,8 @@ void Correlator::on_record(const rw_record& r, CorrelatorOutput& out) {
             if (has(flags, RW_F_APP_CLOSED) &&
                 (is_after_own_close_state(r.state) || is_after_own_close_state(r.old_state)))
                 ++stats_.idle_resets;
+            else if (has(flags, RW_F_TLS_ALERT_SENT))
+                count_tls_close_notify(conn);  // our close_notify (or answer to the peer's) was reset
             else if (request_in_flight(r, role))
                 emit_incident(r, conn, Cause::reset_other, out);
             else
@@ -489,7 +546,14 @@ void Correlator::on_record(const rw_record& r, CorrelatorOutput& out) {
             // Unread data after the peer's own close awaits no answer (e.g. its TLS
             // close_notify): not a lost request.
             const bool aborted_unread = reason == "TCP_ABORT_ON_CLOSE" || (reason.empty() && app_closed && r.unread_bytes > 0);
-            if (aborted_unread && !has(flags, RW_F_PEER_FIN))
+            // On a TLS server, one alert record's bytes (unread, or arriving after our close)
+            // are the client's close_notify: the teardown, not a request.
+            const bool tls_teardown =
+                speaks_tls(r, role, flags) && (aborted_unread ? is_tls_alert_size_with_fin(r.unread_bytes)
+                                                        : is_tls_alert_size(r.segment_bytes));
+            if (tls_teardown && app_closed)
+                count_tls_close_notify(conn);
+            else if (aborted_unread && !has(flags, RW_F_PEER_FIN))
                 emit_incident(r, conn, Cause::abort_on_close, out);
             else if (aborted_unread)
                 ++stats_.idle_resets;

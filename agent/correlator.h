@@ -6,6 +6,7 @@
 #include <functional>
 #include <string>
 #include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 #include "incident.h"
@@ -116,6 +117,19 @@ private:
         uint8_t role = RW_ROLE_UNKNOWN;
         uint16_t flags = 0;
     };
+    // A server endpoint seen to speak TLS (a TLS alert record written on one of its
+    // connections, by either end on this node). The netns counts for loopback addresses only:
+    // elsewhere a client's view of the server (its remote address) has the client's netns.
+    struct ServerKey {
+        uint8_t addr[RW_ADDR_LEN] = {};
+        uint16_t port = 0;
+        uint32_t netns = 0;
+        bool operator==(const ServerKey&) const = default;
+    };
+    struct ServerKeyHash {
+        size_t operator()(const ServerKey& k) const;
+    };
+    static constexpr size_t kMaxTlsServers = 1u << 16;
     // Hard bound on remembered connections (on_raw is fed untrusted input); at the bound the
     // least recently seen one makes room (second-chance FIFO: O(1) amortised per insert).
     static constexpr size_t kMaxRemembered = 1u << 17;
@@ -125,6 +139,9 @@ private:
                        CorrelatorOutput& out);
     void emit_reset(const rw_record& record, uint8_t role, CorrelatorOutput& out);
     void count_tls_close_notify(const Resolved& conn);
+    static ServerKey server_key(const rw_record& record, uint8_t role);
+    void learn_tls_server(const rw_record& record, uint8_t role);
+    bool speaks_tls(const rw_record& record, uint8_t role, uint16_t flags) const;
     void emit_observation(const rw_record& record, const Resolved& conn, ObservationKind kind,
                           double idle_s, CorrelatorOutput& out);
     void forget(std::unordered_map<ConnKey, ConnMemory, ConnKeyHash>::iterator it);
@@ -139,6 +156,7 @@ private:
     // Remembered connections in insertion order with the last_seen_ns they had when queued;
     // may hold keys already forgotten (skipped when met).
     std::deque<std::pair<ConnKey, uint64_t>> order_;
+    std::unordered_set<ServerKey, ServerKeyHash> tls_servers_;
 };
 
 // Formats an IPv6-or-v4-mapped 16-byte address as text (v4-mapped as dotted quad).

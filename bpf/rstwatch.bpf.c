@@ -163,11 +163,28 @@ static __always_inline __u32 requests_of(const struct sock *sk, __u8 role)
 	return BPF_CORE_READ(tp, data_segs_out) - BPF_CORE_READ(tp, total_retrans);
 }
 
+/* Payload bytes of a received segment (SYN and FIN not counted), from its TCP header and
+ * length wherever skb->data points (at or past the TCP header). */
+static __always_inline __u32 segment_payload(const struct sk_buff *skb)
+{
+	__u64 head = (__u64)BPF_CORE_READ(skb, head);
+	__u64 data = (__u64)BPF_CORE_READ(skb, data);
+	__u64 transport = head + BPF_CORE_READ(skb, transport_header);
+	__s64 payload;
+	struct tcphdr th = {};
+
+	if (bpf_probe_read_kernel(&th, sizeof(th), (const void *)transport))
+		return 0;
+	payload = (__s64)BPF_CORE_READ(skb, len) + (__s64)(data - transport) - th.doff * 4;
+	return payload > 0 ? (__u32)payload : 0;
+}
+
 /* Emits one record for a socket. `full` = sk is a full TCP socket (not timewait/request).
  * For state changes, old_state/new_state are the transition (the socket still holds the
  * old state while the tracepoint runs); otherwise both are 0 and the state is read. */
 static __always_inline void emit(const struct sock *sk, bool full, __u8 type, __u8 old_state, __u8 new_state,
-				 const struct rw_conn_snapshot *snap, __u16 extra_flags, __u32 rst_reason)
+				 const struct rw_conn_snapshot *snap, __u16 extra_flags, __u32 rst_reason,
+				 __u32 segment_bytes)
 {
 	struct rw_record *r = bpf_ringbuf_reserve(&events, sizeof(*r), 0);
 	struct rw_tuple tuple = {};
@@ -182,6 +199,7 @@ static __always_inline void emit(const struct sock *sk, bool full, __u8 type, __
 	r->type = type;
 	r->old_state = old_state;
 	r->rst_reason = rst_reason;
+	r->segment_bytes = segment_bytes;
 	r->state = new_state ? new_state : BPF_CORE_READ(sk, __sk_common.skc_state);
 	read_tuple(sk, full, &tuple, &r->family);
 	__builtin_memcpy(r->saddr, tuple.saddr, RW_ADDR_LEN);
@@ -229,9 +247,10 @@ struct iov_iter___pre64 {
  * 0x17 for TLS 1.3, where an alert travels as a protected record of 19-24 bytes (2-byte alert,
  * content type, 16-byte tag, little padding; a request is never that small once protected).
  * A TLS stack answers the peer's close_notify with its own after the peer's FIN: such a write
- * after FIN loses no request. Only CLOSE_WAIT writes get here. 0: not such a record, or the
+ * after FIN loses no request, and one at an idle close is no reuse. Only writes after idle or
+ * after FIN get here. 0: not such a record, or the
  * kernel's iov_iter is not one this reads (kernels before 5.14). */
-static __always_inline __u8 tls_alert_record(const struct msghdr *msg)
+static __noinline __u8 tls_alert_record(const struct msghdr *msg)
 {
 	const struct iov_iter *it;
 	const void *base = NULL;
@@ -286,6 +305,17 @@ static __always_inline void arm_write(const struct sock *sk, const struct tcp_so
 	st = conn_of(sk);
 	if (!st)
 		return; /* no history: connection predates rstwatch, or not TCP */
+	if (st->role == RW_ROLE_SERVER) {
+		/* A server's TLS alert after idle or after the peer's FIN (its close_notify): the
+		 * peer's TLS stack may answer it after our close, with bytes that lose no request. */
+		__u8 tls = tls_alert_record(msg);
+
+		if (tls) {
+			st->armed_tls = tls;
+			st->flags |= RW_F_TLS_ALERT_SENT;
+		}
+		return;
+	}
 	/* Only the connecting side reuses pooled connections. */
 	if (st->role != RW_ROLE_CLIENT)
 		return;
@@ -304,13 +334,13 @@ static __always_inline void arm_write(const struct sock *sk, const struct tcp_so
 	st->armed_bytes_received = received;
 	st->armed_write_seq = RW_READ(direct, tp, write_seq);
 	st->armed_state = state;
-	st->armed_tls = in_close_wait ? tls_alert_record(msg) : 0;
+	st->armed_tls = tls_alert_record(msg); /* a close_notify is no request, idle or not */
 	st->flags &= ~RW_F_ARMED_INFERRED;
 	st->writer_pid = pid_tgid >> 32;
 	st->writer_tid = (__u32)pid_tgid;
 	bpf_get_current_comm(st->writer_comm, sizeof(st->writer_comm));
 	emit(sk, true, in_close_wait ? RW_REC_CLOSE_WAIT_WRITE : RW_REC_IDLE_WRITE, 0, 0, st, 0,
-	     RW_RST_REASON_NONE);
+	     RW_RST_REASON_NONE, 0);
 }
 
 /* Subprograms of their own: the common early return then runs in a small stack frame. */
@@ -499,7 +529,7 @@ int BPF_PROG(rw_state, const struct sock *sk, int old_state, int new_state)
 		infer_waiting_request(sk, st, true);
 		idle = idle_jiffies(sk);
 		if ((st->flags & RW_F_ARMED) || idle >= close_idle_threshold_jiffies)
-			emit(sk, true, RW_REC_PEER_FIN, old_state, new_state, st, 0, RW_RST_REASON_NONE);
+			emit(sk, true, RW_REC_PEER_FIN, old_state, new_state, st, 0, RW_RST_REASON_NONE, 0);
 		return 0;
 	}
 	if ((old_state == RW_TCP_ESTABLISHED && new_state == RW_TCP_FIN_WAIT1) ||
@@ -513,7 +543,7 @@ int BPF_PROG(rw_state, const struct sock *sk, int old_state, int new_state)
 		if ((__u64)idle * jiffy_ns >= RW_IDLE_CLOSE_FLOOR_MS * 1000000ULL)
 			st->flags |= RW_F_CLOSED_WHILE_IDLE;
 		if ((st->flags & RW_F_ARMED) || idle_long)
-			emit(sk, true, RW_REC_OWN_CLOSE, old_state, new_state, st, 0, RW_RST_REASON_NONE);
+			emit(sk, true, RW_REC_OWN_CLOSE, old_state, new_state, st, 0, RW_RST_REASON_NONE, 0);
 		return 0;
 	}
 	if (new_state != RW_TCP_CLOSE)
@@ -527,7 +557,7 @@ int BPF_PROG(rw_state, const struct sock *sk, int old_state, int new_state)
 		st->app_close_ns = bpf_ktime_get_ns();
 	}
 	if (st->flags & RW_F_ARMED)
-		emit(sk, true, RW_REC_CLOSED, old_state, new_state, st, 0, RW_RST_REASON_NONE);
+		emit(sk, true, RW_REC_CLOSED, old_state, new_state, st, 0, RW_RST_REASON_NONE, 0);
 	/* Closed after our own close of an idle connection (entering TIME_WAIT, or aborted on
 	 * late data): keep the history under the 4-tuple, so the RST that the timewait socket
 	 * sends for a request that raced the close, or that follows the socket's destruction,
@@ -569,7 +599,7 @@ int BPF_PROG(rw_destroy, const struct sock *sk)
 	 * it never read and no RST to show for it: the request arrived after its FIN and the
 	 * peer's FIN followed (half-closed servers such as Tomcat's keepalive timeout). */
 	if (st && st->role == RW_ROLE_SERVER && (st->flags & RW_F_APP_CLOSED) && unread_data(sk) > 0)
-		emit(sk, true, RW_REC_UNREAD_AT_DESTROY, 0, 0, st, 0, RW_RST_REASON_NONE);
+		emit(sk, true, RW_REC_UNREAD_AT_DESTROY, 0, 0, st, 0, RW_RST_REASON_NONE, 0);
 	/* Socket storage goes with the socket (freed by the kernel at destruct): only count it. */
 	if (use_sk_storage) {
 		if (st)
@@ -607,7 +637,7 @@ int BPF_PROG(rw_rst_received, const struct sock *sk)
 			bpf_map_update_elem(&closed_conns, &tuple, st, BPF_ANY);
 		}
 	}
-	emit(sk, true, RW_REC_RST_RECEIVED, 0, 0, st, 0, RW_RST_REASON_NONE);
+	emit(sk, true, RW_REC_RST_RECEIVED, 0, 0, st, 0, RW_RST_REASON_NONE, 0);
 	return 0;
 }
 
@@ -675,11 +705,11 @@ static __always_inline void on_send_reset(const struct sock *sk, const struct sk
 
 		read_tuple(sk, false, &tuple, &family);
 		emit(sk, false, RW_REC_RST_SENT, 0, 0, bpf_map_lookup_elem(&closed_conns, &tuple),
-		     RW_F_FROM_TIMEWAIT, reason);
+		     RW_F_FROM_TIMEWAIT, reason, skb ? segment_payload(skb) : 0);
 		return;
 	}
 	if (state == RW_TCP_NEW_SYN_RECV) {
-		emit(sk, false, RW_REC_RST_SENT, 0, 0, NULL, 0, reason);
+		emit(sk, false, RW_REC_RST_SENT, 0, 0, NULL, 0, reason, 0);
 		return;
 	}
 	st = conn_of(sk);
@@ -694,7 +724,7 @@ static __always_inline void on_send_reset(const struct sock *sk, const struct sk
 	}
 	/* With an skb the RST answers a segment that arrived (before 6.10 the only sign of
 	 * data after our close on a full socket); without, it is an active reset. */
-	emit(sk, true, RW_REC_RST_SENT, 0, 0, st, skb ? RW_F_REPLY_RST : 0, reason);
+	emit(sk, true, RW_REC_RST_SENT, 0, 0, st, skb ? RW_F_REPLY_RST : 0, reason, skb ? segment_payload(skb) : 0);
 }
 
 /* Linux >= 6.10: the reason is the third argument (numbers differ between versions:

@@ -48,7 +48,16 @@ enum rw_conn_flags {
 	RW_F_ARMED_INFERRED = 1 << 8, /* the waiting request was found from the socket's counters at the
 				       * peer's FIN or RST (written within the idle threshold: no write record) */
 	RW_F_CLOSED_WHILE_IDLE = 1 << 9, /* our application closed it at least RW_IDLE_CLOSE_FLOOR_MS after its last data */
+	RW_F_TLS_ALERT_SENT = 1 << 10, /* server: our application wrote one TLS alert record after idle or after the
+					* peer's FIN (its close_notify): the connection speaks TLS and is being torn down */
 };
+
+/* Payload sizes of one protected TLS alert record (close_notify) as a TLS stack sends it after
+ * the other side's close: 23 (TLS 1.2 ChaCha20-Poly1305), 24 (TLS 1.3 AEAD) up to 29 (TLS 1.3
+ * with record padding), 31 (TLS 1.2 AES-GCM, explicit nonce). Any request protected by TLS is
+ * larger than this (record overhead alone is 22 bytes, and no request fits in 9). */
+#define RW_TLS_ALERT_MIN_BYTES 23
+#define RW_TLS_ALERT_MAX_BYTES 31
 
 /* A close this long after the connection's last data is an idle close (keepalive timeout), not
  * the close right after a response (Connection: close). */
@@ -116,6 +125,8 @@ struct rw_record {
 	__s32 send_after_recv; /* full sockets: tcp_sock.lsndtime - icsk_ack.lrcvtime in jiffies; > 0 when our
 				* last data went out after the last data came in (a request awaits its answer) */
 	__u32 unacked_bytes; /* full sockets: write_seq - snd_una, written by the application and not acknowledged */
+	__u32 segment_bytes; /* RST sent in reply to a segment: that segment's payload bytes (FIN, SYN not counted) */
+	__u32 reserved; /* zero; keeps the layout free of implicit padding */
 	char comm[RW_COMM_LEN];
 	__u8 saddr[RW_ADDR_LEN]; /* local address of the observing socket */
 	__u8 daddr[RW_ADDR_LEN]; /* remote address */

@@ -101,6 +101,11 @@ public:
         const bool in_close_wait = state_ == RW_TCP_CLOSE_WAIT;
         const bool idle = ts - last_data_ns_ >= kThreshold;
         if (base_.conn.role == RW_ROLE_CLIENT) ++base_.conn.requests;  // data_segs_out
+        // A server's TLS alert after idle or in CLOSE_WAIT marks the connection (its teardown).
+        if (base_.conn.role == RW_ROLE_SERVER && (idle || in_close_wait) && tls != 0) {
+            base_.conn.armed_tls = tls;
+            base_.conn.flags |= RW_F_TLS_ALERT_SENT;
+        }
         // The write hook looks at the per-socket state only after idle or in CLOSE_WAIT.
         bool may_arm = base_.conn.role == RW_ROLE_CLIENT && (idle || in_close_wait);
         if (may_arm && armed()) {
@@ -120,7 +125,7 @@ public:
                 c.flags |= RW_F_WRITE_IN_CLOSE_WAIT;
             else
                 c.flags &= static_cast<uint16_t>(~RW_F_WRITE_IN_CLOSE_WAIT);
-            c.armed_tls = in_close_wait ? tls : 0;
+            c.armed_tls = tls;
             c.armed_write_ns = ts;
             c.armed_idle_ns = ts - last_data_ns_;
             c.armed_bytes_received = bytes_received_;
@@ -214,19 +219,23 @@ public:
     }
     // tcp_send_reset on this (full) socket, state unchanged; reply: answering a received
     // segment (the tracepoint's skb), else an active reset.
-    Sock& rst_sent(uint64_t ts, uint32_t reason, bool reply = false) {
+    // segment: the payload bytes of the segment a reply answers.
+    Sock& rst_sent(uint64_t ts, uint32_t reason, bool reply = false, uint32_t segment = 300) {
         rw_record r = make(RW_REC_RST_SENT, ts);
         r.rst_reason = reason;
-        if (reply) r.conn.flags |= RW_F_REPLY_RST;
+        if (reply) {
+            r.conn.flags |= RW_F_REPLY_RST;
+            r.segment_bytes = segment;
+        }
         records.push_back(r);
         return *this;
     }
     // An orphaned FIN_WAIT1 socket gets data carrying the ACK of its FIN: FIN_WAIT2, then
     // tcp_done() (CLOSE), and only then the RST in reply (reason as the kernel gives it).
-    Sock& orphan_abort_on_data(uint64_t ts, uint32_t reason) {
+    Sock& orphan_abort_on_data(uint64_t ts, uint32_t reason, uint32_t segment = 300) {
         our_fin_acked(ts);
         transition(ts, RW_TCP_CLOSE, RW_REC_CLOSED);
-        return rst_sent(ts, reason, /*reply=*/true);
+        return rst_sent(ts, reason, /*reply=*/true, segment);
     }
     // tcp_reset(): tcp_receive_reset in the current state, then the socket closes.
     Sock& rst_received(uint64_t ts) {
@@ -241,9 +250,9 @@ public:
     }
     // Data the peer sent after our own close (or half-close) with the FIN acked arrives at the
     // orphan: the kernel resets it (tcp_receive_reset), tears it down, answers RST.
-    Sock& abort_on_data(uint64_t ts, uint32_t reason) {
+    Sock& abort_on_data(uint64_t ts, uint32_t reason, uint32_t segment = 300) {
         rst_received(ts);
-        return rst_sent(ts, reason, /*reply=*/true);
+        return rst_sent(ts, reason, /*reply=*/true, segment);
     }
     // The socket is destroyed (tcp_destroy_sock) with `unread` bytes the application never read.
     Sock& destroy(uint64_t ts) {
@@ -733,6 +742,42 @@ TEST(CorrelatorClient, TlsCloseNotifyAfterTheFinIsNotAnIncident) {
     EXPECT_EQ(h.out.incidents[0].cause, Cause::write_after_fin);
 }
 
+TEST(CorrelatorClient, OurCloseNotifyResetByATlsServerIsNotAnIncident) {
+    // Our pool closes an idle TLS connection: close_notify after idle (an armed write), and
+    // the server, closing at the same moment with it unread, resets before our close().
+    Sock idle = proxy_socket();
+    exchange(idle, T0 + 10 * kMs);
+    idle.write(T0 + 90 * kSec, 24, 4242, "prometheus", /*tls=*/0x17);
+    idle.rst_received(T0 + 90 * kSec + 300'000);
+    // The same within the idle threshold (no write record) to a server known to speak TLS:
+    // all that is unacknowledged is one alert record.
+    Sock learn = proxy_socket(T0 + 1, 0xffff8880'aaaa6666ULL);
+    exchange(learn, T0 + 10 * kMs);
+    learn.peer_fin(T0 + 2 * kSec);
+    learn.write(T0 + 2 * kSec + 200'000, 24, 4242, "prometheus", /*tls=*/0x17);
+    learn.own_close(T0 + 2 * kSec + 300'000).retransmit_timeout(T0 + 3 * kSec);
+    Sock quick = proxy_socket(T0 + 2, 0xffff8880'aaaa7777ULL);
+    exchange(quick, T0 + 10 * kMs);
+    quick.write(T0 + 15 * kMs, 24, 4242, "prometheus");
+    quick.rst_received(T0 + 16 * kMs);
+
+    Harness h;
+    h.feed(idle.records);
+    h.feed(learn.records);
+    h.feed(quick.records);
+    EXPECT_TRUE(h.out.incidents.empty());
+    EXPECT_EQ(h.c.stats().tls_close_notify, 3u);
+    // A request of the same size to a server never seen to speak TLS is reset_other.
+    Sock plain = Sock(RW_ROLE_CLIENT, kProxyIp, kProxyPort + 1, kUpstreamIp, kUpstreamPort + 1, T0 + 3,
+                      0xffff8880'aaaa8888ULL);
+    exchange(plain, T0 + 10 * kMs);
+    plain.write(T0 + 15 * kMs, 24);
+    plain.rst_received(T0 + 16 * kMs);
+    h.feed(plain.records);
+    ASSERT_EQ(h.out.incidents.size(), 1u);
+    EXPECT_EQ(h.out.incidents[0].cause, Cause::reset_other);
+}
+
 TEST(CorrelatorClient, ResetAfterOurOwnCloseIsNoIncident) {
     Sock s = proxy_socket();
     exchange(s, T0 + 10 * kMs);
@@ -1011,6 +1056,90 @@ TEST(CorrelatorServer, AbortWithUnreadDataAfterThePeerClosedIsNoIncident) {
     Harness h;
     h.feed(s.records);
     EXPECT_TRUE(h.out.incidents.empty());
+}
+
+TEST(CorrelatorServer, TlsCloseNotifyAnsweringOurIdleCloseIsNoIncident) {
+    // A TLS server closes an idle connection with its close_notify; the client's TLS stack
+    // answers with its own (24 bytes, TLS 1.3) after our close: reset, nothing lost.
+    Sock s = upstream_socket();
+    serve(s, T0 + 10 * kMs);
+    s.write(T0 + 5 * kSec, 24, 99, "nginx", /*tls=*/0x17);
+    s.own_close(T0 + 5 * kSec).our_fin_acked(T0 + 5 * kSec + 100'000);
+    s.abort_on_data(T0 + 5 * kSec + 1 * kMs, kReasonAbortOnData, /*segment=*/24);
+    // The orphan that is done before it answers, TLS 1.2 AES-GCM (31 bytes).
+    Sock orphan = upstream_socket(T0 + 1, 0xffff8880'bbbb1111ULL);
+    serve(orphan, T0 + 10 * kMs);
+    orphan.write(T0 + 5 * kSec, 31, 99, "nginx", /*tls=*/0x15);
+    orphan.own_close(T0 + 5 * kSec);
+    orphan.orphan_abort_on_data(T0 + 5 * kSec + 1 * kMs, RW_RST_REASON_NONE, /*segment=*/31);
+
+    Harness h;
+    h.feed(s.records);
+    h.feed(orphan.records);
+    EXPECT_TRUE(h.out.incidents.empty());
+    EXPECT_EQ(h.c.stats().tls_close_notify, 2u);
+    // A request racing the same close (larger than any alert record) is still the failure.
+    Sock racing = upstream_socket(T0 + 2, 0xffff8880'bbbb2222ULL);
+    serve(racing, T0 + 10 * kMs);
+    racing.write(T0 + 5 * kSec, 24, 99, "nginx", /*tls=*/0x17);
+    racing.own_close(T0 + 5 * kSec).our_fin_acked(T0 + 5 * kSec + 100'000);
+    racing.abort_on_data(T0 + 5 * kSec + 1 * kMs, kReasonAbortOnData, /*segment=*/517);
+    h.feed(racing.records);
+    ASSERT_EQ(h.out.incidents.size(), 1u);
+    EXPECT_EQ(h.out.incidents[0].cause, Cause::data_after_close);
+}
+
+TEST(CorrelatorServer, AlertSizedDataAfterCloseIsAnIncidentUnlessTheServerIsKnownToSpeakTls) {
+    // nginx closes idle TLS connections without a close_notify: its own socket shows no
+    // TLS. 24 bytes after close on a plaintext server may be a request: an incident.
+    Sock plain = upstream_socket();
+    serve(plain, T0 + 10 * kMs);
+    plain.own_close(T0 + 5 * kSec).our_fin_acked(T0 + 5 * kSec + 100'000);
+    plain.abort_on_data(T0 + 5 * kSec + 1 * kMs, kReasonAbortOnData, /*segment=*/24);
+    Harness h;
+    h.feed(plain.records);
+    ASSERT_EQ(h.out.incidents.size(), 1u);
+    EXPECT_EQ(h.out.incidents[0].cause, Cause::data_after_close);
+
+    // A client on this node wrote a TLS alert to that server: it speaks TLS. The next
+    // alert-sized bytes after its close are a close_notify.
+    Sock client = proxy_socket(T0 + 3, 0xffff8880'aaaa5555ULL);
+    exchange(client, T0 + 10 * kMs);
+    client.peer_fin(T0 + 6 * kSec);
+    client.write(T0 + 6 * kSec + 200'000, 24, 4242, "node", /*tls=*/0x17);
+    client.own_close(T0 + 6 * kSec + 300'000).retransmit_timeout(T0 + 7 * kSec);
+    h.feed(client.records);
+    Sock next = upstream_socket(T0 + 4, 0xffff8880'bbbb3333ULL);
+    serve(next, T0 + 10 * kMs);
+    next.own_close(T0 + 6 * kSec).our_fin_acked(T0 + 6 * kSec + 100'000);
+    next.abort_on_data(T0 + 6 * kSec + 1 * kMs, kReasonAbortOnData, /*segment=*/24);
+    // ... and unread at destruction the same.
+    Sock unread = upstream_socket(T0 + 5, 0xffff8880'bbbb4444ULL);
+    serve(unread, T0 + 10 * kMs);
+    unread.own_close(T0 + 6 * kSec).our_fin_acked(T0 + 6 * kSec + 100'000);
+    unread.receive_unread(T0 + 6 * kSec + 1 * kMs, 24);
+    unread.peer_fin(T0 + 6 * kSec + 2 * kMs);
+    unread.destroy(T0 + 6 * kSec + 3 * kMs);
+    h.feed(next.records);
+    h.feed(unread.records);
+    EXPECT_EQ(h.out.incidents.size(), 1u);
+    EXPECT_EQ(h.c.stats().tls_close_notify, 3u);  // the client's and the server's two
+}
+
+TEST(CorrelatorServer, ResetOfOurCloseNotifyAnsweringThePeersIsNoIncident) {
+    // The client closes an idle TLS connection (close_notify, FIN); we answer with our own
+    // close_notify in CLOSE_WAIT; the closed client resets it: reset_other before.
+    Sock s = upstream_socket();
+    serve(s, T0 + 10 * kMs);
+    s.receive(T0 + 3 * kSec, 24);
+    s.peer_fin(T0 + 3 * kSec);
+    s.write(T0 + 3 * kSec + 100'000, 24, 99, "rstwatch", /*tls=*/0x17);
+    s.rst_received(T0 + 3 * kSec + 200'000);
+
+    Harness h;
+    h.feed(s.records);
+    EXPECT_TRUE(h.out.incidents.empty());
+    EXPECT_EQ(h.c.stats().tls_close_notify, 1u);
 }
 
 // ---------------------------------------------------------------- negative cases
