@@ -45,13 +45,9 @@ bool request_in_flight(const rw_record& r, uint8_t role) {
     return r.unread_bytes > 0 || r.send_after_recv < 0;
 }
 
-// Bytes that are one TLS alert record (a close_notify) rather than a request. The record's
-// own unread count may include the peer's FIN (one sequence number).
+// Bytes that are one TLS alert record (a close_notify) rather than a request.
 bool is_tls_alert_size(uint32_t bytes) {
     return bytes >= RW_TLS_ALERT_MIN_BYTES && bytes <= RW_TLS_ALERT_MAX_BYTES;
-}
-bool is_tls_alert_size_with_fin(uint32_t bytes) {
-    return is_tls_alert_size(bytes) || is_tls_alert_size(bytes - 1);
 }
 
 bool is_loopback(const uint8_t addr[RW_ADDR_LEN]) {
@@ -333,7 +329,9 @@ void Correlator::emit_incident(const rw_record& r, const Resolved& conn, Cause c
         inc.pid = r.conn.writer_pid;
         inc.comm = bounded_string(r.conn.writer_comm, RW_COMM_LEN);
     }
-    if (armed && (cause == Cause::write_after_fin || cause == Cause::idle_close_race)) {
+    // Inferred after the peer's unread TLS alert: the idle before the request is unknown.
+    const bool idle_unknown = has(r.conn.flags, RW_F_ARMED_INFERRED) && is_tls_alert_size(r.unread_bytes);
+    if (armed && !idle_unknown && (cause == Cause::write_after_fin || cause == Cause::idle_close_race)) {
         inc.idle_before_write_ms = static_cast<double>(r.conn.armed_idle_ns) / 1e6;
         inc.idle_precision_ms = static_cast<double>(options_.jiffy_ns) / 1e6;
         if (r.conn.armed_write_ns != 0 && r.ts_ns >= r.conn.armed_write_ns)
@@ -428,8 +426,12 @@ void Correlator::on_record(const rw_record& r, CorrelatorOutput& out) {
     const bool armed = r.conn.start_ns != 0 && has(flags, RW_F_ARMED);
     const bool write_in_close_wait = armed && has(flags, RW_F_WRITE_IN_CLOSE_WAIT);
     // An idle write (before any FIN) that got no response byte so far.
-    const bool armed_unanswered = armed && !write_in_close_wait &&
-                                  r.bytes_received == r.conn.armed_bytes_received;
+    // A TLS server's close_notify, unread, is no answer.
+    const bool armed_unanswered =
+        armed && !write_in_close_wait &&
+        (r.bytes_received == r.conn.armed_bytes_received ||
+         (is_tls_alert_size(static_cast<uint32_t>(r.bytes_received - r.conn.armed_bytes_received)) &&
+          r.bytes_received - r.conn.armed_bytes_received == r.unread_bytes));
     // The armed write was a TLS stack's close_notify (after the peer's FIN, an answer to the
     // peer's; after idle, our own idle close), not a request: its reset loses nothing.
     const bool tls_close_notify = armed && r.conn.armed_tls != 0;
@@ -492,7 +494,7 @@ void Correlator::on_record(const rw_record& r, CorrelatorOutput& out) {
         // A request reached a socket our server had closed (or half-closed) and was never
         // read; on a TLS server, bytes of one alert record are the client's close_notify.
         if (role == RW_ROLE_SERVER) {
-            if (is_tls_alert_size_with_fin(r.unread_bytes) && speaks_tls(r, role, flags))
+            if (is_tls_alert_size(r.unread_bytes) && speaks_tls(r, role, flags))
                 count_tls_close_notify(conn);
             else
                 emit_incident(r, conn, Cause::data_after_close, out);
@@ -513,6 +515,10 @@ void Correlator::on_record(const rw_record& r, CorrelatorOutput& out) {
             else if (write_in_close_wait)
                 emit_incident(r, conn, Cause::write_after_fin, out);
             else if (armed_unanswered)
+                emit_incident(r, conn, Cause::idle_close_race, out);
+            // A TLS server's close_notify, unread, then its reset: it closed with our request
+            // unread (acknowledged or not; the idle before it is unknown here).
+            else if (r.state == RW_TCP_ESTABLISHED && is_tls_alert_size(r.unread_bytes))
                 emit_incident(r, conn, Cause::idle_close_race, out);
             else if (request_in_flight(r, role))
                 emit_incident(r, conn, Cause::reset_other, out);
@@ -549,7 +555,7 @@ void Correlator::on_record(const rw_record& r, CorrelatorOutput& out) {
             // On a TLS server, one alert record's bytes (unread, or arriving after our close)
             // are the client's close_notify: the teardown, not a request.
             const bool tls_teardown =
-                speaks_tls(r, role, flags) && (aborted_unread ? is_tls_alert_size_with_fin(r.unread_bytes)
+                speaks_tls(r, role, flags) && (aborted_unread ? is_tls_alert_size(r.unread_bytes)
                                                         : is_tls_alert_size(r.segment_bytes));
             if (tls_teardown && app_closed)
                 count_tls_close_notify(conn);

@@ -245,14 +245,15 @@ class Machine:
 class AgentObserver:
     name = "rstwatch"
 
-    def __init__(self, stats=False):
+    def __init__(self, stats=False, binary=None):
         self.stats = stats
+        self.binary = binary
         self.agent = None
         self.prog_ids = set()
         self.before = {}
 
     def start(self):
-        self.agent = agentlib.Agent(idle_threshold=None, name="agent").start()
+        self.agent = agentlib.Agent(idle_threshold=None, name="agent", binary=self.binary).start()
         self.prog_ids, _, _ = bpf_ids_held_by(self.agent.proc.pid)
 
     def load_started(self):
@@ -536,6 +537,8 @@ def measure_http(args, machine, tmp, results):
     conns = args.connections
     conditions = ["none", "rstwatch", "tcpdump", "bpftrace", "rstwatch+stats", "floor_empty"]
     conditions += ["floor_%s+stats" % f for f in args.floors.split(",") if f]
+    if args.baseline:
+        conditions += ["baseline", "baseline+stats"]  # the same agent from another tree's build
     if args.skip_bpftrace:
         conditions.remove("bpftrace")
     if not args.hookfloor:
@@ -550,6 +553,7 @@ def measure_http(args, machine, tmp, results):
         conditions = [c for c in conditions if c in wanted]
     rounds = {c: [] for c in conditions}
     extra = {c: [] for c in conditions}
+    baseline_bin = os.path.join(args.baseline, "rstwatch") if args.baseline else None
     with netns.Cluster(names=["client", "proxy", "upstream"]) as cl:
         client, proxy, upstream = cl["client"], cl["proxy"], cl["upstream"]
         up = Nginx(upstream, UPSTREAM_BLOCK.format(ip=upstream.ip, port=8081), name="upstream")
@@ -570,6 +574,8 @@ def measure_http(args, machine, tmp, results):
                 for cond in order:
                     factory = {"none": NoObserver, "rstwatch": lambda: AgentObserver(False),
                                "rstwatch+stats": lambda: AgentObserver(True),
+                               "baseline": lambda: AgentObserver(False, baseline_bin),
+                               "baseline+stats": lambda: AgentObserver(True, baseline_bin),
                                "tcpdump": lambda: TcpdumpObserver(proxy, tmp),
                                "bpftrace": lambda: BpftraceObserver(tmp),
                                "floor_empty": lambda: FloorObserver(args.hookfloor, "floor_empty", stats=False),
@@ -606,16 +612,23 @@ def measure_http(args, machine, tmp, results):
         s["info"] = extra[cond]
         res["conditions"][cond] = s
     res["agent_cpu_pct"] = summary([i["agent_cpu_pct"] for i in extra.get("rstwatch", []) if "agent_cpu_pct" in i])
-    hooks = {}
-    for info in extra.get("rstwatch+stats", []):
-        for name, h in info.get("hooks", {}).items():
-            hooks.setdefault(name, {"ns": [], "calls": []})
-            hooks[name]["ns"].append(h["ns"])
-            hooks[name]["calls"].append(h["calls"])
-    reqs = [i.get("requests") for i in extra.get("rstwatch+stats", [])]
-    res["hooks"] = {n: {"ns": summary(h["ns"]), "calls": summary(h["calls"]),
-                        "calls_per_request": summary([c / r for c, r in zip(h["calls"], reqs) if r])}
-                    for n, h in hooks.items()}
+    def hook_table(cond):
+        hooks = {}
+        for info in extra.get(cond, []):
+            for name, h in info.get("hooks", {}).items():
+                hooks.setdefault(name, {"ns": [], "calls": []})
+                hooks[name]["ns"].append(h["ns"])
+                hooks[name]["calls"].append(h["calls"])
+        reqs = [i.get("requests") for i in extra.get(cond, [])]
+        return {n: {"ns": summary(h["ns"]), "calls": summary(h["calls"]),
+                    "calls_per_request": summary([c / r for c, r in zip(h["calls"], reqs) if r])}
+                for n, h in hooks.items()}
+    res["hooks"] = hook_table("rstwatch+stats")
+    if args.baseline:
+        res["baseline"] = args.baseline
+        res["baseline_hooks"] = hook_table("baseline+stats")
+        # This build's throughput against the baseline's, per repetition (same rounds).
+        res["vs_baseline"] = summary([a / b for a, b in zip(rounds["rstwatch"], rounds["baseline"]) if b])
     floors = {}
     for cond in conditions:
         if cond.startswith("floor_") and cond.endswith("+stats"):
@@ -1179,6 +1192,8 @@ def build_table(results, machine, args, started, elapsed):
         for cond, label in (("rstwatch", "rstwatch agent"), ("tcpdump", "tcpdump -w (proxy ns)"),
                             ("bpftrace", "naive bpftrace"),
                             ("rstwatch+stats", "rstwatch agent + bpf_stats"),
+                            ("baseline", "baseline agent (%s)" % http.get("baseline")),
+                            ("baseline+stats", "baseline agent + bpf_stats"),
                             ("floor_empty", "empty program on the write tracepoint")) + tuple(
                                 ("floor_%s+stats" % f, "reference program on the write tracepoint (%s) + bpf_stats" % l)
                                 for f, l in FLOOR_LABELS.items()):
@@ -1207,6 +1222,19 @@ def build_table(results, machine, args, started, elapsed):
                              "rstwatch keeps %.1f%% more req/s" % (100.0 * (rw / other - 1)),
                              verdict(rw > other)))
     hook_rows(results, row)
+    if http and http.get("baseline_hooks"):
+        for name in sorted(set(http["hooks"]) & set(http["baseline_hooks"])):
+            new_ns, old_ns = http["hooks"][name]["ns"].get("median"), http["baseline_hooks"][name]["ns"].get("median")
+            if new_ns is None or old_ns is None:
+                continue
+            rows.append(("%s ns/call: this build vs baseline (keepalive load)" % name,
+                         "%.1f vs %.1f" % (new_ns, old_ns), "", "", "ratio %.3f (<= 1.05: no worse)" % (
+                             new_ns / old_ns if old_ns else float("nan")),
+                         verdict(old_ns > 0 and new_ns / old_ns <= 1.05)))
+        vs = http.get("vs_baseline", {})
+        if vs.get("median") is not None:
+            row("proxy throughput with this build's agent / with the baseline's (same repetition)", vs,
+                digits=3, target=">= 0.99: no worse", ok=vs["median"] >= 0.99)
     floors = (http or {}).get("floors", {})
     for name, label in (("floor_" + f, l) for f, l in FLOOR_LABELS.items()):
         if name in floors and floors[name]["ns"].get("median") is not None:
@@ -1372,6 +1400,9 @@ def main():
     p.add_argument("--latency-reps", type=int, default=10)
     p.add_argument("--only", default="http,correlator,storm,memory,latency,httpserver",
                    help="comma-separated subset of http,correlator,storm,memory,latency,httpserver")
+    p.add_argument("--baseline", default=None, metavar="BUILD_DIR",
+                   help="http part: also run another tree's build (its rstwatch agent), interleaved, "
+                        "for hook ns/call and throughput side by side")
     p.add_argument("--httpserver-baseline", default=None, metavar="BUILD_DIR",
                    help="another tree's build (rstwatch, bench/httpserver_bench) to compare the HTTP "
                         "server with, interleaved")

@@ -134,12 +134,40 @@ static __always_inline __u32 idle_since(__u32 last_send, __u32 last_recv)
 }
 
 /* Jiffies since the connection last sent or received data. */
+/* Data our application never read: received bytes not copied to the application, the peer's
+ * FIN (one sequence number, SOCK_DONE) not counted. */
+static __always_inline __s32 unread_data(const struct sock *sk)
+{
+	const struct tcp_sock *tp = (const void *)sk;
+	__s32 unread = (__s32)(BPF_CORE_READ(tp, rcv_nxt) - BPF_CORE_READ(tp, copied_seq));
+	unsigned long sk_flags = BPF_CORE_READ(sk, __sk_common.skc_flags);
+
+	if (unread > 0 && (sk_flags & (1UL << bpf_core_enum_value(enum sock_flags, SOCK_DONE))))
+		unread--;
+	return unread;
+}
+
+/* The peer's last data is one TLS alert record our application has not read yet: a TLS
+ * server's close_notify ahead of its FIN (or RST). */
+static __always_inline bool tls_alert_unread(const struct sock *sk)
+{
+	__s32 unread = unread_data(sk);
+
+	return unread >= RW_TLS_ALERT_MIN_BYTES && unread <= RW_TLS_ALERT_MAX_BYTES;
+}
+
+/* Idle age in jiffies. A TLS alert not yet read does not end the idle period (the close is not
+ * traffic): then it runs from our last send, which for a client is its last request (the
+ * response time included). */
 static __always_inline __u32 idle_jiffies(const struct sock *sk)
 {
 	const struct tcp_sock *tp = (const void *)sk;
 	const struct inet_connection_sock *icsk = (const void *)sk;
+	__u32 last_send = BPF_CORE_READ(tp, lsndtime);
 
-	return idle_since(BPF_CORE_READ(tp, lsndtime), BPF_CORE_READ(icsk, icsk_ack.lrcvtime));
+	if (tls_alert_unread(sk))
+		return (__u32)bpf_jiffies64() - last_send;
+	return idle_since(last_send, BPF_CORE_READ(icsk, icsk_ack.lrcvtime));
 }
 
 static __always_inline struct rw_conn_snapshot *conn_of(const struct sock *sk)
@@ -214,7 +242,9 @@ static __always_inline void emit(const struct sock *sk, bool full, __u8 type, __
 		r->bytes_received = data_received(BPF_CORE_READ(tp, bytes_received), snap);
 		r->bytes_acked = BPF_CORE_READ(tp, bytes_acked);
 		r->snd_una = BPF_CORE_READ(tp, snd_una);
-		r->unread_bytes = BPF_CORE_READ(tp, rcv_nxt) - BPF_CORE_READ(tp, copied_seq);
+		__s32 unread = unread_data(sk);
+
+		r->unread_bytes = unread > 0 ? unread : 0;
 		r->send_after_recv = (__s32)(BPF_CORE_READ(tp, lsndtime) -
 					     BPF_CORE_READ((const struct inet_connection_sock *)sk, icsk_ack.lrcvtime));
 		r->unacked_bytes = BPF_CORE_READ(tp, write_seq) - r->snd_una;
@@ -296,7 +326,7 @@ static __always_inline void arm_write(const struct sock *sk, const struct tcp_so
 				      __u8 state, const bool direct)
 {
 	const bool in_close_wait = state == RW_TCP_CLOSE_WAIT;
-	__u32 idle = direct ? idle_since(tp->lsndtime, tp->inet_conn.icsk_ack.lrcvtime) : idle_jiffies(sk);
+	__u32 idle = idle_jiffies(sk); /* the slow path: the write was after idle, or after FIN */
 	struct rw_conn_snapshot *st;
 	__u64 received, pid_tgid;
 
@@ -460,7 +490,11 @@ static __always_inline void settle_armed(const struct sock *sk, struct rw_conn_s
 
 	if ((st->flags & (RW_F_ARMED | RW_F_WRITE_IN_CLOSE_WAIT)) != RW_F_ARMED)
 		return;
-	if (data_received(BPF_CORE_READ(tp, bytes_received), st) != st->armed_bytes_received)
+	__u64 answer = data_received(BPF_CORE_READ(tp, bytes_received), st) - st->armed_bytes_received;
+
+	/* A TLS server's close_notify (unread) is no answer: the request still waits. */
+	if (answer != 0 && !(answer >= RW_TLS_ALERT_MIN_BYTES && answer <= RW_TLS_ALERT_MAX_BYTES &&
+			     tls_alert_unread(sk)))
 		st->flags &= ~RW_F_ARMED;
 }
 
@@ -488,7 +522,9 @@ static __always_inline bool infer_waiting_request(const struct sock *sk, struct 
 		   : (gap <= 0 || (__u64)gap * jiffy_ns < RW_IDLE_CLOSE_FLOOR_MS * 1000000ULL))
 		return false;
 	st->flags = (st->flags & ~RW_F_WRITE_IN_CLOSE_WAIT) | RW_F_ARMED | RW_F_ARMED_INFERRED;
-	st->armed_idle_ns = gap > 0 ? (__u64)gap * jiffy_ns : 0;
+	/* After an unread TLS alert the gap runs from the alert, not from the last response: the
+	 * idle before the request is unknown (0). */
+	st->armed_idle_ns = gap > 0 && !tls_alert_unread(sk) ? (__u64)gap * jiffy_ns : 0;
 	st->armed_write_ns = bpf_ktime_get_ns() - (__u64)((__u32)bpf_jiffies64() - last_send) * jiffy_ns;
 	st->armed_bytes_received = data_received(BPF_CORE_READ(tp, bytes_received), st);
 	st->armed_write_seq = BPF_CORE_READ(tp, snd_una);
@@ -574,19 +610,6 @@ int BPF_PROG(rw_state, const struct sock *sk, int old_state, int new_state)
 		bpf_map_update_elem(&closed_conns, &tuple, st, BPF_ANY);
 	}
 	return 0;
-}
-
-/* Data our application never read, at the socket's destruction: received bytes not copied to
- * the application, the peer's FIN (one sequence number, SOCK_DONE) not counted. */
-static __always_inline __s32 unread_data(const struct sock *sk)
-{
-	const struct tcp_sock *tp = (const void *)sk;
-	__s32 unread = (__s32)(BPF_CORE_READ(tp, rcv_nxt) - BPF_CORE_READ(tp, copied_seq));
-	unsigned long sk_flags = BPF_CORE_READ(sk, __sk_common.skc_flags);
-
-	if (unread > 0 && (sk_flags & (1UL << bpf_core_enum_value(enum sock_flags, SOCK_DONE))))
-		unread--;
-	return unread;
 }
 
 SEC("tp_btf/tcp_destroy_sock")

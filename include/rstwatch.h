@@ -117,7 +117,7 @@ struct rw_record {
 	__u64 bytes_received; /* data bytes received (the peer's FIN not counted); full sockets only */
 	__u64 bytes_acked;
 	__u32 snd_una;
-	__u32 unread_bytes; /* rcv_nxt - copied_seq: data the application never read */
+	__u32 unread_bytes; /* rcv_nxt - copied_seq: data the application never read (the peer's FIN not counted) */
 	__u32 netns; /* network namespace inode of the socket */
 	__u32 pid; /* current task: meaningful only for write records */
 	__u32 tid;

@@ -11,6 +11,8 @@ packages=(
 )
 if [[ "${1:-}" == "--test" ]]; then
   packages+=(libgtest-dev python3 python3-yaml iproute2 nginx-light curl openssl procps prometheus libclang-rt-14-dev libfaketime)
+  # Real runtimes (tests/kernel/test_runtimes.py): HAProxy, Tomcat 10 (Node.js is expected on PATH).
+  packages+=(haproxy tomcat10)
   # The agent image (tests/image): podman with runc, base images made with mmdebstrap.
   packages+=(podman runc mmdebstrap)
   # Kernel matrix (tests/kernels): Debian's kernels booted under qemu with a busybox initramfs.

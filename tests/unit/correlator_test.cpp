@@ -289,11 +289,14 @@ public:
 private:
     bool armed() const { return (base_.conn.flags & RW_F_ARMED) != 0; }
     // At a state change the kernel side drops an idle write's wait once it was answered.
+    // A TLS server's close_notify, unread, is no answer.
     void settle() {
-        if (armed() && !(base_.conn.flags & RW_F_WRITE_IN_CLOSE_WAIT) &&
-            bytes_received_ != base_.conn.armed_bytes_received)
+        const uint64_t answer = bytes_received_ - base_.conn.armed_bytes_received;
+        if (armed() && !(base_.conn.flags & RW_F_WRITE_IN_CLOSE_WAIT) && answer != 0 &&
+            !(alert_size(answer) && alert_size(unread_)))
             base_.conn.flags &= static_cast<uint16_t>(~RW_F_ARMED);
     }
+    static bool alert_size(uint64_t n) { return n >= RW_TLS_ALERT_MIN_BYTES && n <= RW_TLS_ALERT_MAX_BYTES; }
     int32_t send_after_recv() const {
         return static_cast<int32_t>(last_send_ns_ / kJiffy) - static_cast<int32_t>(last_recv_ns_ / kJiffy);
     }
@@ -305,7 +308,7 @@ private:
         if (at_fin ? (unacked == 0 && gap <= 0) : (gap <= 0 || gap * kJiffy < 10 * kMs)) return;
         auto& c = base_.conn;
         c.flags = static_cast<uint16_t>((c.flags & ~RW_F_WRITE_IN_CLOSE_WAIT) | RW_F_ARMED | RW_F_ARMED_INFERRED);
-        c.armed_idle_ns = gap > 0 ? static_cast<uint64_t>(gap) * kJiffy : 0;
+        c.armed_idle_ns = gap > 0 && !alert_size(unread_) ? static_cast<uint64_t>(gap) * kJiffy : 0;
         c.armed_write_ns = ts - (ts / kJiffy - last_send_ns_ / kJiffy) * kJiffy;
         c.armed_bytes_received = bytes_received_;
         c.armed_write_seq = snd_una_;
@@ -776,6 +779,41 @@ TEST(CorrelatorClient, OurCloseNotifyResetByATlsServerIsNotAnIncident) {
     h.feed(plain.records);
     ASSERT_EQ(h.out.incidents.size(), 1u);
     EXPECT_EQ(h.out.incidents[0].cause, Cause::reset_other);
+}
+
+TEST(CorrelatorClient, ATlsServersCloseNotifyIsNoAnswerToTheRacingRequest) {
+    // Our request after idle crosses the TLS server's close: its close_notify arrives (our
+    // application has not read it), then its RST. The request was never answered.
+    Sock armed = proxy_socket();
+    exchange(armed, T0 + 10 * kMs);
+    armed.write(T0 + 2 * kSec, 300);
+    armed.receive(T0 + 2 * kSec + 100'000, 24, /*app_reads=*/false);
+    armed.rst_received(T0 + 2 * kSec + 200'000);
+    // Within the idle threshold (no write record): the race still, its idle unknown (the
+    // socket's last receive is the alert).
+    Sock quick = proxy_socket(T0 + 1, 0xffff8880'aaaa9999ULL);
+    exchange(quick, T0 + 10 * kMs);
+    quick.write(T0 + 310 * kMs, 300);
+    quick.receive(T0 + 310 * kMs + 100'000, 24, /*app_reads=*/false);
+    quick.rst_received(T0 + 310 * kMs + 200'000);
+
+    Harness h;
+    h.feed(armed.records);
+    h.feed(quick.records);
+    ASSERT_EQ(h.out.incidents.size(), 2u);
+    EXPECT_EQ(h.out.incidents[0].cause, Cause::idle_close_race);
+    ASSERT_TRUE(h.out.incidents[0].idle_before_write_ms.has_value());
+    EXPECT_NEAR(*h.out.incidents[0].idle_before_write_ms, 1985.0, 0.001);
+    EXPECT_EQ(h.out.incidents[1].cause, Cause::idle_close_race);
+    EXPECT_FALSE(h.out.incidents[1].idle_before_write_ms.has_value());
+    // A real answer of the same size that the application read ends the wait as always.
+    Sock answered = proxy_socket(T0 + 2, 0xffff8880'aaaa0001ULL);
+    exchange(answered, T0 + 10 * kMs);
+    answered.write(T0 + 2 * kSec, 300);
+    answered.receive(T0 + 2 * kSec + 100'000, 24);
+    answered.rst_received(T0 + 2 * kSec + 200'000);
+    h.feed(answered.records);
+    EXPECT_EQ(h.out.incidents.size(), 2u);
 }
 
 TEST(CorrelatorClient, ResetAfterOurOwnCloseIsNoIncident) {
