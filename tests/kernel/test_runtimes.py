@@ -177,6 +177,31 @@ class RuntimesTestCase(KernelTestCase):
                 self.assertIn(inc["cause"], SERVER_SIDE, report)
         return client_side, server_side
 
+    def assert_502s_accounted(self, label, results, log502, incidents, upstream_port, proxy_comm, timeout_s):
+        """Every 502 the proxy returned (its log agrees with the clients) is one stale-keepalive
+        incident on the proxy's upstream connection, idle within IDLE_TOLERANCE_MS of the
+        server's timeout, and one server-side incident on the same connection."""
+        n502 = sum(1 for r in results if r.get("status") == 502)
+        print("  [runtime] %s: %d requests, %d 502s" % (label, len(results), n502), file=sys.stderr)
+        self.assertEqual([r for r in results if "error" in r], [], "client errors (not 502s)")
+        self.assertGreater(n502, 0, "no 502: the test proves nothing")
+        self.assertEqual(len(log502), n502, "502s in the proxy's log:\n" + "\n".join(log502))
+        # The proxy's upstream connections: client = the proxy pod, server port = the upstream.
+        upstream = [i for i in incidents if server_ep(i)[1] == upstream_port]
+        client_side = [i for i in upstream if i["observer"] == "client"]
+        server_side = [i for i in upstream if i["observer"] == "server"]
+        report = "\n  ".join(describe(i) for i in upstream)
+        self.assertEqual(len(client_side), n502, "one incident per 502 on the proxy's side:\n  " + report)
+        for inc in client_side:
+            self.assertIn(inc["cause"], STALE, report)
+            self.assertEqual(inc["comm"], proxy_comm, report)
+            self.assertLessEqual(abs(inc["idle_before_write_ms"] - timeout_s * 1000.0), IDLE_TOLERANCE_MS, report)
+        self.assertEqual(sorted(client_ep(i)[1] for i in server_side),
+                         sorted(client_ep(i)[1] for i in client_side),
+                         "the server's view is not one incident per failing connection:\n  " + report)
+        for inc in server_side:
+            self.assertIn(inc["cause"], SERVER_SIDE, report)
+
     # ------------------------------------------------------------------ tests
 
     def run_python_pool(self, timeout_s, spacings_per_client, require_failure=True):
@@ -238,25 +263,8 @@ class RuntimesTestCase(KernelTestCase):
                                          spread(0.3, (-6, -4, -2, 0)), 4, extra=["POST", "fresh"],
                                          max_seconds=30.0)
         incidents = self.stop_tracer(tracer)
-        n502 = sum(1 for r in results if r.get("status") == 502)
         log502 = [l for l in ng.read("access.log").splitlines() if l.split()[1:2] == ["502"]]
-        print("  [runtime] nginx -> Python 0.3 s: %d requests, %d 502s" % (len(results), n502), file=sys.stderr)
-        self.assertEqual([r for r in results if "error" in r], [], "client errors (not 502s)")
-        self.assertGreater(n502, 0, "no 502: the test proves nothing")
-        self.assertEqual(len(log502), n502, "502s in nginx's log")
-        # nginx's upstream connections: client ip = the proxy pod, server port = the upstream.
-        upstream = [i for i in incidents if server_ep(i)[1] == port]
-        client_side = [i for i in upstream if i["observer"] == "client"]
-        server_side = [i for i in upstream if i["observer"] == "server"]
-        report = "\n  ".join(describe(i) for i in upstream)
-        self.assertEqual(len(client_side), n502, "one incident per 502 on nginx's side:\n  " + report)
-        for inc in client_side:
-            self.assertIn(inc["cause"], STALE, report)
-            self.assertEqual(inc["comm"], "nginx", report)
-            self.assertLessEqual(abs(inc["idle_before_write_ms"] - 300.0), IDLE_TOLERANCE_MS, report)
-        self.assertEqual(sorted(client_ep(i)[1] for i in server_side),
-                         sorted(client_ep(i)[1] for i in client_side),
-                         "the server's view is not one incident per failing connection:\n  " + report)
+        self.assert_502s_accounted("nginx -> Python 0.3 s", results, log502, incidents, port, "nginx", 0.3)
 
     def test_haproxy_in_front_of_tomcat_closing_at_2s(self):
         self.assertTrue(haproxy.available(), "haproxy missing: scripts/deps.sh --test installs it")
@@ -275,28 +283,8 @@ class RuntimesTestCase(KernelTestCase):
                                          max_seconds=60.0)
         incidents = self.stop_tracer(tracer)
         time.sleep(0.5)  # haproxy's last log lines
-        n502 = sum(1 for r in results if r.get("status") == 502)
         log502 = [l for l in hp.log_lines() if " 502 " in " %s " % l]
-        print("  [runtime] HAProxy -> Tomcat 2 s: %d requests, %d 502s (%s)" % (
-            len(results), n502, sorted({l.split()[-4] if len(l.split()) > 4 else l for l in log502})),
-            file=sys.stderr)
-        self.assertEqual([r for r in results if "error" in r], [], "client errors (not 502s)")
-        self.assertGreater(n502, 0, "no 502: the test proves nothing")
-        self.assertEqual(len(log502), n502, "502s in HAProxy's log:\n" + "\n".join(hp.log_lines()))
-        upstream = [i for i in incidents if server_ep(i)[1] == 8080]
-        client_side = [i for i in upstream if i["observer"] == "client"]
-        server_side = [i for i in upstream if i["observer"] == "server"]
-        report = "\n  ".join(describe(i) for i in upstream)
-        self.assertEqual(len(client_side), n502, "one incident per 502 on HAProxy's side:\n  " + report)
-        for inc in client_side:
-            self.assertIn(inc["cause"], STALE, report)
-            self.assertEqual(inc["comm"], "haproxy", report)
-            self.assertLessEqual(abs(inc["idle_before_write_ms"] - 2000.0), IDLE_TOLERANCE_MS, report)
-        self.assertEqual(sorted(client_ep(i)[1] for i in server_side),
-                         sorted(client_ep(i)[1] for i in client_side),
-                         "Tomcat's view is not one incident per failing connection:\n  " + report)
-        for inc in server_side:
-            self.assertIn(inc["cause"], SERVER_SIDE, report)
+        self.assert_502s_accounted("HAProxy -> Tomcat 2 s", results, log502, incidents, 8080, "haproxy", 2.0)
 
     def test_tls_server_and_client(self):
         """nginx `ssl` closing idle connections at 2 s, Node's https.Agent pool: Node answers
@@ -318,8 +306,8 @@ class RuntimesTestCase(KernelTestCase):
         self.addCleanup(ng.cleanup)
         ng.start(server.ip, 8443)
         tracer = self.start_tracer()
-        results = self.run_clients(client, "tls_keepalive_client.js", server.ip, 8443,
-                                   [spread(2.0, (-3, -2, -1, 0, 1, 20), repeat=2)] * 3)
+        results = self.run_clients(client, "keepalive_client.js", server.ip, 8443,
+                                   [spread(2.0, (-3, -2, -1, 0, 1, 20), repeat=2)] * 3, extra=["GET", "tls"])
         incidents = self.stop_tracer(tracer)
         failures = {r["local_port"] for r in results if "error" in r}
         print("  [runtime] nginx ssl 2 s, Node https pool: %d requests, %d failures" % (

@@ -1,22 +1,28 @@
 // A pooled HTTP/1.1 client: Node.js's http.Agent({keepAlive: true}), one socket, reused.
-//   node keepalive_client.js HOST PORT SPACINGS_JSON [METHOD] [fresh]
+//   node keepalive_client.js HOST PORT SPACINGS_JSON [METHOD] [pooled|fresh|tls]
 // "fresh": a new connection per request (Connection: close), e.g. toward a proxy whose own
-// upstream pool is under test.
+// upstream pool is under test. "tls": pooled over https.Agent (the certificate is not verified:
+// the test's own self-signed one); when the server closes an idle connection (close_notify,
+// FIN), Node's TLS socket answers with its own close_notify: a write after FIN, no request.
 // Sends one request, then one after each spacing (seconds, measured from the previous
 // response), and prints one JSON line per request: {"i", "status"|"error", "code", "local_port"}
 // and a final {"done": true}. Node's own keepalive timeout is not involved: the socket is
 // reused as long as Node has not seen the server close it.
 "use strict";
 const http = require("http");
+const https = require("https");
 
 const [host, port, spacingsJson, method = "GET", mode = "pooled"] = process.argv.slice(2);
 const spacings = JSON.parse(spacingsJson);
 const fresh = mode === "fresh";
-const agent = new http.Agent({ keepAlive: !fresh, maxSockets: 1, keepAliveMsecs: 1000 });
+const tls = mode === "tls";
+const proto = tls ? https : http;
+const agent = new proto.Agent({ keepAlive: !fresh, maxSockets: 1, keepAliveMsecs: 1000,
+                                rejectUnauthorized: false });
 
 function request(i) {
   return new Promise((resolve) => {
-    const req = http.request({ host, port: Number(port), method, path: "/", agent,
+    const req = proto.request({ host, port: Number(port), method, path: "/", agent,
                                headers: Object.assign(method === "POST" ? { "Content-Length": 8 } : {},
                                                       fresh ? { Connection: "close" } : {}) }, (res) => {
       res.resume();
