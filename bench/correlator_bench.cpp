@@ -43,7 +43,7 @@ void v4(uint8_t out[RW_ADDR_LEN], uint32_t host_order) {
 
 void comm(char out[RW_COMM_LEN], const char* name) {
     std::memset(out, 0, RW_COMM_LEN);
-    std::strncpy(out, name, RW_COMM_LEN - 1);
+    std::memcpy(out, name, strnlen(name, RW_COMM_LEN - 1));
 }
 
 // One socket (one end of a connection) with the per-socket snapshot the BPF side keeps.

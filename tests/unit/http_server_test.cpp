@@ -588,7 +588,7 @@ TEST(StreamClient, SilentAgentTimesOut) {
     std::string error;
     ASSERT_TRUE(server.start(&error)) << error;
     std::atomic<bool> stop{false};
-    auto result = follow_incidents({.url = base_url(server), .idle_timeout = 1s}, stop, {}, {});
+    auto result = follow_incidents({.url = base_url(server), .auth = {}, .idle_timeout = 1s}, stop, {}, {});
     EXPECT_EQ(result.end, StreamResult::End::error);
     EXPECT_NE(result.error.find("no data from the agent for 1 s"), std::string::npos)
         << result.error;
@@ -621,7 +621,7 @@ TEST(HttpServer, TooManyFollowersGet503) {
     Follower first(base_url(server));
     ASSERT_TRUE(wait_until([&] { return server.follower_count() == 1; }));
     std::atomic<bool> stop{false};
-    auto result = follow_incidents({.url = base_url(server)}, stop, {}, {});
+    auto result = follow_incidents({.url = base_url(server), .auth = {}}, stop, {}, {});
     EXPECT_EQ(result.end, StreamResult::End::error);
     EXPECT_NE(result.error.find("HTTP 503"), std::string::npos) << result.error;
     EXPECT_NE(result.error.find("too many followers"), std::string::npos) << result.error;
@@ -642,7 +642,7 @@ TEST(StreamClient, ConnectionRefused) {
     close(fd);
 
     std::atomic<bool> stop{false};
-    auto result = follow_incidents({.url = "127.0.0.1:" + std::to_string(port)}, stop, {}, {});
+    auto result = follow_incidents({.url = "127.0.0.1:" + std::to_string(port), .auth = {}}, stop, {}, {});
     EXPECT_EQ(result.end, StreamResult::End::error);
     EXPECT_NE(
         result.error.find("cannot follow http://127.0.0.1:" + std::to_string(port) + "/incidents"),
@@ -657,7 +657,7 @@ TEST(StreamClient, HttpStatusNot200) {
     std::string error;
     ASSERT_TRUE(server.start(&error)) << error;
     std::atomic<bool> stop{false};
-    auto result = follow_incidents({.url = base_url(server) + "/nothing"}, stop, {}, {});
+    auto result = follow_incidents({.url = base_url(server) + "/nothing", .auth = {}}, stop, {}, {});
     EXPECT_EQ(result.end, StreamResult::End::error);
     EXPECT_NE(result.error.find("HTTP 404"), std::string::npos) << result.error;
 }
