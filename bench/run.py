@@ -1425,6 +1425,8 @@ def main():
     unknown = set(f for f in args.floors.split(",") if f) - set(FLOOR_LABELS)
     if unknown:
         p.error("--floors: unknown %s (known: %s)" % (",".join(sorted(unknown)), ",".join(FLOOR_LABELS)))
+    if args.baseline and not os.access(os.path.join(args.baseline, "rstwatch"), os.X_OK):
+        p.error("--baseline %s: no executable rstwatch there (a build directory is expected)" % args.baseline)
 
     machine = Machine()
     if args.reps is None:

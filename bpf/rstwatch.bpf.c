@@ -133,7 +133,6 @@ static __always_inline __u32 idle_since(__u32 last_send, __u32 last_recv)
 	return (__u32)bpf_jiffies64() - last;
 }
 
-/* Jiffies since the connection last sent or received data. */
 /* Data our application never read: received bytes not copied to the application, the peer's
  * FIN (one sequence number, SOCK_DONE) not counted. */
 static __always_inline __s32 unread_data(const struct sock *sk)
@@ -147,16 +146,20 @@ static __always_inline __s32 unread_data(const struct sock *sk)
 	return unread;
 }
 
+/* As many bytes as one protected TLS alert record (a close_notify). */
+static __always_inline bool tls_alert_sized(__s64 bytes)
+{
+	return bytes >= RW_TLS_ALERT_MIN_BYTES && bytes <= RW_TLS_ALERT_MAX_BYTES;
+}
+
 /* The peer's last data is one TLS alert record our application has not read yet: a TLS
  * server's close_notify ahead of its FIN (or RST). */
 static __always_inline bool tls_alert_unread(const struct sock *sk)
 {
-	__s32 unread = unread_data(sk);
-
-	return unread >= RW_TLS_ALERT_MIN_BYTES && unread <= RW_TLS_ALERT_MAX_BYTES;
+	return tls_alert_sized(unread_data(sk));
 }
 
-/* Idle age in jiffies. A TLS alert not yet read does not end the idle period (the close is not
+/* Idle age in jiffies: since the connection last sent or received data. A TLS alert not yet read does not end the idle period (the close is not
  * traffic): then it runs from our last send, which for a client is its last request (the
  * response time included). */
 static __always_inline __u32 idle_jiffies(const struct sock *sk)
@@ -493,8 +496,7 @@ static __always_inline void settle_armed(const struct sock *sk, struct rw_conn_s
 	__u64 answer = data_received(BPF_CORE_READ(tp, bytes_received), st) - st->armed_bytes_received;
 
 	/* A TLS server's close_notify (unread) is no answer: the request still waits. */
-	if (answer != 0 && !(answer >= RW_TLS_ALERT_MIN_BYTES && answer <= RW_TLS_ALERT_MAX_BYTES &&
-			     tls_alert_unread(sk)))
+	if (answer != 0 && !(tls_alert_sized((__s64)answer) && tls_alert_unread(sk)))
 		st->flags &= ~RW_F_ARMED;
 }
 
