@@ -2,6 +2,7 @@
 #include "correlator.h"
 
 #include <arpa/inet.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
 
 #include <algorithm>
@@ -51,10 +52,9 @@ bool is_tls_alert_size(uint32_t bytes) {
 }
 
 bool is_loopback(const uint8_t addr[RW_ADDR_LEN]) {
-    static constexpr uint8_t kV4MappedPrefix[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
-    static constexpr uint8_t kV6Loopback[RW_ADDR_LEN] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1};
-    if (std::memcmp(addr, kV4MappedPrefix, sizeof(kV4MappedPrefix)) == 0) return addr[12] == 127;
-    return std::memcmp(addr, kV6Loopback, RW_ADDR_LEN) == 0;
+    in6_addr a;
+    std::memcpy(&a, addr, sizeof(a));
+    return IN6_IS_ADDR_LOOPBACK(&a) || (IN6_IS_ADDR_V4MAPPED(&a) && addr[12] == 127);
 }
 
 bool is_after_own_close_state(uint8_t state) {
@@ -533,6 +533,9 @@ void Correlator::on_record(const rw_record& r, CorrelatorOutput& out) {
                 ++stats_.idle_resets;
             else if (has(flags, RW_F_TLS_ALERT_SENT))
                 count_tls_close_notify(conn);  // our close_notify (or answer to the peer's) was reset
+            // A TLS client's close: its close_notify unread here, then its reset.
+            else if (is_tls_alert_size(r.unread_bytes) && speaks_tls(r, role, flags))
+                count_tls_close_notify(conn);
             else if (request_in_flight(r, role))
                 emit_incident(r, conn, Cause::reset_other, out);
             else

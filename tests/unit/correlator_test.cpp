@@ -1180,6 +1180,36 @@ TEST(CorrelatorServer, ResetOfOurCloseNotifyAnsweringThePeersIsNoIncident) {
     EXPECT_EQ(h.c.stats().tls_close_notify, 1u);
 }
 
+TEST(CorrelatorServer, ATlsClientsCloseNotifyThenResetIsNoIncident) {
+    // A client of a TLS server closes: its close_notify (unread here), then a RST instead of
+    // its FIN. Nothing of the server's was lost; on a plaintext server the same bytes may be a
+    // request.
+    // A client on this node answered the server's close with a close_notify: it speaks TLS.
+    Sock tls_learned = proxy_socket(T0 + 3, 0xffff8880'aaaa0002ULL);
+    exchange(tls_learned, T0 + 10 * kMs);
+    tls_learned.peer_fin(T0 + 3 * kSec);
+    tls_learned.write(T0 + 3 * kSec + 200'000, 24, 4242, "node", /*tls=*/0x17);
+    tls_learned.rst_received(T0 + 3 * kSec + 300'000);
+    Sock s = upstream_socket(T0 + 1, 0xffff8880'bbbb5555ULL);
+    serve(s, T0 + 10 * kMs);
+    s.receive(T0 + 4 * kSec, 24, /*app_reads=*/false);
+    s.rst_received(T0 + 4 * kSec + 100'000);
+
+    Harness h;
+    h.feed(tls_learned.records);
+    h.feed(s.records);
+    EXPECT_TRUE(h.out.incidents.empty());
+    EXPECT_EQ(h.c.stats().tls_close_notify, 2u);  // the client's answer and the server's reset
+    Sock plain = Sock(RW_ROLE_SERVER, kUpstreamIp, kUpstreamPort + 1, kProxyIp, kProxyPort, T0 + 2,
+                      0xffff8880'bbbb6666ULL);
+    serve(plain, T0 + 10 * kMs);
+    plain.receive(T0 + 4 * kSec, 24, /*app_reads=*/false);
+    plain.rst_received(T0 + 4 * kSec + 100'000);
+    h.feed(plain.records);
+    ASSERT_EQ(h.out.incidents.size(), 1u);
+    EXPECT_EQ(h.out.incidents[0].cause, Cause::reset_other);
+}
+
 // ---------------------------------------------------------------- negative cases
 
 TEST(CorrelatorNegative, IdleWriteAnsweredThenFinGivesOnlyObservations) {
