@@ -26,6 +26,11 @@ const volatile __u32 idle_threshold_jiffies = 250;
 const volatile __u32 close_idle_threshold_jiffies = 125;
 const volatile __u64 jiffy_ns = 4000000;
 
+/* Read by no program: it puts struct rw_record into this object's BTF, where a unit test
+ * (tests/unit/capture/record_layout_test.cpp) checks every field against include/rstwatch.h
+ * as the agent compiles it. */
+const struct rw_record *const rw_record_layout = (void *)0;
+
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 1 << 22); /* resized by the loader */

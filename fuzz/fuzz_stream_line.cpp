@@ -17,7 +17,7 @@
 
 #include "fuzz_common.h"
 #include "output.h"
-#include "stream_client.h"
+#include "stream_format.h"
 
 using namespace rstwatch;
 

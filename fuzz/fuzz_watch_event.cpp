@@ -14,6 +14,7 @@
 #include "attribution.h"
 #include "fuzz_common.h"
 #include "kube_client.h"
+#include "kube_objects.h"
 
 using namespace rstwatch;
 

@@ -12,7 +12,7 @@
 #                                            own namespace; each ends in an RST, so each becomes
 #                                            records the correlator remembers and later evicts),
 #                                            then SIGTERM: LeakSanitizer at exit.
-#   tests/sanitizers/run.sh asan BUILD_DIR   build rstwatch and unit_tests with
+#   tests/sanitizers/run.sh asan BUILD_DIR   build rstwatch and the unit tests (one per stage) with
 #                                            -fsanitize=address,undefined in BUILD_DIR (e.g.
 #                                            build/asan), run the unit tests, then the kernel tests
 #                                            RSTWATCH_ASAN_KERNEL_TESTS (default: causes agent) with
@@ -118,12 +118,18 @@ run_asan() {
   local failed=0
 
   echo "== unit tests (ASan+UBSan)"
-  if ! (cd "$build" && "$build/tests/unit_tests" --gtest_brief=1 >"$logs/unit_tests.log" 2>&1); then
-    tail -80 "$logs/unit_tests.log" >&2
-    failed=1
-  fi
-  sanitizer_reports "$logs/unit_tests.log" || failed=1
-  tail -3 "$logs/unit_tests.log"
+  local unit
+  for unit in "$build"/tests/unit_*; do
+    [[ -x "$unit" && ! -d "$unit" ]] || continue
+    local name
+    name=$(basename "$unit")
+    if ! (cd "$build" && "$unit" --gtest_brief=1 >"$logs/$name.log" 2>&1); then
+      tail -80 "$logs/$name.log" >&2
+      failed=1
+    fi
+    sanitizer_reports "$logs/$name.log" || failed=1
+    echo "$name: $(grep -E '^\[  PASSED  \]|FAILED TEST' "$logs/$name.log" | head -1)"
+  done
 
   local t
   for t in ${RSTWATCH_ASAN_KERNEL_TESTS:-causes agent}; do

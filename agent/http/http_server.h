@@ -1,0 +1,155 @@
+// The agent's HTTP endpoints on libmicrohttpd (Debian 12's, TLS by GnuTLS):
+//   GET /metrics    Prometheus text format 0.0.4 (prometheus::TextSerializer over `collect`)
+//   GET /healthz    200 "ok" while the process runs
+//   GET /readyz     200 "ready" when `readiness` returns "", else 503 and that reason
+//   GET /incidents  live incident stream, JSON lines (format: stream_client.h)
+//   GET /diagnose   inferred idle timeouts and keepalive verdicts per pair (JSON, diagnosis.h)
+// Any other method: 405. Every answer closes its connection.
+//
+// One libmicrohttpd thread serves every connection from an epoll loop; sockets are non-blocking
+// and no callback waits, so neither a follower nor a slow client holds up a scrape.
+// Followers of /incidents. Each follower owns a bounded queue. publish() formats the line once,
+// then for each follower takes that follower's mutex just long enough to push a shared pointer
+// (or count a drop when the queue is full) and, if its connection is parked waiting for lines,
+// resumes it (libmicrohttpd's resume: a flag and an eventfd write); it never waits for a network
+// write. The server thread takes the queue out under the mutex and copies it into the
+// connection's buffer without it; with nothing to send the connection is suspended, so idle
+// followers cost no polling. A follower that stops reading loses lines of its own only: it is
+// told {"dropped":N} where the gap is once it catches up, and a connection that makes no
+// progress for write_timeout (whole seconds, rounded up) is closed. Followers are limited to
+// max_followers (then 503); the connection limit is max_followers plus room for 64 scrapes,
+// probes and /diagnose requests at once (beyond it, new connections wait in the listen queue).
+// Lines go out as soon as the server thread wakes (a burst is coalesced into chunks of up to
+// ~32 KiB, never held back). Heartbeats: an empty line to a follower idle for `heartbeat`.
+//
+// Listen address: "IPv4:PORT" ("0.0.0.0:9090", "127.0.0.1:0"), ":PORT" (all IPv4 addresses) or
+// "[IPv6]:PORT" ("[::1]:9090"; "[::]:PORT" takes IPv4 too, as ::ffff:a.b.c.d). The agent binds
+// the socket itself and hands it to libmicrohttpd, so a bind error is reported as the kernel
+// gave it. Port 0 picks a free port; port() reports it.
+//
+// Protection (HttpAuthOptions): when a token file and/or a basic-auth file is configured,
+// /metrics, /incidents and /diagnose answer 401 unless the request carries
+// "Authorization: Bearer TOKEN" with a token of the token file or "Authorization: Basic ..."
+// with a user:password of the basic-auth file. Credentials are compared in constant time
+// (constant_time_equal) against every configured entry. /healthz and /readyz stay open
+// (kubelet probes carry no credentials; they reveal nothing but "ok"/"ready"). Both files are
+// re-read when they change (stat checked at most once a second, on requests), so a rotated
+// Kubernetes Secret takes effect without a restart; a file that becomes unreadable or empty
+// keeps the previous credentials (logged).
+//
+// TLS (tls_cert_file + tls_key_file): both PEM files are read into memory, checked with GnuTLS
+// (errors name --tls-cert / --tls-key), and given to libmicrohttpd from memory: the key is
+// never written anywhere, and the copies are wiped once the server holds its credentials.
+// TLS 1.2 and 1.3 only (GnuTLS priority string); a plain http request on the TLS port fails
+// its handshake and is closed.
+#pragma once
+
+#include <prometheus/metric_family.h>
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "stream_format.h"
+
+struct MHD_Daemon;
+
+namespace rstwatch {
+
+// Credentials for the protected endpoints. Both empty: no authentication.
+struct HttpAuthOptions {
+    // Bearer tokens, one per non-empty line (several lines: rotation); surrounding blanks ignored.
+    std::string token_file;
+    // "user:password" per line; empty lines and lines starting with '#' are ignored.
+    std::string basic_auth_file;
+    bool enabled() const { return !token_file.empty() || !basic_auth_file.empty(); }
+};
+
+// True when a and b are equal; the time taken depends only on the lengths, never on where
+// they differ. (The length of a secret is not hidden; the tokens' bytes are.)
+bool constant_time_equal(std::string_view a, std::string_view b);
+
+// Whether a listen address ("IPv4:PORT", ":PORT", "[IPv6]:PORT") is loopback only
+// (127.0.0.0/8 or ::1). ":PORT", 0.0.0.0, :: and any other address are not.
+bool is_loopback_listen(const std::string& listen);
+// "" when `listen` is a usable listen address, else why not (one line, as start() reports it).
+std::string listen_address_error(const std::string& listen);
+
+// Whether TLS can be served: the libmicrohttpd in use was built with GnuTLS (Debian's is).
+// Else false and *why.
+bool tls_support(std::string* why);
+
+struct HttpServerOptions {
+    std::string listen = "0.0.0.0:9090";
+    HttpAuthOptions auth;
+    // PEM files; both or neither. The certificate file may hold the chain (leaf first).
+    // Read once at start(): rotate by restarting.
+    std::string tls_cert_file;
+    std::string tls_key_file;
+    // /metrics content, e.g. [&]{ return metrics.collect(); }. Empty: /metrics answers 404.
+    std::function<std::vector<prometheus::MetricFamily>()> collect;
+    // /readyz: "" = ready, else the reason it is not. Empty function: always ready.
+    std::function<std::string()> readiness;
+    // /diagnose?level=pod|workload: the inferred timeouts and verdicts as one JSON document
+    // (the callback gets the query arguments as "key=value&key=value", percent-decoded). Empty: 404.
+    std::function<std::string(const std::string& query)> diagnose;
+    size_t follower_queue_lines = 1024;
+    size_t max_followers = 8;
+    std::chrono::milliseconds heartbeat{15000};      // empty line to idle followers
+    // A connection that makes no progress this long (a follower that stops reading, a client
+    // that sends half a request) is closed. Whole seconds, rounded up.
+    std::chrono::milliseconds write_timeout{30000};
+};
+
+class HttpServer {
+public:
+    explicit HttpServer(HttpServerOptions options);
+    ~HttpServer();  // stop()
+    HttpServer(const HttpServer&) = delete;
+    HttpServer& operator=(const HttpServer&) = delete;
+
+    // Binds and starts serving. On failure returns false and sets *error to one line, e.g.
+    // "cannot listen on 127.0.0.1:9090: address already in use". Call once.
+    bool start(std::string* error);
+    // The bound port (after start()).
+    uint16_t port() const { return port_; }
+
+    // Sends the incident to every follower; never blocks on the network.
+    void publish(const StreamedIncident& incident, int64_t monotonic_to_unix_offset_ns);
+    // Same with a preformatted line (no newline).
+    void publish_line(std::string line);
+
+    // Followers currently connected to /incidents.
+    size_t follower_count() const;
+    // Lines not delivered because a follower's queue was full, over all followers.
+    uint64_t dropped_lines_total() const;
+    // Requests refused with 401 (missing or wrong credentials).
+    uint64_t unauthorized_total() const;
+
+    // Ends all follower streams (a follower that reads gets what was queued for it, then a
+    // clean end of the chunked body), then closes every connection and stops the server
+    // thread. A follower stuck in a write is given at most 500 ms and then closed with the
+    // rest: stop() never waits for a client. Idempotent; call it from one thread.
+    void stop();
+
+    struct Hub;          // followers and their queues (http_server.cpp)
+    struct Credentials;  // loaded token / basic-auth files (http_server.cpp)
+    struct Endpoints;    // request handling on the server thread (http_server.cpp)
+    struct DaemonStop {
+        void operator()(MHD_Daemon* daemon) const;
+    };
+
+private:
+    HttpServerOptions options_;
+    std::shared_ptr<Hub> hub_;
+    std::shared_ptr<Credentials> credentials_;
+    std::unique_ptr<MHD_Daemon, DaemonStop> daemon_;
+    uint16_t port_ = 0;
+    bool stopped_ = false;
+};
+
+}  // namespace rstwatch
