@@ -2,6 +2,8 @@
 // incident, exports Prometheus metrics per pod pair and streams incidents to followers.
 #include <spdlog/spdlog.h>
 
+#include <CLI/CLI.hpp>
+
 #include <atomic>
 #include <mutex>
 #include <variant>
@@ -10,11 +12,13 @@
 #include "capture_loop.h"
 #include "clock.h"
 #include "commands.h"
+#include "flags.h"
 #include "correlator.h"
 #include "diagnosis.h"
 #include "hold_queue.h"
 #include "http_server.h"
 #include "kube_client.h"
+#include "metrics.h"
 #include "pair.h"
 #include "privileges.h"
 #include "rstwatch.h"
@@ -70,6 +74,11 @@ public:
     int run();
 
 private:
+    bool check_configuration();
+    bool start_serving();
+    CaptureHooks capture_hooks();
+    void on_attached();
+    bool auth_configured() const;
     bool load_pod_map(bool initial);
     std::string readiness() const;
     void on_output(CorrelatorOutput& produced);
@@ -85,6 +94,7 @@ private:
     Attributor attributor_;
     std::shared_ptr<const PodMap> pod_map_;
     std::shared_ptr<ClusterState> cluster_;
+    std::optional<KubeConfig> kube_config_;
     std::unique_ptr<KubeWatcher> kube_;
     std::unique_ptr<Metrics> metrics_;
     std::unique_ptr<HttpServer> http_;
@@ -97,7 +107,7 @@ private:
     // on every scrape, and a follower stopped with Ctrl-C one more.
     uint16_t own_port_ = 0;
     uint64_t own_port_incidents_ = 0;
-    // What waits for its ends to be named (--attribution-hold).
+    // What waits for its ends to be named (up to options_.attribution_hold).
     HoldQueue held_{options_.attribution_hold, [this](const Endpoint& c, const Endpoint& s) { return resolvable(c, s); },
                     [this](const HeldEvent& event) { deliver(event); }};
     // Idle-timeout inference per pair, at pod and at workload level (/diagnose serves either;
@@ -245,52 +255,54 @@ void Agent::update_self_metrics() {
     if (kube_) metrics_->set_attribution_synced("kubernetes", kube_->synced());
 }
 
-int Agent::run() {
-    install_signal_handlers(SignalUse::daemon);
+bool Agent::auth_configured() const {
+    return !options_.auth_token_file.empty() || !options_.basic_auth_file.empty();
+}
 
-    // Configuration first: nothing is attached or started when it is wrong.
+// Flags that are wrong together, TLS without GnuTLS, the pod map and the Kubernetes settings:
+// each is one error line, and the caller exits 2 before anything is attached.
+bool Agent::check_configuration() {
     // The incident stream reveals peer addresses: never served beyond loopback without
     // credentials unless explicitly allowed.
-    const bool auth_configured = !options_.auth_token_file.empty() || !options_.basic_auth_file.empty();
-    if (!auth_configured && !options_.allow_unauthenticated && !is_loopback_listen(options_.listen) &&
+    if (!auth_configured() && !options_.allow_unauthenticated && !is_loopback_listen(options_.listen) &&
         listen_address_error(options_.listen).empty()) {
         spdlog::error("refusing to serve /incidents and /metrics on {} without authentication: pass --auth-token-file "
                       "or --basic-auth-file, or --allow-unauthenticated to accept that",
                       options_.listen);
-        return kExitUsage;
+        return false;
     }
     if (!options_.tls_cert_file.empty() || !options_.tls_key_file.empty()) {
         std::string why;
         if (!tls_support(&why)) {
             spdlog::error("--tls-cert/--tls-key: TLS is not available: {}", why);
-            return kExitUsage;
+            return false;
         }
     }
-    if (!load_pod_map(true)) return kExitUsage;
-    std::optional<KubeConfig> kube_config;
+    if (!load_pod_map(true)) return false;
     if (options_.kube_enabled) {
         std::string error;
         if (!options_.kube_api.empty()) {
-            kube_config = KubeConfig::from_flags(options_.kube_api, options_.kube_token_file, options_.kube_ca_file,
+            kube_config_ = KubeConfig::from_flags(options_.kube_api, options_.kube_token_file, options_.kube_ca_file,
                                                  &error);
         } else if (std::getenv("KUBERNETES_SERVICE_HOST")) {
-            kube_config = KubeConfig::in_cluster(&error);
+            kube_config_ = KubeConfig::in_cluster(&error);
         } else if (!options_.kube_token_file.empty() || !options_.kube_ca_file.empty()) {
             error = "--kube-token-file/--kube-ca-file need --kube-api (or run in a cluster)";
         }
         if (!error.empty()) {
             spdlog::error("invalid Kubernetes configuration: {}", error);
-            return kExitUsage;
+            return false;
         }
-        if (kube_config && !kube_config->validate(&error)) {
+        if (kube_config_ && !kube_config_->validate(&error)) {
             spdlog::error("invalid Kubernetes configuration: {}", error);
-            return kExitUsage;
+            return false;
         }
     }
+    return true;
+}
 
-    features_ = probe_kernel_features();
-    correlator_ = std::make_unique<Correlator>(correlator_options_for(options_.loader, features_));
-
+// Metrics and the HTTP endpoints (bound now, served from here on).
+bool Agent::start_serving() {
     MetricsOptions metrics_options;
     metrics_options.mode = options_.pair_labels;
     metrics_options.series_ttl = options_.series_ttl;
@@ -315,19 +327,15 @@ int Agent::run() {
     std::string error;
     if (!http_->start(&error)) {
         spdlog::error("{}", error);
-        return kExitUsage;
+        return false;
     }
     own_port_ = http_->port();
+    return true;
+}
 
-    if (kube_config) {
-        cluster_ = std::make_shared<ClusterState>();
-        attributor_.set_cluster(cluster_);
-        kube_ = std::make_unique<KubeWatcher>(*kube_config, cluster_);
-        kube_->start();
-        metrics_->set_attribution_synced("kubernetes", false);
-    }
-
-    int64_t next_series_expiry = monotonic_ns() + 30'000'000'000LL;
+// What the agent adds to the capture loop: naming and counting, reloads, self metrics,
+// inference, and the expiry of gone pods' series.
+CaptureHooks Agent::capture_hooks() {
     CaptureHooks hooks;
     hooks.on_output = [this](CorrelatorOutput& produced) { on_output(produced); };
     hooks.after_poll = [this](int64_t now) {
@@ -343,7 +351,7 @@ int Agent::run() {
         held_.flush(now);
     };
     hooks.on_lost = [this](uint64_t, uint64_t total) { metrics_->set_records_lost_total(total); };
-    hooks.on_tick = [this, &next_series_expiry](int64_t now) {
+    hooks.on_tick = [this, next_series_expiry = monotonic_ns() + 30'000'000'000LL](int64_t now) mutable {
         update_self_metrics();
         update_inference();
         if (now >= next_series_expiry) {
@@ -353,12 +361,12 @@ int Agent::run() {
             next_series_expiry = now + 30'000'000'000LL;
         }
     };
-    CaptureLoop loop(*correlator_, std::move(hooks));
-    bpf_ = BpfSession::open(options_.loader, features_, loop.sink(), &error);
-    if (!bpf_) {
-        spdlog::error("cannot attach: {}", error);
-        return kExitFailure;  // destructors stop the watcher and the HTTP server
-    }
+    return hooks;
+}
+
+// Attached: drop privileges before readiness (a ready agent is an unprivileged one), then say
+// what runs.
+void Agent::on_attached() {
     metrics_->set_build_info(RSTWATCH_VERSION, std::string(write_mode_name(bpf_->write_mode())));
     // Attached and bound: from here on only open file descriptors are used. Before readiness,
     // so a ready agent is an unprivileged one.
@@ -379,14 +387,40 @@ int Agent::run() {
                  RSTWATCH_VERSION, write_mode_name(bpf_->write_mode()), options_.loader.idle_threshold_s, features_.hz,
                  features_.hz_source, features_.privileges_summary,
                  pod_map_ ? "pod map " + *options_.pod_map_path : std::string("no pod map"),
-                 kube_config ? ", Kubernetes API " + kube_config->api_url : std::string(", no Kubernetes"),
+                 kube_config_ ? ", Kubernetes API " + kube_config_->api_url : std::string(", no Kubernetes"),
                  options_.pair_labels == PairLabelMode::workload ? ", workload pair labels" : "");
     spdlog::info("serving http{}://{}/metrics, /healthz, /readyz and the incident stream /incidents (port {}){}; "
                  "connections to port {} are not counted",
                  options_.tls_cert_file.empty() ? "" : "s", options_.listen, http_->port(),
-                 auth_configured ? ", credentials required except on /healthz and /readyz"
+                 auth_configured() ? ", credentials required except on /healthz and /readyz"
                                  : ", no authentication",
                  http_->port());
+}
+
+int Agent::run() {
+    install_signal_handlers(SignalUse::daemon);
+    // Configuration first: nothing is attached or started when it is wrong.
+    if (!check_configuration()) return kExitUsage;
+    features_ = probe_kernel_features();
+    correlator_ = std::make_unique<Correlator>(correlator_options_for(options_.loader, features_));
+    // The HTTP server binds before anything is attached: a taken port fails first.
+    if (!start_serving()) return kExitUsage;
+    if (kube_config_) {
+        cluster_ = std::make_shared<ClusterState>();
+        attributor_.set_cluster(cluster_);
+        kube_ = std::make_unique<KubeWatcher>(*kube_config_, cluster_);
+        kube_->start();
+        metrics_->set_attribution_synced("kubernetes", false);
+    }
+
+    CaptureLoop loop(*correlator_, capture_hooks());
+    std::string error;
+    bpf_ = BpfSession::open(options_.loader, features_, loop.sink(), &error);
+    if (!bpf_) {
+        spdlog::error("cannot attach: {}", error);
+        return kExitFailure;  // destructors stop the watcher and the HTTP server
+    }
+    on_attached();
 
     const CaptureResult captured = loop.run(*bpf_);
     if (!captured.ok) spdlog::error("{}", captured.error);
@@ -408,6 +442,55 @@ int Agent::run() {
 int run_agent(const AgentOptions& options) {
     Agent agent(options);
     return agent.run();
+}
+
+CommandRunner define_agent(CLI::App& cmd) {
+    struct Flags {
+        AgentOptions agent;
+        std::string write_hook = "auto";
+        std::string pair_labels = "pod";
+        std::string kube_mode = "auto";
+        double series_ttl_s = 300;
+    };
+    auto flags = std::make_shared<Flags>();
+    AgentOptions& agent = flags->agent;
+    cmd.add_option("--listen", agent.listen,
+                   std::string("ADDR:PORT for /metrics, /healthz, /readyz, /incidents (default ") + kDefaultListen +
+                       "; not loopback: needs --auth-token-file, --basic-auth-file or --allow-unauthenticated)");
+    cmd.add_option("--pod-map", agent.pod_map_path, "YAML file naming endpoints (SIGHUP reloads it)")
+        ->check(CLI::ExistingFile);
+    cmd.add_option("--kube", flags->kube_mode,
+                   "auto (in-cluster when KUBERNETES_SERVICE_HOST is set, or --kube-api) or off")
+        ->check(CLI::IsMember({"auto", "off"}));
+    cmd.add_option("--kube-api", agent.kube_api, "Kubernetes API URL, for use outside the cluster");
+    cmd.add_option("--kube-token-file", agent.kube_token_file, "bearer token file for --kube-api");
+    cmd.add_option("--kube-ca-file", agent.kube_ca_file, "CA bundle for --kube-api");
+    cmd.add_option("--series-ttl", flags->series_ttl_s, "seconds a gone pod's series are kept (default 300)")
+        ->check(CLI::Range(1.0, 86400.0 * 7));
+    cmd.add_option("--pair-labels", flags->pair_labels, "pod or workload (drops pod labels on large clusters)")
+        ->check(CLI::IsMember({"pod", "workload"}));
+    add_idle_threshold_flag(cmd, agent.loader.idle_threshold_s);
+    add_kernel_size_flags(cmd, agent.loader);
+    add_write_hook_flag(cmd, flags->write_hook);
+    cmd.add_option("--auth-token-file", agent.auth_token_file,
+                   "require Authorization: Bearer TOKEN (a token per line; re-read when it changes) on /metrics, "
+                   "/incidents, /diagnose");
+    cmd.add_option("--basic-auth-file", agent.basic_auth_file,
+                   "require basic auth, USER:PASSWORD per line (re-read when it changes), on the same endpoints");
+    auto* tls_cert = cmd.add_option("--tls-cert", agent.tls_cert_file, "serve https: PEM certificate (chain) file");
+    auto* tls_key = cmd.add_option("--tls-key", agent.tls_key_file, "serve https: PEM private key file");
+    tls_cert->needs(tls_key);
+    tls_key->needs(tls_cert);
+    cmd.add_flag("--allow-unauthenticated", agent.allow_unauthenticated,
+                 "serve /metrics and /incidents without credentials on a non-loopback --listen address");
+    return [flags] {
+        AgentOptions& agent = flags->agent;
+        agent.loader.write_mode = parse_write_mode(flags->write_hook);
+        agent.kube_enabled = flags->kube_mode != "off";
+        agent.series_ttl = std::chrono::seconds(static_cast<int64_t>(flags->series_ttl_s));
+        agent.pair_labels = flags->pair_labels == "workload" ? PairLabelMode::workload : PairLabelMode::pod;
+        return run_agent(agent);
+    };
 }
 
 }  // namespace rstwatch

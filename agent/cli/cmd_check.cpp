@@ -5,6 +5,7 @@
 #include <string>
 
 #include "commands.h"
+#include "flags.h"
 
 namespace rstwatch {
 namespace {
@@ -68,6 +69,19 @@ int run_check(const LoaderOptions& options) {
     }
     std::printf("result: rstwatch can run here (write hook %s)\n", std::string(write_mode_name(*chosen)).c_str());
     return kExitOk;
+}
+
+CommandRunner define_check(CLI::App& cmd) {
+    struct Flags {
+        LoaderOptions loader;
+        std::string write_hook = "auto";
+    };
+    auto flags = std::make_shared<Flags>();
+    add_write_hook_flag(cmd, flags->write_hook);
+    return [flags] {
+        flags->loader.write_mode = parse_write_mode(flags->write_hook);
+        return run_check(flags->loader);
+    };
 }
 
 }  // namespace rstwatch

@@ -2,6 +2,8 @@
 // from a running agent (--from) or by watching this node for --duration.
 #include <spdlog/spdlog.h>
 
+#include <CLI/CLI.hpp>
+
 #include <cstdio>
 #include <memory>
 
@@ -9,6 +11,7 @@
 #include "capture_loop.h"
 #include "clock.h"
 #include "commands.h"
+#include "flags.h"
 #include "correlator.h"
 #include "diagnosis.h"
 #include "pair.h"
@@ -112,6 +115,37 @@ int run_diagnose(const DiagnoseOptions& options) {
     spdlog::info("watched: {} records, {} incidents, {} records lost", correlator.stats().records,
                  correlator.stats().incidents, captured.lost_records);
     return print(inference.verdicts(), options);
+}
+
+CommandRunner define_diagnose(CLI::App& cmd) {
+    struct Flags {
+        DiagnoseOptions diagnose;
+        std::string output = "table";
+    };
+    auto flags = std::make_shared<Flags>();
+    DiagnoseOptions& diagnose = flags->diagnose;
+    auto* from = cmd.add_option("--from", diagnose.from_url,
+                                "a running agent (http[s]://HOST:PORT, or node: this node's agent)");
+    auto* duration = cmd.add_option("--duration", diagnose.duration_s, "without --from: watch this node for this many seconds")
+                         ->check(CLI::PositiveNumber);
+    from->excludes(duration);
+    add_output_flag(cmd, flags->output, {"table", "json"}, "table or json");
+    add_agent_credential_flags(cmd, diagnose.token_file, diagnose.ca_file, from);
+    cmd.add_option("--level", diagnose.level, "workload (default) or pod")->check(CLI::IsMember({"workload", "pod"}));
+    cmd.add_option("--pod-map", diagnose.pod_map_path, "without --from: YAML file naming endpoints")
+        ->check(CLI::ExistingFile)
+        ->excludes(from);
+    add_idle_threshold_flag(cmd, diagnose.loader.idle_threshold_s, "without --from: ")->excludes(from);
+    return [flags] {
+        DiagnoseOptions& diagnose = flags->diagnose;
+        if (!diagnose.from_url && !diagnose.duration_s) {
+            std::fprintf(stderr, "rstwatch: diagnose needs --from URL (a running agent) or --duration SECONDS\n");
+            return kExitUsage;
+        }
+        if (diagnose.from_url) diagnose.from_url = resolve_agent_url(*diagnose.from_url);
+        diagnose.json = flags->output == "json";
+        return run_diagnose(diagnose);
+    };
 }
 
 }  // namespace rstwatch

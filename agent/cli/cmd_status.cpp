@@ -2,10 +2,13 @@
 // attach, has it lost records. The kubectl plugin runs it inside each agent pod.
 #include <spdlog/spdlog.h>
 
+#include <CLI/CLI.hpp>
+
 #include <cstdio>
 
 #include "agent_status.h"
 #include "commands.h"
+#include "flags.h"
 #include "stream_client.h"
 
 namespace rstwatch {
@@ -49,6 +52,28 @@ int run_status(const StatusOptions& options) {
     std::fwrite(text.data(), 1, text.size(), stdout);
     std::fflush(stdout);
     return kExitOk;
+}
+
+CommandRunner define_status(CLI::App& cmd) {
+    struct Flags {
+        StatusOptions status;
+        std::string output = "table";
+        bool no_headers = false;
+    };
+    auto flags = std::make_shared<Flags>();
+    StatusOptions& status = flags->status;
+    cmd.add_option("--from", status.from_url,
+                   "the agent (default node: this node's, $RSTWATCH_AGENT_URL or http://127.0.0.1:9740)");
+    add_agent_credential_flags(cmd, status.token_file, status.ca_file, nullptr);
+    add_output_flag(cmd, flags->output, {"table", "json"}, "table or json");
+    cmd.add_flag("--no-headers", flags->no_headers, "table without its header row (for scripts)");
+    return [flags] {
+        StatusOptions& status = flags->status;
+        status.from_url = resolve_agent_url(status.from_url);
+        status.json = flags->output == "json";
+        status.headers = !flags->no_headers;
+        return run_status(status);
+    };
 }
 
 }  // namespace rstwatch

@@ -1,6 +1,8 @@
 // `rstwatch trace`: load the BPF programs, correlate, print incidents live.
 #include <spdlog/spdlog.h>
 
+#include <CLI/CLI.hpp>
+
 #include <array>
 #include <atomic>
 #include <chrono>
@@ -10,6 +12,7 @@
 #include "capture_loop.h"
 #include "clock.h"
 #include "commands.h"
+#include "flags.h"
 #include "correlator.h"
 #include "output.h"
 #include "signals.h"
@@ -133,6 +136,47 @@ int run_trace(const TraceOptions& options) {
                  format_summary(incidents_by_cause, captured.lost_records), correlator.stats().tls_close_notify,
                  correlator.stats().idle_resets);
     return captured.ok ? kExitOk : kExitFailure;
+}
+
+CommandRunner define_trace(CLI::App& cmd) {
+    struct Flags {
+        TraceOptions trace;
+        std::string output = "table";
+        std::string write_hook = "auto";
+        std::vector<std::string> causes;
+    };
+    auto flags = std::make_shared<Flags>();
+    TraceOptions& trace = flags->trace;
+    add_output_flag(cmd, flags->output, {"table", "json"}, "table or json (one object per line)");
+    add_idle_threshold_flag(cmd, trace.loader.idle_threshold_s);
+    cmd.add_option("--port", trace.port, "only incidents with this port on either side")->check(CLI::Range(1, 65535));
+    cmd.add_option("--pid", trace.pid, "only incidents of this writing process");
+    cmd.add_option("--comm", trace.comm, "only incidents of this process name");
+    cmd.add_option("--cause", flags->causes, "only these causes (comma-separated)")
+        ->delimiter(',')
+        ->check([](const std::string& value) -> std::string {
+            return parse_cause(value) ? std::string()
+                                      : "unknown cause '" + value +
+                                            "' (write_after_fin, idle_close_race, reset_other, abort_on_close, "
+                                            "data_after_close)";
+        });
+    cmd.add_option("--duration", trace.duration_s, "stop after this many seconds")->check(CLI::PositiveNumber);
+    add_write_hook_flag(cmd, flags->write_hook);
+    auto* from = cmd.add_option("--from", trace.from_url,
+                                "follow a running agent's stream (http[s]://HOST:PORT, or node: this node's agent, "
+                                "$RSTWATCH_AGENT_URL or http://127.0.0.1:9740) instead of loading BPF");
+    cmd.add_option("--namespace", trace.namespace_, "with --from: only incidents with an end in this namespace")
+        ->needs(from);
+    cmd.add_option("--pod", trace.pod, "with --from: only incidents with this pod at either end")->needs(from);
+    add_agent_credential_flags(cmd, trace.token_file, trace.ca_file, from);
+    return [flags] {
+        TraceOptions& trace = flags->trace;
+        if (trace.from_url) trace.from_url = resolve_agent_url(*trace.from_url);
+        trace.json = flags->output == "json";
+        trace.loader.write_mode = parse_write_mode(flags->write_hook);
+        for (const std::string& cause : flags->causes) trace.causes.push_back(*parse_cause(cause));
+        return run_trace(trace);
+    };
 }
 
 }  // namespace rstwatch

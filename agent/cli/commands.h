@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
@@ -11,9 +12,22 @@
 #include "default_listen.h"
 #include "incident.h"
 #include "loader.h"
-#include "metrics.h"
+#include "pair.h"
+
+namespace CLI {
+class App;
+}
 
 namespace rstwatch {
+
+// A command adds its flags to its subcommand and returns what runs it once they are parsed
+// (main.cpp's table of commands).
+using CommandRunner = std::function<int()>;
+CommandRunner define_trace(CLI::App& cmd);
+CommandRunner define_agent(CLI::App& cmd);
+CommandRunner define_diagnose(CLI::App& cmd);
+CommandRunner define_status(CLI::App& cmd);
+CommandRunner define_check(CLI::App& cmd);
 
 struct TraceOptions {
     LoaderOptions loader;

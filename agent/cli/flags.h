@@ -1,0 +1,34 @@
+// Flags shared by several commands, each defined once: the loader's (--write-hook,
+// --idle-threshold), the remote agent's credentials (--token-file, --ca-file) and --output.
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "loader.h"
+
+namespace rstwatch {
+
+// --write-hook auto|tp_btf|fentry|kprobe into `value` (parse_write_mode() once parsed: "auto"
+// leaves the choice to the loader).
+CLI::Option* add_write_hook_flag(CLI::App& cmd, std::string& value);
+
+// --idle-threshold SECONDS. `scope` prefixes the help ("without --from: ").
+CLI::Option* add_idle_threshold_flag(CLI::App& cmd, double& seconds, std::string_view scope = {});
+
+// --ring-buffer-size BYTES and --max-connections N (the agent's kernel-side sizes).
+void add_kernel_size_flags(CLI::App& cmd, LoaderOptions& loader);
+
+// --token-file and --ca-file for a running agent that needs credentials or serves https.
+// With `from` (the command's --from), both need it.
+void add_agent_credential_flags(CLI::App& cmd, std::optional<std::string>& token_file,
+                                std::optional<std::string>& ca_file, CLI::Option* from);
+
+// -o,--output FORMAT among `formats` ("table" first), with `help` as its description.
+CLI::Option* add_output_flag(CLI::App& cmd, std::string& format, std::initializer_list<const char*> formats,
+                             const std::string& help);
+
+}  // namespace rstwatch
