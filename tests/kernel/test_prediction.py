@@ -750,6 +750,12 @@ class TestPrediction(unittest.TestCase):
         1 s, no mismatch."""
         rc, out, err = self.standalone_out
         self.assertEqual(rc, 0, err)
+        # The shared capture loop's account (records read, lost ones told to the correlator):
+        # standalone diagnose once ran its own loop without it.
+        watched = re.search(r"watched: (\d+) records, (\d+) incidents, (\d+) records lost", err)
+        self.assertIsNotNone(watched, err)
+        self.assertGreater(int(watched.group(1)), P1_CLOSES, err)
+        self.assertEqual(int(watched.group(3)), 0, err)
         doc = json.loads(out)
         self.assertEqual(doc["level"], "workload")
         s = self.scenario("t1")
