@@ -1,4 +1,4 @@
-// Fuzzes the Kubernetes wire format (agent/kube_client.h): watch stream lines (parse_watch_event)
+// Fuzzes the Kubernetes wire format (agent/kube/kube_wire.h): watch stream lines (parse_watch_event)
 // and LIST pages (parse_list_page), and the objects they carry (pod_from_json/service_from_json)
 // applied to a ClusterState as the watcher does.
 //

@@ -42,6 +42,11 @@
 // never written anywhere, and the copies are wiped once the server holds its credentials.
 // TLS 1.2 and 1.3 only (GnuTLS priority string); a plain http request on the TLS port fails
 // its handshake and is closed.
+//
+// Files: credentials.h (HttpAuthOptions, constant_time_equal, the token and basic-auth files),
+// tls.h (tls_support, certificate and key loading), listen_address.h (is_loopback_listen,
+// listen_address_error, binding), followers.h (the /incidents followers); this header includes
+// the first three, so it declares everything a caller of the server uses.
 #pragma once
 
 #include <prometheus/metric_family.h>
@@ -51,37 +56,18 @@
 #include <functional>
 #include <memory>
 #include <string>
-#include <string_view>
 #include <vector>
 
+#include "credentials.h"
+#include "listen_address.h"
 #include "stream_format.h"
+#include "tls.h"
 
 struct MHD_Daemon;
 
 namespace rstwatch {
 
-// Credentials for the protected endpoints. Both empty: no authentication.
-struct HttpAuthOptions {
-    // Bearer tokens, one per non-empty line (several lines: rotation); surrounding blanks ignored.
-    std::string token_file;
-    // "user:password" per line; empty lines and lines starting with '#' are ignored.
-    std::string basic_auth_file;
-    bool enabled() const { return !token_file.empty() || !basic_auth_file.empty(); }
-};
-
-// True when a and b are equal; the time taken depends only on the lengths, never on where
-// they differ. (The length of a secret is not hidden; the tokens' bytes are.)
-bool constant_time_equal(std::string_view a, std::string_view b);
-
-// Whether a listen address ("IPv4:PORT", ":PORT", "[IPv6]:PORT") is loopback only
-// (127.0.0.0/8 or ::1). ":PORT", 0.0.0.0, :: and any other address are not.
-bool is_loopback_listen(const std::string& listen);
-// "" when `listen` is a usable listen address, else why not (one line, as start() reports it).
-std::string listen_address_error(const std::string& listen);
-
-// Whether TLS can be served: the libmicrohttpd in use was built with GnuTLS (Debian's is).
-// Else false and *why.
-bool tls_support(std::string* why);
+class FollowerHub;
 
 struct HttpServerOptions {
     std::string listen = "0.0.0.0:9090";
@@ -136,17 +122,20 @@ public:
     // rest: stop() never waits for a client. Idempotent; call it from one thread.
     void stop();
 
-    struct Hub;          // followers and their queues (http_server.cpp)
-    struct Credentials;  // loaded token / basic-auth files (http_server.cpp)
-    struct Endpoints;    // request handling on the server thread (http_server.cpp)
+    struct Endpoints;  // request handling on the server thread (http_server.cpp)
     struct DaemonStop {
         void operator()(MHD_Daemon* daemon) const;
     };
 
 private:
+    // Parts of start() (each sets *error on failure).
+    bool load_credentials(std::string* error);
+    // Hands the bound listener to libmicrohttpd; tls nullptr: plain http.
+    bool start_daemon(UniqueFd listener, int family, const TlsKeyPair* tls, std::string* error);
+
     HttpServerOptions options_;
-    std::shared_ptr<Hub> hub_;
-    std::shared_ptr<Credentials> credentials_;
+    std::shared_ptr<FollowerHub> hub_;
+    std::shared_ptr<HttpCredentials> credentials_;
     std::unique_ptr<MHD_Daemon, DaemonStop> daemon_;
     uint16_t port_ = 0;
     bool stopped_ = false;

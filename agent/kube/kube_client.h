@@ -4,10 +4,15 @@
 // Per resource: LIST /api/v1/<resource>?limit=N (following metadata.continue) ->
 // ClusterState::replace_*; then WATCH from the list's resourceVersion, applying
 // ADDED/MODIFIED/DELETED, remembering the newest resourceVersion (BOOKMARK only moves it).
-// A watch that ends normally is re-opened from the last resourceVersion; 410 Gone (an
-// ERROR event with a Status of code 410, or an HTTP 410) relists; anything else (dropped
-// connection, timeout, 401/403/5xx, garbage) logs one line and reconnects with exponential
-// backoff. Malformed event lines are counted and skipped.
+// A watch that ends normally is re-opened from the last resourceVersion (watches that keep
+// ending at once without events back off first); 410 Gone (an ERROR event whose Status says
+// 410 / Expired / Gone, or an HTTP 410) relists, after a backoff unless the watch had made
+// progress; anything else (dropped connection, timeout, 401/403/5xx, garbage) logs one line
+// and reconnects with exponential backoff. Malformed event lines are counted and skipped.
+//
+// The pieces: kube_config.h (where the API is, credentials), kube_wire.h (the JSON wire
+// format), kube_objects.h (pods and services), kube_http.h (one libcurl request; internal).
+// This header includes the first two, so `#include "kube_client.h"` gives all of the API.
 #pragma once
 
 #include <atomic>
@@ -16,85 +21,16 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
-#include <optional>
 #include <string>
 #include <string_view>
 #include <thread>
 
-#include <nlohmann/json.hpp>
-
 #include "attribution.h"
+#include "kube_config.h"
+#include "kube_wire.h"
 
 namespace rstwatch {
 
-struct KubeConfig {
-    std::string api_url;     // "https://10.96.0.1:443", "http://127.0.0.1:8001"; no trailing path
-    std::string token_file;  // "" = no Authorization header (e.g. kubectl proxy)
-    std::string ca_file;     // "" = the system CA store
-    bool insecure_skip_verify = false;
-
-    static constexpr const char* kServiceAccountDir = "/var/run/secrets/kubernetes.io/serviceaccount";
-
-    // From KUBERNETES_SERVICE_HOST / KUBERNETES_SERVICE_PORT and the service account's
-    // token and ca.crt (an IPv6 host is bracketed). Validated. nullopt + a one-line error.
-    static std::optional<KubeConfig> in_cluster(std::string* error,
-                                                const std::string& service_account_dir = kServiceAccountDir);
-    // From the flags --kube-api, --kube-token-file, --kube-ca-file. Without --kube-api: the
-    // in-cluster config, with the token/CA files replaced by the flags that are given. With
-    // --kube-api: exactly the flags (empty = none). Validated.
-    static std::optional<KubeConfig> from_flags(const std::string& api_url, const std::string& token_file,
-                                                const std::string& ca_file, std::string* error,
-                                                const std::string& service_account_dir = kServiceAccountDir);
-    // One-line error on failure: the URL is http(s)://host[:port] (no path, query, userinfo),
-    // the token file (if any) is readable and not empty, the CA file (if any) is readable
-    // and holds a PEM certificate.
-    bool validate(std::string* error) const;
-};
-
-// The token in a token file, surrounding whitespace removed. nullopt + error when it cannot
-// be read or is empty.
-std::optional<std::string> read_token_file(const std::string& path, std::string* error);
-
-// ---- wire format (pure, fuzzable) ---------------------------------------------
-enum class WatchEventType { added, modified, deleted, bookmark, error };
-std::string_view watch_event_type_name(WatchEventType type);  // "ADDED", ...
-
-struct WatchEvent {
-    WatchEventType type = WatchEventType::added;
-    nlohmann::json object;         // the event's object (a Pod, a Service, a Status, ...)
-    std::string resource_version;  // object.metadata.resourceVersion ("" when absent)
-    // ERROR events: the Status object's fields (code 0 when absent).
-    int status_code = 0;
-    std::string status_reason;
-    std::string status_message;
-    // True for an ERROR whose Status says the resource version is gone (410 / Expired / Gone).
-    bool gone() const;
-};
-
-// Parses one line of a watch stream: {"type": "...", "object": {...}}. A trailing "\r" and
-// surrounding whitespace are ignored. nullopt + a one-line error for anything else: not JSON,
-// not an object, unknown type, object missing or not an object, BOOKMARK without a
-// resourceVersion, non-string resourceVersion. Never throws.
-std::optional<WatchEvent> parse_watch_event(std::string_view line, std::string* error);
-
-// One page of a LIST response (PodList/ServiceList).
-struct ListPage {
-    nlohmann::json items;  // an array
-    std::string resource_version;
-    std::string continue_token;  // "" on the last page
-};
-// nullopt + a one-line error when the body is not a list object with an items array and a
-// string metadata.resourceVersion. Never throws.
-std::optional<ListPage> parse_list_page(std::string_view body, std::string* error);
-
-// "STATUS_MESSAGE (REASON)" from a Kubernetes Status body, or the body's first 200 bytes
-// (one line) when it is not a Status. For log lines.
-std::string describe_error_body(std::string_view body);
-
-// Percent-encoding of a query parameter value (unreserved characters kept).
-std::string url_encode(std::string_view text);
-
-// ---- watcher -----------------------------------------------------------------------
 enum class KubeResource { pods, services };
 std::string_view kube_resource_name(KubeResource resource);  // "pods", "services"
 
@@ -152,8 +88,30 @@ public:
     KubeWatcherStats stats() const;
 
 private:
-    struct Worker;
+    struct Worker;       // one resource: its thread, curl multi handle and stats
+    struct RunState;     // one run() of a worker: where it is (resourceVersion, relist) and its backoff
+    enum class Outcome;  // of one list or watch request: ok, ended, gone, error, stopped
+
+    // The worker's thread: list, then watch and re-watch, relisting on 410, until stop().
     void run(Worker& worker);
+    // One list (if needed) / one watch and what follows it. False when stopping.
+    bool list_step(RunState& rs);
+    bool watch_step(RunState& rs);
+    // LIST, all pages, into the cluster state; *message on failure.
+    Outcome list(RunState& rs, std::string* message);
+    Outcome fetch_list_page(RunState& rs, const std::string& continue_token, ListPage* page,
+                            std::string* message);
+    // WATCH from rs.rv until the server ends it, an ERROR event, a failure or stop();
+    // *progress when a valid event arrived.
+    Outcome watch(RunState& rs, std::string* message, bool* progress);
+    // One line of the watch stream; false (with *outcome and *message) ends the watch.
+    bool on_watch_line(RunState& rs, std::string_view line, std::string* message, bool* progress,
+                       Outcome* outcome);
+    void apply_event(RunState& rs, const WatchEvent& event);  // ADDED/MODIFIED/DELETED
+    bool on_watch_ended(RunState& rs, bool progress, std::chrono::steady_clock::time_point started);
+    bool on_watch_gone(RunState& rs, const std::string& message, bool progress);
+    // Logs why, sleeps the backoff (jittered), doubles it. False when stopping.
+    bool sleep_backoff(RunState& rs, const std::string& why);
 
     KubeConfig config_;
     std::shared_ptr<ClusterState> state_;
