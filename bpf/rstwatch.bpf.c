@@ -500,8 +500,10 @@ static __always_inline void settle_armed(const struct sock *sk, struct rw_conn_s
 		return;
 	__u64 answer = data_received(BPF_CORE_READ(tp, bytes_received), st) - st->armed_bytes_received;
 
-	/* A TLS server's close_notify (unread) is no answer: the request still waits. */
-	if (answer != 0 && !(tls_alert_sized((__s64)answer) && tls_alert_unread(sk)))
+	/* One alert-sized record may be a TLS server's close_notify, read or not: the request
+	 * still waits, and the agent decides with what it knows of the server (no HTTP answer
+	 * fits in one alert-sized record). */
+	if (answer != 0 && !tls_alert_sized((__s64)answer))
 		st->flags &= ~RW_F_ARMED;
 }
 

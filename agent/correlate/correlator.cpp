@@ -407,12 +407,14 @@ void Correlator::on_record(const rw_record& r, CorrelatorOutput& out) {
     const bool armed = r.conn.start_ns != 0 && has(flags, RW_F_ARMED);
     const bool write_in_close_wait = armed && has(flags, RW_F_WRITE_IN_CLOSE_WAIT);
     // An idle write (before any FIN) that got no response byte so far.
-    // A TLS server's close_notify, unread, is no answer.
+    // A TLS server's close_notify is no answer: unread, or read by a client's TLS stack from a
+    // server known to speak TLS (no HTTP answer fits in one alert-sized record).
+    const uint64_t received_since_armed = r.bytes_received - r.conn.armed_bytes_received;
     const bool armed_unanswered =
         armed && !write_in_close_wait &&
-        (r.bytes_received == r.conn.armed_bytes_received ||
-         (is_tls_alert_size(static_cast<uint32_t>(r.bytes_received - r.conn.armed_bytes_received)) &&
-          r.bytes_received - r.conn.armed_bytes_received == r.unread_bytes));
+        (received_since_armed == 0 ||
+         (is_tls_alert_size(static_cast<uint32_t>(received_since_armed)) &&
+          (received_since_armed == r.unread_bytes || speaks_tls(r, role, flags))));
     // The armed write was a TLS stack's close_notify (after the peer's FIN, an answer to the
     // peer's; after idle, our own idle close), not a request: its reset loses nothing.
     const bool tls_close_notify = armed && r.conn.armed_tls != 0;

@@ -289,11 +289,10 @@ public:
 private:
     bool armed() const { return (base_.conn.flags & RW_F_ARMED) != 0; }
     // At a state change the kernel side drops an idle write's wait once it was answered.
-    // A TLS server's close_notify, unread, is no answer.
+    // One alert-sized record (a TLS server's close_notify, read or not) keeps it.
     void settle() {
         const uint64_t answer = bytes_received_ - base_.conn.armed_bytes_received;
-        if (armed() && !(base_.conn.flags & RW_F_WRITE_IN_CLOSE_WAIT) && answer != 0 &&
-            !(alert_size(answer) && alert_size(unread_)))
+        if (armed() && !(base_.conn.flags & RW_F_WRITE_IN_CLOSE_WAIT) && answer != 0 && !alert_size(answer))
             base_.conn.flags &= static_cast<uint16_t>(~RW_F_ARMED);
     }
     static bool alert_size(uint64_t n) { return n >= RW_TLS_ALERT_MIN_BYTES && n <= RW_TLS_ALERT_MAX_BYTES; }
@@ -814,6 +813,30 @@ TEST(CorrelatorClient, ATlsServersCloseNotifyIsNoAnswerToTheRacingRequest) {
     answered.rst_received(T0 + 2 * kSec + 200'000);
     h.feed(answered.records);
     EXPECT_EQ(h.out.incidents.size(), 2u);
+}
+
+TEST(CorrelatorClient, AReadCloseNotifyOfAKnownTlsServerIsNoAnswer) {
+    // Seen with nginx ssl and Node's https pool: the TLS stack reads the server's close_notify
+    // that crossed our request, then the server's RST (it closed with the request unread).
+    // Alert-sized and read: no answer when the server is known to speak TLS.
+    Sock learn = proxy_socket(T0 + 1, 0xffff8880'aaab0001ULL);
+    exchange(learn, T0 + 10 * kMs);
+    learn.write(T0 + 90 * kSec, 24, 4242, "node", /*tls=*/0x17);  // our pool's close_notify
+    learn.rst_received(T0 + 90 * kSec + 300'000);
+    Sock racing = proxy_socket(T0 + 2, 0xffff8880'aaab0002ULL);
+    exchange(racing, T0 + 10 * kMs);
+    racing.write(T0 + 2 * kSec, 300);
+    racing.receive(T0 + 2 * kSec + 100'000, 24);  // read by the TLS stack
+    racing.rst_received(T0 + 2 * kSec + 200'000);
+
+    Harness h;
+    h.feed(learn.records);
+    EXPECT_TRUE(h.out.incidents.empty());
+    h.feed(racing.records);
+    ASSERT_EQ(h.out.incidents.size(), 1u);
+    EXPECT_EQ(h.out.incidents[0].cause, Cause::idle_close_race);
+    ASSERT_TRUE(h.out.incidents[0].idle_before_write_ms.has_value());
+    EXPECT_NEAR(*h.out.incidents[0].idle_before_write_ms, 1985.0, 0.001);
 }
 
 TEST(CorrelatorClient, ResetAfterOurOwnCloseIsNoIncident) {
