@@ -33,6 +33,21 @@ std::string normalize_url(std::string url) {
     return url;
 }
 
+// `url` with the history query (since=, last=), each value URL-encoded.
+std::string with_history_query(CURL* easy, std::string url, const StreamClientOptions& options) {
+    auto add = [&](const char* key, const std::string& value) {
+        std::unique_ptr<char, decltype(&curl_free)> escaped(
+            curl_easy_escape(easy, value.data(), static_cast<int>(value.size())), &curl_free);
+        url += url.find('?') == std::string::npos ? '?' : '&';
+        url += key;
+        url += '=';
+        url += escaped ? escaped.get() : "";
+    };
+    if (options.since) add("since", *options.since);
+    if (options.last) add("last", std::to_string(*options.last));
+    return url;
+}
+
 // The URL without "user:password@", for messages.
 std::string redact_url(const std::string& url) {
     const size_t scheme = url.find("://");
@@ -190,8 +205,6 @@ StreamResult follow_incidents(const StreamClientOptions& options, const std::ato
                               const std::function<void(const StreamedIncident&)>& on_incident,
                               const std::function<void(uint64_t)>& on_dropped) {
     global_init();
-    const std::string full_url = normalize_url(options.url);
-    const std::string url = redact_url(full_url);  // in messages
     Follow follow;
     follow.options = &options;
     follow.on_incident = &on_incident;
@@ -211,6 +224,8 @@ StreamResult follow_incidents(const StreamClientOptions& options, const std::ato
         return fail("cannot initialize libcurl");
     }
     follow.easy = easy;
+    const std::string full_url = with_history_query(easy, normalize_url(options.url), options);
+    const std::string url = redact_url(full_url);  // in messages
     char errbuf[CURL_ERROR_SIZE] = {};
     curl_easy_setopt(easy, CURLOPT_URL, full_url.c_str());
     curl_easy_setopt(easy, CURLOPT_ERRORBUFFER, errbuf);

@@ -60,6 +60,13 @@ struct StreamClientOptions {
     // The agent sends a heartbeat every 15 s: no byte for this long means it is gone.
     std::chrono::seconds idle_timeout{60};
     size_t max_line_bytes = 1 << 20;  // longer lines are counted malformed and skipped
+    // Replay of the agent's incident history before the live lines (GET /incidents?since=&last=,
+    // http_server.h); both may be combined (the last N of those since). since: an RFC 3339 time
+    // or a duration back from now ("30m", "1h30m"), sent as given (URL-encoded): the agent
+    // checks it, and a value it rejects ends the follow with its one-line answer in `error`.
+    // An agent without history ignores both and streams live only.
+    std::optional<std::string> since{};
+    std::optional<uint64_t> last{};
 };
 
 struct StreamResult {

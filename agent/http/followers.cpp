@@ -6,8 +6,11 @@
 #include <algorithm>
 #include <cstring>
 #include <deque>
+#include <iterator>
 #include <optional>
 #include <utility>
+
+#include "clock.h"
 
 namespace rstwatch {
 
@@ -37,7 +40,7 @@ struct Follower {
     MHD_Connection* connection = nullptr;
     std::atomic<int64_t> last_output_ns{0};  // steady clock, when bytes were last handed over
 
-    std::deque<Line> out;
+    std::deque<Line> out;  // starts with the replay, if any
     Line current;
     size_t offset = 0;  // into *current + '\n'
 
@@ -48,13 +51,23 @@ struct Follower {
     }
 };
 
-FollowerHub::FollowerHub(size_t capacity, size_t max_followers, std::chrono::milliseconds heartbeat)
-    : capacity_(capacity), max_followers_(max_followers), heartbeat_(heartbeat) {}
+FollowerHub::FollowerHub(size_t capacity, size_t max_followers, std::chrono::milliseconds heartbeat,
+                         IncidentHistoryOptions history)
+    : capacity_(capacity),
+      max_followers_(max_followers),
+      heartbeat_(heartbeat),
+      history_(history),
+      history_enabled_(history_.enabled()) {}
 
-std::shared_ptr<Follower> FollowerHub::add(MHD_Connection* connection) {
+std::shared_ptr<Follower> FollowerHub::add(MHD_Connection* connection, const HistoryQuery& replay) {
     std::lock_guard lock(mutex_);
     if (stopping_ || followers_.size() >= max_followers_) return nullptr;
     auto f = std::make_shared<Follower>();
+    // The content reader has not started: `out` is still ours to fill.
+    if (replay.wants_replay()) {
+        std::vector<Line> lines = history_.select(replay, clock_ns(CLOCK_REALTIME));
+        f->out.assign(std::make_move_iterator(lines.begin()), std::make_move_iterator(lines.end()));
+    }
     f->connection = connection;
     f->last_output_ns = now_ns();
     followers_.push_back(f);
@@ -78,8 +91,9 @@ size_t FollowerHub::count() {
     return followers_.size();
 }
 
-void FollowerHub::publish(const Line& line) {
+void FollowerHub::publish(const Line& line, int64_t unix_ns) {
     std::lock_guard lock(mutex_);
+    history_.add(line, unix_ns, clock_ns(CLOCK_REALTIME));  // the history's clock: wall time, as its entries
     for (const auto& f : followers_) {
         std::lock_guard follower_lock(f->mutex);
         if (f->closed || f->gone) continue;

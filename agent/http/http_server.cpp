@@ -17,6 +17,7 @@
 #include <string_view>
 #include <utility>
 
+#include "clock.h"
 #include "followers.h"
 #include "text.h"
 
@@ -114,6 +115,16 @@ std::array<MHD_OptionItem, 4> tls_option_items(const TlsKeyPair* tls) {
         {MHD_OPTION_HTTPS_PRIORITIES, 0, const_cast<char*>(kTlsPriorities)},
         {MHD_OPTION_END, 0, nullptr},
     }};
+}
+
+// A query argument, percent-decoded: nullptr when absent, "" when given without a value.
+const char* query_value(MHD_Connection* connection, const char* key) {
+    const char* value = nullptr;
+    size_t size = 0;
+    if (MHD_lookup_connection_value_n(connection, MHD_GET_ARGUMENT_KIND, key, std::strlen(key), &value, &size) !=
+        MHD_YES)
+        return nullptr;
+    return value != nullptr ? value : "";
 }
 
 // The identity of the socket behind a descriptor, to tell whether libmicrohttpd closed it.
@@ -215,7 +226,11 @@ struct HttpServer::Endpoints {
     }
 
     static MHD_Result incidents(HttpServer& server, MHD_Connection* connection) {
-        auto follower = server.hub_->add(connection);
+        std::string error;
+        const auto replay = parse_history_query(query_value(connection, "since"), query_value(connection, "last"),
+                                                clock_ns(CLOCK_REALTIME), &error);
+        if (!replay) return respond(connection, MHD_HTTP_BAD_REQUEST, kTextContentType, error + "\n");
+        auto follower = server.hub_->add(connection, *replay);
         if (!follower)
             return respond(connection, MHD_HTTP_SERVICE_UNAVAILABLE, kTextContentType,
                            "too many followers of /incidents (or shutting down)\n");
@@ -234,7 +249,7 @@ void HttpServer::DaemonStop::operator()(MHD_Daemon* daemon) const { MHD_stop_dae
 HttpServer::HttpServer(HttpServerOptions options)
     : options_(std::move(options)),
       hub_(std::make_shared<FollowerHub>(std::max<size_t>(options_.follower_queue_lines, 2), options_.max_followers,
-                                         options_.heartbeat)) {}
+                                         options_.heartbeat, options_.history)) {}
 
 HttpServer::~HttpServer() { stop(); }
 
@@ -298,12 +313,17 @@ bool HttpServer::start_daemon(UniqueFd listener, int family, const TlsKeyPair* t
 }
 
 void HttpServer::publish(const StreamedIncident& incident, int64_t monotonic_to_unix_offset_ns) {
-    if (hub_->count() == 0) return;  // nobody listens: skip formatting
-    publish_line(format_streamed_incident_line(incident, monotonic_to_unix_offset_ns));
+    // Nobody listens and nothing is kept: skip formatting.
+    if (!hub_->history_enabled() && hub_->count() == 0) return;
+    // The wall-clock time the line's "ts" shows, for the history's since= and max age.
+    const int64_t unix_ns = static_cast<int64_t>(incident.incident.ts_ns) + monotonic_to_unix_offset_ns;
+    publish_line(format_streamed_incident_line(incident, monotonic_to_unix_offset_ns), unix_ns);
 }
 
-void HttpServer::publish_line(std::string line) {
-    hub_->publish(std::make_shared<const std::string>(std::move(line)));
+void HttpServer::publish_line(std::string line) { publish_line(std::move(line), clock_ns(CLOCK_REALTIME)); }
+
+void HttpServer::publish_line(std::string line, int64_t unix_ns) {
+    hub_->publish(IncidentHistory::make_line(std::move(line)), unix_ns);
 }
 
 size_t HttpServer::follower_count() const { return hub_->count(); }

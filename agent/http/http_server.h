@@ -2,7 +2,17 @@
 //   GET /metrics    Prometheus text format 0.0.4 (prometheus::TextSerializer over `collect`)
 //   GET /healthz    200 "ok" while the process runs
 //   GET /readyz     200 "ready" when `readiness` returns "", else 503 and that reason
-//   GET /incidents  live incident stream, JSON lines (format: stream_client.h)
+//   GET /incidents  live incident stream, JSON lines (format: stream_format.h). Optional query:
+//                   since=VALUE  first replay the history's incidents with ts >= VALUE: an RFC 3339
+//                                time ("2026-12-06T02:00:00Z"; "+" of an offset as %2B) or a
+//                                duration back from now ("90s", "30m", "2h", "1h30m")
+//                   last=N       first replay only the last N of the history (of those since,
+//                                with both)
+//                   The replay (oldest first, possibly empty) comes before the live lines, with
+//                   no gap and no line twice between them, and is sent whole whatever its size.
+//                   A bad value: 400, one line naming the parameter ("since: expected an RFC
+//                   3339 time or a duration like 30m", "last: expected a non-negative
+//                   integer"). Without either: live only. History bounds: HttpServerOptions.
 //   GET /diagnose   inferred idle timeouts and keepalive verdicts per pair (JSON, diagnosis.h)
 // Any other method: 405. Every answer closes its connection.
 //
@@ -45,8 +55,9 @@
 //
 // Files: credentials.h (HttpAuthOptions, constant_time_equal, the token and basic-auth files),
 // tls.h (tls_support, certificate and key loading), listen_address.h (is_loopback_listen,
-// listen_address_error, binding), followers.h (the /incidents followers); this header includes
-// the first three, so it declares everything a caller of the server uses.
+// listen_address_error, binding), history.h (IncidentHistoryOptions, the kept lines and the
+// since/last parsing), followers.h (the /incidents followers); this header includes the first
+// four, so it declares everything a caller of the server uses.
 #pragma once
 
 #include <prometheus/metric_family.h>
@@ -59,6 +70,7 @@
 #include <vector>
 
 #include "credentials.h"
+#include "history.h"
 #include "listen_address.h"
 #include "stream_format.h"
 #include "tls.h"
@@ -89,6 +101,9 @@ struct HttpServerOptions {
     // A connection that makes no progress this long (a follower that stops reading, a client
     // that sends half a request) is closed. Whole seconds, rounded up.
     std::chrono::milliseconds write_timeout{30000};
+    // The incidents kept for ?since= and ?last= (in memory; lost on restart). max_incidents 0:
+    // none kept, and publish() formats nothing while nobody follows.
+    IncidentHistoryOptions history;
 };
 
 class HttpServer {
@@ -104,10 +119,12 @@ public:
     // The bound port (after start()).
     uint16_t port() const { return port_; }
 
-    // Sends the incident to every follower; never blocks on the network.
+    // Sends the incident to every follower and keeps it in the history (stamped with its ts in
+    // Unix ns); never blocks on the network.
     void publish(const StreamedIncident& incident, int64_t monotonic_to_unix_offset_ns);
-    // Same with a preformatted line (no newline).
+    // Same with a preformatted line (no newline), stamped unix_ns (default: now).
     void publish_line(std::string line);
+    void publish_line(std::string line, int64_t unix_ns);
 
     // Followers currently connected to /incidents.
     size_t follower_count() const;
