@@ -5,6 +5,8 @@
 #include <CLI/CLI.hpp>
 
 #include <atomic>
+#include <cmath>
+#include <cstdlib>
 #include <mutex>
 #include <variant>
 
@@ -69,7 +71,8 @@ std::string describe(const Identity& who, const Endpoint& at) {
 
 class Agent {
 public:
-    explicit Agent(const AgentOptions& options) : options_(options) {}
+    explicit Agent(const AgentOptions& options, const IncidentHistoryOptions& history = {})
+        : options_(options), history_(history) {}
 
     int run();
 
@@ -90,6 +93,7 @@ private:
     bool endpoint_alive(const Identity& identity) const;
 
     const AgentOptions& options_;
+    const IncidentHistoryOptions history_;  // --history-size, --history-age
     KernelFeatures features_;
     Attributor attributor_;
     std::shared_ptr<const PodMap> pod_map_;
@@ -323,6 +327,7 @@ bool Agent::start_serving() {
     // binds first so a taken port fails before anything is attached.
     metrics_ = std::make_unique<Metrics>(metrics_options);
     if (pod_map_) metrics_->set_attribution_synced("pod_map", true);
+    http_options.history = history_;
     http_ = std::make_unique<HttpServer>(http_options);
     std::string error;
     if (!http_->start(&error)) {
@@ -451,6 +456,8 @@ CommandRunner define_agent(CLI::App& cmd) {
         std::string pair_labels = "pod";
         std::string kube_mode = "auto";
         double series_ttl_s = 300;
+        IncidentHistoryOptions history;
+        double history_age_s = 3600;
     };
     auto flags = std::make_shared<Flags>();
     AgentOptions& agent = flags->agent;
@@ -483,13 +490,28 @@ CommandRunner define_agent(CLI::App& cmd) {
     tls_key->needs(tls_cert);
     cmd.add_flag("--allow-unauthenticated", agent.allow_unauthenticated,
                  "serve /metrics and /incidents without credentials on a non-loopback --listen address");
+    cmd.add_option("--history-size", flags->history.max_incidents,
+                   "incidents kept in memory for /incidents?since=&last= (trace --from --since/--last); 0 keeps none")
+        ->check(CLI::Range(size_t{0}, size_t{100000}));
+    cmd.add_option("--history-age", flags->history_age_s, "seconds an incident stays in that history")
+        ->check(CLI::Validator(
+            [](std::string& text) -> std::string {  // finite and in range (CLI::Range lets nan through)
+                char* end = nullptr;
+                const double seconds = std::strtod(text.c_str(), &end);
+                if (text.empty() || *end != '\0' || !std::isfinite(seconds) || seconds < 1 || seconds > 7 * 86400.0)
+                    return "'" + text + "': must be a number of seconds from 1 to 604800";
+                return {};
+            },
+            "1..604800"));
     return [flags] {
         AgentOptions& agent = flags->agent;
         agent.loader.write_mode = parse_write_mode(flags->write_hook);
         agent.kube_enabled = flags->kube_mode != "off";
         agent.series_ttl = std::chrono::seconds(static_cast<int64_t>(flags->series_ttl_s));
         agent.pair_labels = flags->pair_labels == "workload" ? PairLabelMode::workload : PairLabelMode::pod;
-        return run_agent(agent);
+        IncidentHistoryOptions history = flags->history;
+        history.max_age = std::chrono::seconds(std::llround(flags->history_age_s));
+        return Agent(agent, history).run();
     };
 }
 
