@@ -1,74 +1,91 @@
 // `rstwatch check`: what this kernel offers, which hooks attach, and whether rstwatch can run.
+// Probing is here; the wording (and why a refusal is fine) is check_report.cpp's, unit-tested.
+#include <spdlog/spdlog.h>
+
 #include <cstdio>
-#include <cstring>
-#include <optional>
 #include <string>
 
+#include "check_report.h"
 #include "commands.h"
 #include "flags.h"
 
 namespace rstwatch {
 namespace {
 
-void row(const char* what, const std::string& value) { std::printf("%-14s %s\n", what, value.c_str()); }
+// The loader warns when a write hook is refused, for the agent's log; here the report says it
+// with the reason it is harmless, so the warning would only repeat it, out of context. Kept
+// at debug level and below, where the user asked for everything.
+class QuietRefusals {
+public:
+    QuietRefusals() : saved_(spdlog::get_level()) {
+        if (saved_ > spdlog::level::debug) spdlog::set_level(spdlog::level::err);
+    }
+    ~QuietRefusals() { spdlog::set_level(saved_); }
+    QuietRefusals(const QuietRefusals&) = delete;
+    QuietRefusals& operator=(const QuietRefusals&) = delete;
 
-const char* yes_no(bool value) { return value ? "yes" : "no"; }
+private:
+    spdlog::level::level_enum saved_;
+};
+
+bool offered(const WriteHookSupport& support, WriteMode mode) {
+    switch (mode) {
+        case WriteMode::tp_btf: return support.tp_btf;
+        case WriteMode::fentry: return support.fentry;
+        case WriteMode::kprobe: return support.kprobe;
+    }
+    return false;
+}
+
+// Every write hook is really tried (load + attach, then detach), so the report shows what
+// this kernel refuses, not only what its BTF mentions.
+CheckProbes probe(const LoaderOptions& options) {
+    CheckProbes probes;
+    probes.features = probe_kernel_features();
+    probes.forced = options.write_mode;
+    probes.max_connections = options.max_connections;
+    const bool blocked = !probes.features.blocking_problem().empty();
+    QuietRefusals quiet;
+    for (WriteMode mode : {WriteMode::tp_btf, WriteMode::fentry, WriteMode::kprobe}) {
+        WriteHookProbe result;
+        result.mode = mode;
+        if (options.write_mode && *options.write_mode != mode) {
+            result.outcome = HookOutcome::not_tried_forced;
+        } else if (!offered(probes.features.write, mode) && !options.write_mode) {
+            result.outcome = HookOutcome::not_offered;
+        } else if (blocked) {
+            result.outcome = HookOutcome::not_tried_blocked;
+        } else {
+            LoaderOptions single = options;
+            single.write_mode = mode;
+            std::string error;
+            WriteModeChoice choice;
+            auto session = BpfSession::open(single, probes.features, {}, &error, &choice);
+            if (session) {
+                result.outcome = HookOutcome::attached;
+                if (!probes.chosen) {
+                    probes.chosen = mode;
+                    probes.socket_storage = session->socket_storage();
+                }
+            } else if (!choice.refused.empty()) {
+                result.outcome = HookOutcome::refused;
+                result.error = choice.refused.front().second;
+            } else {
+                result.outcome = HookOutcome::failed;
+                result.message = error;
+            }
+        }
+        probes.write_hooks.push_back(std::move(result));
+    }
+    return probes;
+}
 
 }  // namespace
 
 int run_check(const LoaderOptions& options) {
-    KernelFeatures features = probe_kernel_features();
-    row("kernel", features.release);
-    row("privileges", features.privileges ? "yes: " + features.privileges_summary : "no: " + features.privileges_error);
-    row("BTF", features.btf ? "yes" : "no: " + features.btf_error);
-    row("ring buffer", yes_no(features.ringbuf));
-    row("HZ", std::to_string(features.hz) + " (" + features.hz_source + ")");
-    row("state hook", std::string("tp_btf/inet_sock_set_state: ") +
-                          (features.state_tracepoint ? "supported" : "missing"));
-    row("reset hooks", std::string("tp_btf/tcp_receive_reset, tp_btf/tcp_send_reset: ") +
-                           (features.reset_tracepoints ? "supported" : "missing") +
-                           (features.send_reset_has_reason ? " (kernel reset reason: yes)"
-                                                           : " (kernel reset reason: no)"));
-    row("destroy hook", std::string("tp_btf/tcp_destroy_sock: ") +
-                            (features.destroy_tracepoint ? "supported" : "missing"));
-
-    // Every write hook is really tried (load + attach, then detach), so the report shows
-    // what this kernel refuses, not only what its BTF mentions.
-    std::string error;
-    std::optional<WriteMode> chosen;
-    auto try_mode = [&](WriteMode mode, bool offered) -> std::string {
-        if (options.write_mode && *options.write_mode != mode) return "not tried (--write-hook)";
-        if (!offered && !options.write_mode) return "not offered by this kernel";
-        if (!features.privileges) return "not tried (no privileges, above)";
-        LoaderOptions single = options;
-        single.write_mode = mode;
-        std::string mode_error;
-        WriteModeChoice choice;
-        auto session = BpfSession::open(single, features, {}, &mode_error, &choice);
-        if (session) {
-            if (!chosen) chosen = mode;
-            return chosen == mode ? "supported, chosen" : "supported";
-        }
-        if (error.empty()) error = mode_error;
-        if (!choice.refused.empty())
-            return std::string("refused by the kernel (") + strerror(-choice.refused.front().second) + ")";
-        return "failed: " + mode_error;
-    };
-    row("write hooks", std::string(write_mode_name(WriteMode::tp_btf)) + ": " +
-                           try_mode(WriteMode::tp_btf, features.write.tp_btf));
-    row("", std::string(write_mode_name(WriteMode::fentry)) + ": " +
-                try_mode(WriteMode::fentry, features.write.fentry));
-    row("", std::string(write_mode_name(WriteMode::kprobe)) + ": " +
-                try_mode(WriteMode::kprobe, features.write.kprobe));
-    row("FIN hook", std::string("tcp_fin: optional, not used (the ESTABLISHED->CLOSE_WAIT transition is "
-                                "the portable signal)"));
-    if (std::string problem = features.blocking_problem(); !problem.empty()) error = problem;
-    if (!chosen) {
-        std::printf("result: rstwatch cannot run here: %s\n", error.c_str());
-        return kExitFailure;
-    }
-    std::printf("result: rstwatch can run here (write hook %s)\n", std::string(write_mode_name(*chosen)).c_str());
-    return kExitOk;
+    const CheckReport report = format_check_report(probe(options));
+    for (const std::string& line : report.lines) std::printf("%s\n", line.c_str());
+    return report.can_run ? kExitOk : kExitFailure;
 }
 
 CommandRunner define_check(CLI::App& cmd) {
