@@ -109,7 +109,12 @@ Metrics::Metrics(MetricsOptions options)
                    .Register(*registry_)),
       tracked_family_(prometheus::BuildGauge()
                           .Name(kTracked)
-                          .Help("Connections currently tracked by the correlator.")
+                          // Read from the BPF side's counters, not the correlator: socket storage
+                          // has no size limit, so the value can exceed --max-connections.
+                          .Help("TCP sockets connected or accepted on this node since the agent started "
+                                "and not yet destroyed, each with rstwatch state in the kernel (BPF "
+                                "counters). Socket storage (the default) is not bounded by "
+                                "--max-connections; the LRU hash fallback holds at most --max-connections.")
                           .Register(*registry_)),
       attribution_synced_(prometheus::BuildGauge()
                               .Name(kAttributionSynced)
