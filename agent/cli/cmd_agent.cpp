@@ -14,6 +14,7 @@
 #include "capture_loop.h"
 #include "clock.h"
 #include "commands.h"
+#include "usage.h"
 #include "flags.h"
 #include "correlator.h"
 #include "diagnosis.h"
@@ -129,7 +130,7 @@ bool Agent::load_pod_map(bool initial) {
     std::optional<PodMap> map = PodMap::load_file(*options_.pod_map_path, &error);
     if (!map) {
         if (initial)
-            spdlog::error("invalid --pod-map: {}", error);
+            usage_error("--pod-map", error);
         else
             spdlog::error("pod map reload failed, keeping the previous map: {}", error);
         return false;
@@ -270,15 +271,16 @@ bool Agent::check_configuration() {
     // credentials unless explicitly allowed.
     if (!auth_configured() && !options_.allow_unauthenticated && !is_loopback_listen(options_.listen) &&
         listen_address_error(options_.listen).empty()) {
-        spdlog::error("refusing to serve /incidents and /metrics on {} without authentication: pass --auth-token-file "
-                      "or --basic-auth-file, or --allow-unauthenticated to accept that",
-                      options_.listen);
+        usage_error("--listen", fmt::format("refusing to serve /incidents and /metrics on {} without authentication: "
+                                            "pass --auth-token-file or --basic-auth-file, or --allow-unauthenticated "
+                                            "to accept that",
+                                            options_.listen));
         return false;
     }
     if (!options_.tls_cert_file.empty() || !options_.tls_key_file.empty()) {
         std::string why;
         if (!tls_support(&why)) {
-            spdlog::error("--tls-cert/--tls-key: TLS is not available: {}", why);
+            usage_error("--tls-cert", "TLS is not available: " + why);
             return false;
         }
     }
@@ -293,12 +295,15 @@ bool Agent::check_configuration() {
         } else if (!options_.kube_token_file.empty() || !options_.kube_ca_file.empty()) {
             error = "--kube-token-file/--kube-ca-file need --kube-api (or run in a cluster)";
         }
+        const char* source = !options_.kube_api.empty() ? "--kube-api"
+                             : std::getenv("KUBERNETES_SERVICE_HOST") ? "in-cluster Kubernetes configuration"
+                                                                        : "--kube-token-file";
         if (!error.empty()) {
-            spdlog::error("invalid Kubernetes configuration: {}", error);
+            usage_error(source, error);
             return false;
         }
         if (kube_config_ && !kube_config_->validate(&error)) {
-            spdlog::error("invalid Kubernetes configuration: {}", error);
+            usage_error(source, error);
             return false;
         }
     }
@@ -331,7 +336,7 @@ bool Agent::start_serving() {
     http_ = std::make_unique<HttpServer>(http_options);
     std::string error;
     if (!http_->start(&error)) {
-        spdlog::error("{}", error);
+        usage_error("--listen", error);
         return false;
     }
     own_port_ = http_->port();
@@ -465,15 +470,15 @@ CommandRunner define_agent(CLI::App& cmd) {
                    std::string("ADDR:PORT for /metrics, /healthz, /readyz, /incidents (default ") + kDefaultListen +
                        "; not loopback: needs --auth-token-file, --basic-auth-file or --allow-unauthenticated)");
     cmd.add_option("--pod-map", agent.pod_map_path, "YAML file naming endpoints (SIGHUP reloads it)")
-        ->check(CLI::ExistingFile);
+        ->check(readable_file());
     cmd.add_option("--kube", flags->kube_mode,
                    "auto (in-cluster when KUBERNETES_SERVICE_HOST is set, or --kube-api) or off")
         ->check(CLI::IsMember({"auto", "off"}));
     cmd.add_option("--kube-api", agent.kube_api, "Kubernetes API URL, for use outside the cluster");
-    cmd.add_option("--kube-token-file", agent.kube_token_file, "bearer token file for --kube-api");
-    cmd.add_option("--kube-ca-file", agent.kube_ca_file, "CA bundle for --kube-api");
-    cmd.add_option("--series-ttl", flags->series_ttl_s, "seconds a gone pod's series are kept (default 300)")
-        ->check(CLI::Range(1.0, 86400.0 * 7));
+    cmd.add_option("--kube-token-file", agent.kube_token_file, "bearer token file for --kube-api")->check(readable_file());
+    cmd.add_option("--kube-ca-file", agent.kube_ca_file, "CA bundle for --kube-api")->check(readable_file());
+    cmd.add_option("--series-ttl", flags->series_ttl_s, "seconds a gone pod's series are kept")
+        ->check(finite_range(1.0, 86400.0 * 7, "seconds"));
     cmd.add_option("--pair-labels", flags->pair_labels, "pod or workload (drops pod labels on large clusters)")
         ->check(CLI::IsMember({"pod", "workload"}));
     add_idle_threshold_flag(cmd, agent.loader.idle_threshold_s);
@@ -481,11 +486,15 @@ CommandRunner define_agent(CLI::App& cmd) {
     add_write_hook_flag(cmd, flags->write_hook);
     cmd.add_option("--auth-token-file", agent.auth_token_file,
                    "require Authorization: Bearer TOKEN (a token per line; re-read when it changes) on /metrics, "
-                   "/incidents, /diagnose");
+                   "/incidents, /diagnose")
+        ->check(readable_file());
     cmd.add_option("--basic-auth-file", agent.basic_auth_file,
-                   "require basic auth, USER:PASSWORD per line (re-read when it changes), on the same endpoints");
-    auto* tls_cert = cmd.add_option("--tls-cert", agent.tls_cert_file, "serve https: PEM certificate (chain) file");
-    auto* tls_key = cmd.add_option("--tls-key", agent.tls_key_file, "serve https: PEM private key file");
+                   "require basic auth, USER:PASSWORD per line (re-read when it changes), on the same endpoints")
+        ->check(readable_file());
+    auto* tls_cert = cmd.add_option("--tls-cert", agent.tls_cert_file, "serve https: PEM certificate (chain) file")
+                         ->check(readable_file());
+    auto* tls_key = cmd.add_option("--tls-key", agent.tls_key_file, "serve https: PEM private key file")
+                        ->check(readable_file());
     tls_cert->needs(tls_key);
     tls_key->needs(tls_cert);
     cmd.add_flag("--allow-unauthenticated", agent.allow_unauthenticated,
@@ -503,8 +512,14 @@ CommandRunner define_agent(CLI::App& cmd) {
                 return {};
             },
             "1..604800"));
-    return [flags] {
+    return [flags]() -> int {
         AgentOptions& agent = flags->agent;
+        if (flags->kube_mode == "off") {
+            // Kubernetes settings that would be ignored: say so instead.
+            if (!agent.kube_api.empty()) return usage_error("--kube-api", "cannot be used with --kube off");
+            if (!agent.kube_token_file.empty()) return usage_error("--kube-token-file", "cannot be used with --kube off");
+            if (!agent.kube_ca_file.empty()) return usage_error("--kube-ca-file", "cannot be used with --kube off");
+        }
         agent.loader.write_mode = parse_write_mode(flags->write_hook);
         agent.kube_enabled = flags->kube_mode != "off";
         agent.series_ttl = std::chrono::seconds(static_cast<int64_t>(flags->series_ttl_s));

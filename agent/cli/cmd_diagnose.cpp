@@ -11,6 +11,7 @@
 #include "capture_loop.h"
 #include "clock.h"
 #include "commands.h"
+#include "usage.h"
 #include "flags.h"
 #include "correlator.h"
 #include "diagnosis.h"
@@ -49,21 +50,13 @@ int run_diagnose(const DiagnoseOptions& options) {
     if (options.from_url) {
         std::string error;
         ClientAuth auth;
-        if (!load_client_auth(token_file_or_env(options.token_file), ca_file_or_env(options.ca_file), &auth, &error)) {
-            spdlog::error("{}", error);
-            return kExitUsage;
-        }
+        if (!load_client_auth(token_file_or_env(options.token_file), ca_file_or_env(options.ca_file), &auth, &error))
+            return usage_error(options.token_file ? "--token-file" : "$RSTWATCH_TOKEN_FILE", error);
         auto body = fetch_diagnosis(*options.from_url, options.level, auth, &error);
-        if (!body) {
-            spdlog::error("cannot read the diagnosis: {}", error);
-            return kExitFailure;
-        }
+        if (!body) return command_failed("cannot read the diagnosis: " + error);
         nlohmann::json document = nlohmann::json::parse(*body, nullptr, false);
         auto verdicts = diagnosis_from_json(document, &error);
-        if (!verdicts) {
-            spdlog::error("{}: {}", *options.from_url, error);
-            return kExitFailure;
-        }
+        if (!verdicts) return command_failed(*options.from_url + ": " + error);
         return print(*verdicts, options);
     }
 
@@ -72,10 +65,7 @@ int run_diagnose(const DiagnoseOptions& options) {
     if (options.pod_map_path) {
         std::string error;
         auto map = PodMap::load_file(*options.pod_map_path, &error);
-        if (!map) {
-            spdlog::error("invalid --pod-map: {}", error);
-            return kExitUsage;
-        }
+        if (!map) return usage_error("--pod-map", error);
         attributor.set_pod_map(std::make_shared<const PodMap>(std::move(*map)));
     }
     install_signal_handlers(SignalUse::command);
@@ -100,18 +90,12 @@ int run_diagnose(const DiagnoseOptions& options) {
     CaptureLoop loop(correlator, std::move(hooks), std::move(loop_options));
     std::string error;
     auto session = BpfSession::open(options.loader, features, loop.sink(), &error);
-    if (!session) {
-        spdlog::error("cannot attach: {}", error);
-        return kExitFailure;
-    }
+    if (!session) return command_failed("cannot attach: " + error);
     spdlog::info("watching this node for {:.0f} s (write hook {})", *options.duration_s,
                  write_mode_name(session->write_mode()));
     const CaptureResult captured = loop.run(*session);
     session.reset();
-    if (!captured.ok) {
-        spdlog::error("{}", captured.error);
-        return kExitFailure;
-    }
+    if (!captured.ok) return command_failed(captured.error);
     spdlog::info("watched: {} records, {} incidents, {} records lost", correlator.stats().records,
                  correlator.stats().incidents, captured.lost_records);
     return print(inference.verdicts(), options);
@@ -124,24 +108,21 @@ CommandRunner define_diagnose(CLI::App& cmd) {
     };
     auto flags = std::make_shared<Flags>();
     DiagnoseOptions& diagnose = flags->diagnose;
-    auto* from = cmd.add_option("--from", diagnose.from_url,
-                                "a running agent (http[s]://HOST:PORT, or node: this node's agent)");
+    auto* from = add_from_flag(cmd, diagnose.from_url, "a running agent (http[s]://HOST:PORT, or node: this node's agent)");
     auto* duration = cmd.add_option("--duration", diagnose.duration_s, "without --from: watch this node for this many seconds")
-                         ->check(CLI::PositiveNumber);
+                         ->check(positive_seconds(30 * 86400.0));
     from->excludes(duration);
     add_output_flag(cmd, flags->output, {"table", "json"}, "table or json");
     add_agent_credential_flags(cmd, diagnose.token_file, diagnose.ca_file, from);
-    cmd.add_option("--level", diagnose.level, "workload (default) or pod")->check(CLI::IsMember({"workload", "pod"}));
+    cmd.add_option("--level", diagnose.level, "name pairs by workload or by pod")->check(CLI::IsMember({"workload", "pod"}));
     cmd.add_option("--pod-map", diagnose.pod_map_path, "without --from: YAML file naming endpoints")
-        ->check(CLI::ExistingFile)
+        ->check(readable_file())
         ->excludes(from);
     add_idle_threshold_flag(cmd, diagnose.loader.idle_threshold_s, "without --from: ")->excludes(from);
-    return [flags] {
+    return [flags]() -> int {
         DiagnoseOptions& diagnose = flags->diagnose;
-        if (!diagnose.from_url && !diagnose.duration_s) {
-            std::fprintf(stderr, "rstwatch: diagnose needs --from URL (a running agent) or --duration SECONDS\n");
-            return kExitUsage;
-        }
+        if (!diagnose.from_url && !diagnose.duration_s)
+            return usage_error("--from", "diagnose needs --from URL (a running agent) or --duration SECONDS (watch this node)");
         if (diagnose.from_url) diagnose.from_url = resolve_agent_url(*diagnose.from_url);
         diagnose.json = flags->output == "json";
         return run_diagnose(diagnose);

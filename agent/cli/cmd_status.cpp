@@ -8,6 +8,7 @@
 
 #include "agent_status.h"
 #include "commands.h"
+#include "usage.h"
 #include "flags.h"
 #include "stream_client.h"
 
@@ -16,27 +17,17 @@ namespace rstwatch {
 int run_status(const StatusOptions& options) {
     std::string error;
     ClientAuth auth;
-    if (!load_client_auth(token_file_or_env(options.token_file), ca_file_or_env(options.ca_file), &auth, &error)) {
-        spdlog::error("{}", error);
-        return kExitUsage;
-    }
+    if (!load_client_auth(token_file_or_env(options.token_file), ca_file_or_env(options.ca_file), &auth, &error))
+        return usage_error(options.token_file ? "--token-file" : "$RSTWATCH_TOKEN_FILE", error);
     constexpr std::chrono::seconds kTimeout{10};
     auto readyz = get_from_agent(options.from_url, "/readyz", auth, kTimeout, &error);
-    if (!readyz) {
-        spdlog::error("cannot reach the agent: {}", error);
-        return kExitFailure;
-    }
+    if (!readyz) return command_failed("cannot reach the agent: " + error);
     auto metrics = get_from_agent(options.from_url, "/metrics", auth, kTimeout, &error);
-    if (!metrics) {
-        spdlog::error("cannot reach the agent: {}", error);
-        return kExitFailure;
-    }
-    if (metrics->status != 200) {
-        spdlog::error("cannot read the agent's metrics: {}: HTTP {}{}", metrics->url, metrics->status,
-                      metrics->status == 401 ? " (the agent needs credentials: --token-file FILE or $RSTWATCH_TOKEN_FILE)"
-                                             : "");
-        return kExitFailure;
-    }
+    if (!metrics) return command_failed("cannot reach the agent: " + error);
+    if (metrics->status != 200)
+        return command_failed(fmt::format(
+            "cannot read the agent's metrics: {}: HTTP {}{}", metrics->url, metrics->status,
+            metrics->status == 401 ? " (the agent needs credentials: --token-file FILE or $RSTWATCH_TOKEN_FILE)" : ""));
 
     AgentStatus status;
     status.url = readyz->url.substr(0, readyz->url.size() - std::string_view("/readyz").size());
@@ -63,7 +54,8 @@ CommandRunner define_status(CLI::App& cmd) {
     auto flags = std::make_shared<Flags>();
     StatusOptions& status = flags->status;
     cmd.add_option("--from", status.from_url,
-                   "the agent (default node: this node's, $RSTWATCH_AGENT_URL or http://127.0.0.1:9740)");
+                   "the agent (node: this node's, $RSTWATCH_AGENT_URL or http://127.0.0.1:9740)")
+        ->check(CLI::Validator(agent_url_error, "URL|node"));
     add_agent_credential_flags(cmd, status.token_file, status.ca_file, nullptr);
     add_output_flag(cmd, flags->output, {"table", "json"}, "table or json");
     cmd.add_flag("--no-headers", flags->no_headers, "table without its header row (for scripts)");

@@ -1,4 +1,5 @@
-// `rstwatch trace`: load the BPF programs, correlate, print incidents live.
+// `rstwatch trace`: load the BPF programs, correlate, print incidents live; or, with --from,
+// follow a running agent's stream (pod names, its recent history first with --since/--last).
 #include <spdlog/spdlog.h>
 
 #include <CLI/CLI.hpp>
@@ -12,19 +13,59 @@
 #include "capture_loop.h"
 #include "clock.h"
 #include "commands.h"
-#include "flags.h"
 #include "correlator.h"
+#include "flags.h"
 #include "output.h"
 #include "signals.h"
 #include "stream_client.h"
+#include "usage.h"
 
 namespace rstwatch {
 namespace {
 
-void print_line(std::string line) {
-    line.push_back('\n');
-    fwrite(line.data(), 1, line.size(), stdout);
-    fflush(stdout);  // usable in a pipe: one line as it happens
+void print_text(std::string text) {
+    if (text.empty() || text.back() != '\n') text.push_back('\n');
+    fwrite(text.data(), 1, text.size(), stdout);
+    fflush(stdout);  // usable in a pipe: one incident as it happens
+}
+
+TableOptions table_options(const TraceOptions& options, bool names) {
+    TableOptions table;
+    table.wide = options.output == OutputFormat::wide;
+    table.names = names;
+    table.workload_level = options.workload_level;
+    return table;
+}
+
+bool is_table(OutputFormat format) { return format == OutputFormat::table || format == OutputFormat::wide; }
+
+// --namespace and --pod: NS/POD names one end; --namespace alone, an end in NS.
+bool matches_pod(const TraceOptions& options, const StreamedIncident& streamed) {
+    auto end_matches = [&](const Identity& end) {
+        if (options.namespace_ && end.namespace_ != *options.namespace_) return false;
+        if (options.pod && end.pod != *options.pod) return false;
+        return true;
+    };
+    if (!options.namespace_ && !options.pod) return true;
+    return end_matches(streamed.client) || end_matches(streamed.server);
+}
+
+// --since: an RFC 3339 time or a duration such as 90s, 30m, 2h, 1h30m (checked here so that a
+// typo is a usage error; the agent parses it again).
+std::string since_error(const std::string& value) {
+    if (parse_rfc3339(value)) return {};
+    size_t at = 0;
+    bool any = false;
+    while (at < value.size()) {
+        const size_t digits = value.find_first_not_of("0123456789", at);
+        if (digits == at || digits == std::string::npos) break;
+        const char unit = value[digits];
+        if (unit != 's' && unit != 'm' && unit != 'h') break;
+        any = true;
+        at = digits + 1;
+    }
+    if (any && at == value.size()) return {};
+    return "'" + value + "': expected an RFC 3339 time (2026-12-06T02:00:00Z) or a duration like 90s, 30m, 2h, 1h30m";
 }
 
 }  // namespace
@@ -33,10 +74,8 @@ void print_line(std::string line) {
 int run_trace_from(const TraceOptions& options, const IncidentFilter& filter) {
     ClientAuth auth;
     if (std::string error; !load_client_auth(token_file_or_env(options.token_file), ca_file_or_env(options.ca_file),
-                                             &auth, &error)) {
-        spdlog::error("{}", error);
-        return kExitUsage;
-    }
+                                             &auth, &error))
+        return usage_error(options.token_file ? "--token-file" : "$RSTWATCH_TOKEN_FILE", error);
     std::array<uint64_t, kCauseCount> incidents_by_cause{};
     std::atomic<bool> stop{false};
     std::thread watchdog([&] {
@@ -54,26 +93,31 @@ int run_trace_from(const TraceOptions& options, const IncidentFilter& filter) {
             request_stop();
         });
     }
-    if (!options.json) print_line(format_table_header());
-    auto matches_pod = [&](const StreamedIncident& streamed) {
-        if (options.namespace_ && streamed.client.namespace_ != *options.namespace_ &&
-            streamed.server.namespace_ != *options.namespace_)
-            return false;
-        if (options.pod && streamed.client.pod != *options.pod && streamed.server.pod != *options.pod) return false;
-        return true;
-    };
+    const TableOptions table = table_options(options, true);
+    // The header comes with the first incident: an agent that cannot be reached gets one line.
+    bool header_printed = false;
     StreamClientOptions client_options;
     client_options.url = *options.from_url;
     client_options.auth = auth;
-    spdlog::info("following {}", client_options.url);
+    client_options.since = options.since;
+    client_options.last = options.last;
+    spdlog::debug("following {}", client_options.url);
     StreamResult result = follow_incidents(
         client_options, stop,
         [&](const StreamedIncident& streamed) {
-            if (!filter.matches(streamed.incident) || !matches_pod(streamed)) return;
+            if (!filter.matches(streamed.incident) || !matches_pod(options, streamed)) return;
             incidents_by_cause[static_cast<size_t>(streamed.incident.cause)]++;
+            if (is_table(options.output) && !header_printed) {
+                print_text(format_table_header(table));
+                header_printed = true;
+            }
             // Stream timestamps are already Unix time: offset 0.
-            print_line(options.json ? format_streamed_incident_line(streamed, 0)
-                                    : format_incident_row(streamed.incident, 0));
+            switch (options.output) {
+                case OutputFormat::json: print_text(format_streamed_incident_line(streamed, 0)); break;
+                case OutputFormat::yaml: print_text(format_yaml_document(streamed_incident_to_json(streamed, 0))); break;
+                default:
+                    print_text(format_incident_row(streamed.incident, 0, table, &streamed.client, &streamed.server));
+            }
         },
         [&](uint64_t dropped) {
             spdlog::warn("the agent dropped {} incidents for this follower: it fell behind", dropped);
@@ -81,12 +125,12 @@ int run_trace_from(const TraceOptions& options, const IncidentFilter& filter) {
     stop = true;
     watchdog.join();
     if (deadline.joinable()) deadline.join();
+    if (result.end == StreamResult::End::error)
+        return command_failed(result.error.rfind("cannot follow", 0) == 0
+                                  ? result.error
+                                  : fmt::format("cannot follow {}: {}", client_options.url, result.error));
     spdlog::info("summary: {}, {} dropped by the agent for this follower", format_summary(incidents_by_cause, 0),
                  result.dropped);
-    if (result.end == StreamResult::End::error) {
-        spdlog::error("stream from {} failed: {}", client_options.url, result.error);
-        return kExitFailure;
-    }
     return kExitOk;
 }
 
@@ -103,14 +147,20 @@ int run_trace(const TraceOptions& options) {
     Correlator correlator(correlator_options_for(options.loader, features));
     std::array<uint64_t, kCauseCount> incidents_by_cause{};
     int64_t unix_offset_ns = monotonic_to_unix_offset_ns();
+    const TableOptions table = table_options(options, false);
 
     CaptureHooks hooks;
     hooks.on_output = [&](CorrelatorOutput& produced) {
         for (const Incident& incident : produced.incidents) {
             if (!filter.matches(incident)) continue;
             incidents_by_cause[static_cast<size_t>(incident.cause)]++;
-            print_line(options.json ? format_incident_json_line(incident, unix_offset_ns)
-                                    : format_incident_row(incident, unix_offset_ns));
+            switch (options.output) {
+                case OutputFormat::json: print_text(format_incident_json_line(incident, unix_offset_ns)); break;
+                case OutputFormat::yaml:
+                    print_text(format_yaml_document(incident_to_json(incident, unix_offset_ns)));
+                    break;
+                default: print_text(format_incident_row(incident, unix_offset_ns, table));
+            }
         }
     };
     hooks.after_poll = [&](int64_t) { unix_offset_ns = monotonic_to_unix_offset_ns(); };
@@ -120,39 +170,63 @@ int run_trace(const TraceOptions& options) {
 
     std::string error;
     std::unique_ptr<BpfSession> session = BpfSession::open(options.loader, features, loop.sink(), &error);
-    if (!session) {
-        spdlog::error("cannot trace: {}", error);
-        return kExitFailure;
-    }
+    if (!session) return command_failed("cannot trace: " + error);
     spdlog::info("tracing TCP resets and stale keepalive writes: write hook {}, idle threshold {:.3f} s (HZ={})",
                  write_mode_name(session->write_mode()), options.loader.idle_threshold_s, features.hz);
-    if (!options.json) print_line(format_table_header());
+    if (is_table(options.output)) print_text(format_table_header(table));
 
     const CaptureResult captured = loop.run(*session);
-    if (!captured.ok) spdlog::error("{}", captured.error);
     session.reset();  // detach before the summary: nothing stays attached
+    if (!captured.ok) return command_failed(captured.error);
     // What was seen and is not an incident, so that a quiet summary is not mistaken for blindness.
     spdlog::info("summary: {}; not incidents: {} TLS close_notify teardowns, {} resets with nothing in flight",
                  format_summary(incidents_by_cause, captured.lost_records), correlator.stats().tls_close_notify,
                  correlator.stats().idle_resets);
-    return captured.ok ? kExitOk : kExitFailure;
+    return kExitOk;
+}
+
+std::optional<OutputFormat> parse_output_format(const std::string& text) {
+    if (text == "table") return OutputFormat::table;
+    if (text == "wide") return OutputFormat::wide;
+    if (text == "json") return OutputFormat::json;
+    if (text == "yaml") return OutputFormat::yaml;
+    return std::nullopt;
 }
 
 CommandRunner define_trace(CLI::App& cmd) {
     struct Flags {
         TraceOptions trace;
         std::string output = "table";
+        std::string level = "pod";
         std::string write_hook = "auto";
         std::vector<std::string> causes;
+        PodSelection pods;
     };
     auto flags = std::make_shared<Flags>();
     TraceOptions& trace = flags->trace;
-    add_output_flag(cmd, flags->output, {"table", "json"}, "table or json (one object per line)");
-    add_idle_threshold_flag(cmd, trace.loader.idle_threshold_s);
+    add_output_flag(cmd, flags->output, {"table", "wide", "json", "yaml"},
+                    "table, wide (also addresses, netns, requests), json (one object per line) or yaml");
+    auto* from = add_from_flag(cmd, trace.from_url,
+                               "follow a running agent's stream (http[s]://HOST:PORT, or node: this node's agent, "
+                               "$RSTWATCH_AGENT_URL or http://127.0.0.1:9740) instead of loading BPF");
+    add_pod_flags(cmd, flags->pods, from);
+    cmd.add_option("--level", flags->level, "with --from: tables name pods (pod) or workloads (workload)")
+        ->check(CLI::IsMember({"pod", "workload"}))
+        ->needs(from);
+    cmd.add_option("--since", trace.since,
+                   "with --from: first replay the agent's incidents since this time (RFC 3339) or for this long "
+                   "(30s, 30m, 2h)")
+        ->check(since_error)
+        ->needs(from);
+    cmd.add_option("--last", trace.last, "with --from: first replay the agent's last N incidents (with --since: of those)")
+        ->check(CLI::Range(uint64_t{1}, uint64_t{1000000}))
+        ->needs(from);
     cmd.add_option("--port", trace.port, "only incidents with this port on either side")->check(CLI::Range(1, 65535));
     cmd.add_option("--pid", trace.pid, "only incidents of this writing process");
     cmd.add_option("--comm", trace.comm, "only incidents of this process name");
-    cmd.add_option("--cause", flags->causes, "only these causes (comma-separated)")
+    cmd.add_option("--cause", flags->causes,
+                   "only these causes, comma-separated: write_after_fin, idle_close_race, reset_other, "
+                   "abort_on_close, data_after_close")
         ->delimiter(',')
         ->check([](const std::string& value) -> std::string {
             return parse_cause(value) ? std::string()
@@ -160,19 +234,21 @@ CommandRunner define_trace(CLI::App& cmd) {
                                             "' (write_after_fin, idle_close_race, reset_other, abort_on_close, "
                                             "data_after_close)";
         });
-    cmd.add_option("--duration", trace.duration_s, "stop after this many seconds")->check(CLI::PositiveNumber);
-    add_write_hook_flag(cmd, flags->write_hook);
-    auto* from = cmd.add_option("--from", trace.from_url,
-                                "follow a running agent's stream (http[s]://HOST:PORT, or node: this node's agent, "
-                                "$RSTWATCH_AGENT_URL or http://127.0.0.1:9740) instead of loading BPF");
-    cmd.add_option("--namespace", trace.namespace_, "with --from: only incidents with an end in this namespace")
-        ->needs(from);
-    cmd.add_option("--pod", trace.pod, "with --from: only incidents with this pod at either end")->needs(from);
+    cmd.add_option("--duration", trace.duration_s, "stop after this many seconds (default: until Ctrl-C)")
+        ->check(positive_seconds(30 * 86400.0));
+    // The local capture's settings: an agent's stream was captured with the agent's.
+    add_idle_threshold_flag(cmd, trace.loader.idle_threshold_s, "without --from: ")->excludes(from);
+    add_write_hook_flag(cmd, flags->write_hook)->excludes(from);
     add_agent_credential_flags(cmd, trace.token_file, trace.ca_file, from);
-    return [flags] {
+    return [flags]() -> int {
         TraceOptions& trace = flags->trace;
+        if (std::string problem = resolve_pod_selection(flags->pods); !problem.empty())
+            return usage_error("--pod", problem.substr(std::string("--pod: ").size()));
+        trace.namespace_ = flags->pods.namespace_;
+        trace.pod = flags->pods.pod;
         if (trace.from_url) trace.from_url = resolve_agent_url(*trace.from_url);
-        trace.json = flags->output == "json";
+        trace.output = *parse_output_format(flags->output);
+        trace.workload_level = flags->level == "workload";
         trace.loader.write_mode = parse_write_mode(flags->write_hook);
         for (const std::string& cause : flags->causes) trace.causes.push_back(*parse_cause(cause));
         return run_trace(trace);

@@ -29,9 +29,12 @@ CommandRunner define_diagnose(CLI::App& cmd);
 CommandRunner define_status(CLI::App& cmd);
 CommandRunner define_check(CLI::App& cmd);
 
+// How incidents are printed: -o table|wide|json|yaml.
+enum class OutputFormat { table, wide, json, yaml };
+
 struct TraceOptions {
     LoaderOptions loader;
-    bool json = false;
+    OutputFormat output = OutputFormat::table;
     std::optional<double> duration_s;
     std::optional<uint16_t> port;
     std::optional<uint32_t> pid;
@@ -39,8 +42,12 @@ struct TraceOptions {
     std::vector<Cause> causes;
     // Follow a running agent's stream instead of loading BPF (`--from URL`).
     std::optional<std::string> from_url;
-    std::optional<std::string> namespace_;  // only with --from: either end in this namespace
-    std::optional<std::string> pod;         // only with --from: either end is this pod
+    std::optional<std::string> namespace_;  // only with --from: an end in this namespace
+    std::optional<std::string> pod;         // only with --from: this pod (in namespace_ if set) at an end
+    bool workload_level = false;            // only with --from: tables name workloads, not pods
+    // Only with --from: first replay the agent's history (since a time or duration, the last N).
+    std::optional<std::string> since;
+    std::optional<uint64_t> last;
     // With --from: bearer token file (else $RSTWATCH_TOKEN_FILE) and CA bundle for https.
     std::optional<std::string> token_file;
     std::optional<std::string> ca_file;

@@ -31,4 +31,20 @@ void add_agent_credential_flags(CLI::App& cmd, std::optional<std::string>& token
 CLI::Option* add_output_flag(CLI::App& cmd, std::string& format, std::initializer_list<const char*> formats,
                              const std::string& help);
 
+// --from URL|node: a running agent (agent_url_error() checks the form at parse time, so a typo is a
+// usage error, not a failed connection).
+CLI::Option* add_from_flag(CLI::App& cmd, std::optional<std::string>& url, const std::string& help);
+std::string agent_url_error(const std::string& value);
+
+// Which pod's incidents: -n/--namespace NS, --pod NAME or NS/NAME, or the pod as the positional
+// argument (as in `kubectl rstwatch trace -n NS POD`). With `from`, all three need it.
+struct PodSelection {
+    std::optional<std::string> namespace_;
+    std::optional<std::string> pod;
+    std::optional<std::string> positional_pod;
+};
+void add_pod_flags(CLI::App& cmd, PodSelection& selection, CLI::Option* from);
+// Folds the positional pod and NS/NAME into namespace_ and pod; "" or "--pod: <problem>".
+std::string resolve_pod_selection(PodSelection& selection);
+
 }  // namespace rstwatch

@@ -6,11 +6,14 @@
 #include <nlohmann/json.hpp>
 
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <cstdio>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "commands.h"
+#include "usage.h"
 
 #ifndef RSTWATCH_VERSION
 #define RSTWATCH_VERSION "dev"
@@ -54,7 +57,8 @@ struct Command {
     rstwatch::CommandRunner (*define)(CLI::App& cmd);
 };
 constexpr Command kCommands[] = {
-    {"trace", "load the BPF programs and print incidents live", rstwatch::define_trace},
+    {"trace", "print incidents live: from this node's kernel, or from an agent (--from) with pod names and history",
+     rstwatch::define_trace},
     {"agent", "run on the node: metrics per pod pair, incident stream", rstwatch::define_agent},
     {"diagnose", "inferred idle timeouts per pair, keepalive mismatches and the setting to change",
      rstwatch::define_diagnose},
@@ -63,12 +67,34 @@ constexpr Command kCommands[] = {
     {"check", "report which hooks this kernel supports; exit 0 if rstwatch can run", rstwatch::define_check},
 };
 
+// The command named on the line (after the global options), or "" when none is.
+std::string command_named(int argc, char** argv) {
+    for (int i = 1; i < argc; ++i) {
+        std::string_view arg = argv[i];
+        if (arg == "--log-level" || arg == "--log-format") {
+            ++i;  // its value
+            continue;
+        }
+        if (!arg.empty() && arg[0] == '-') continue;
+        return std::string(arg);
+    }
+    return {};
+}
+
+std::string command_list() {
+    std::string names;
+    for (const Command& command : kCommands) names += std::string(command.name) + ", ";
+    return names + "help, version";
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
     CLI::App app{"rstwatch: see and explain TCP resets from stale keepalive connections"};
     app.require_subcommand(1);
     app.fallthrough();
+    // Every --help shows each option's default (options added below inherit this).
+    app.option_defaults()->always_capture_default();
     app.set_version_flag("--version", RSTWATCH_VERSION);
     std::string log_level = "info";
     std::string log_format = "text";
@@ -82,13 +108,53 @@ int main(int argc, char** argv) {
         CLI::App* cmd = app.add_subcommand(command.name, command.description);
         commands.emplace_back(cmd, command.define(*cmd));
     }
+    // `rstwatch help [COMMAND]` and `rstwatch version`, as kubectl and hubble have them.
+    std::string help_topic;
+    CLI::App* help = app.add_subcommand("help", "show the commands, or one command's flags: help [COMMAND]");
+    help->add_option("command", help_topic, "a command")
+        ->check(CLI::IsMember([] {
+            std::vector<std::string> names;
+            for (const Command& command : kCommands) names.emplace_back(command.name);
+            return names;
+        }()));
+    CLI::App* version = app.add_subcommand("version", "print rstwatch's version");
+
+    const std::string named = command_named(argc, argv);
+    if (named.empty()) {
+        bool asks_help = false, asks_version = false;
+        for (int i = 1; i < argc; ++i) {
+            std::string_view arg = argv[i];
+            asks_help |= arg == "-h" || arg == "--help";
+            asks_version |= arg == "--version";
+        }
+        if (!asks_help && !asks_version) {
+            std::fprintf(stderr, "rstwatch: command: missing, one of %s (see 'rstwatch help')\n", command_list().c_str());
+            return rstwatch::kExitUsage;
+        }
+    } else if (const auto all = app.get_subcommands([](const CLI::App*) { return true; });
+               std::none_of(all.begin(), all.end(), [&](const CLI::App* cmd) { return cmd->get_name() == named; })) {
+        std::fprintf(stderr, "rstwatch: %s: unknown command; commands: %s (see 'rstwatch help')\n", named.c_str(),
+                     command_list().c_str());
+        return rstwatch::kExitUsage;
+    }
 
     try {
         app.parse(argc, argv);
     } catch (const CLI::ParseError& e) {
         if (e.get_exit_code() == 0) return app.exit(e);  // --help, --version
-        std::fprintf(stderr, "rstwatch: %s\n", e.what());
+        std::fprintf(stderr, "%s\n", rstwatch::usage_line_for(e, named).c_str());
         return rstwatch::kExitUsage;
+    }
+    if (*help) {
+        // The formatter directly: App::help() would describe the `help` command itself.
+        CLI::App* topic = help_topic.empty() ? &app : app.get_subcommand(help_topic);
+        const std::string name = help_topic.empty() ? "rstwatch" : "rstwatch " + help_topic;
+        std::fputs(app.get_formatter()->make_help(topic, name, CLI::AppFormatMode::Normal).c_str(), stdout);
+        return rstwatch::kExitOk;
+    }
+    if (*version) {
+        std::printf("rstwatch %s\n", RSTWATCH_VERSION);
+        return rstwatch::kExitOk;
     }
     setup_logging(log_level, log_format);
     for (auto& [cmd, run] : commands)

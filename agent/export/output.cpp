@@ -8,6 +8,10 @@
 #include <cstdio>
 #include <limits>
 
+#include <yaml-cpp/yaml.h>
+
+#include "attribution.h"
+
 namespace rstwatch {
 
 namespace {
@@ -56,6 +60,32 @@ int64_t wall_ns(uint64_t monotonic_ns, int64_t offset_ns) {
     int64_t sum;
     if (__builtin_add_overflow(mono, offset_ns, &sum)) return offset_ns < 0 ? INT64_MIN : INT64_MAX;
     return sum;
+}
+
+// nlohmann::json -> YAML, keys in the JSON's order; strings always quoted where YAML would
+// read them as something else (yaml-cpp decides).
+void emit_yaml(YAML::Emitter& out, const nlohmann::json& value) {
+    switch (value.type()) {
+        case nlohmann::json::value_t::object:
+            out << YAML::BeginMap;
+            for (const auto& [key, item] : value.items()) {
+                out << YAML::Key << key << YAML::Value;
+                emit_yaml(out, item);
+            }
+            out << YAML::EndMap;
+            break;
+        case nlohmann::json::value_t::array:
+            out << YAML::BeginSeq;
+            for (const auto& item : value) emit_yaml(out, item);
+            out << YAML::EndSeq;
+            break;
+        case nlohmann::json::value_t::string: out << YAML::DoubleQuoted << value.get_ref<const std::string&>(); break;
+        case nlohmann::json::value_t::boolean: out << value.get<bool>(); break;
+        case nlohmann::json::value_t::number_unsigned: out << value.get<uint64_t>(); break;
+        case nlohmann::json::value_t::number_integer: out << value.get<int64_t>(); break;
+        case nlohmann::json::value_t::number_float: out << value.dump(); break;
+        default: out << YAML::Null; break;
+    }
 }
 
 double round_tenth(double v) { return std::round(v * 10.0) / 10.0; }
@@ -341,22 +371,49 @@ std::optional<Incident> incident_from_json(const nlohmann::json& j, int64_t offs
     return inc;
 }
 
-std::string format_table_header() {
+namespace {
+
+constexpr size_t kWName = 40, kWAddress = 21, kWNetns = 10, kWRequests = 8;
+
+// "shop/tomcat-0" (or "shop/tomcat") for a pod, else the address; the server's port is kept
+// because one pod may serve several.
+std::string name_text(const Endpoint& endpoint, const Identity* identity, const TableOptions& options,
+                      bool with_port) {
+    if (identity == nullptr || identity->pod.empty()) return endpoint_text(endpoint);
+    std::string name = identity->namespace_ + "/" +
+                       (options.workload_level && !identity->workload.empty() ? identity->workload : identity->pod);
+    if (with_port) name += ":" + std::to_string(endpoint.port);
+    return name;
+}
+
+}  // namespace
+
+std::string format_table_header(const TableOptions& options) {
+    const size_t endpoint_width = options.names ? kWName : kWEndpoint;
     std::string line;
     column(line, "TIME", kWTime);
     column(line, "CAUSE", kWCause);
     column(line, "OBSERVER", kWObserver);
-    column(line, "CLIENT", kWEndpoint);
-    column(line, "SERVER", kWEndpoint);
+    column(line, "CLIENT", endpoint_width);
+    column(line, "SERVER", endpoint_width);
     column(line, "PID/COMM", kWProcess);
     column(line, "IDLE", kWIdle);
     column(line, "WRITE->RST", kWWriteRst);
     column(line, "STATE", kWState);
+    if (options.wide) {
+        if (options.names) {
+            column(line, "CLIENT-ADDR", kWAddress);
+            column(line, "SERVER-ADDR", kWAddress);
+        }
+        column(line, "NETNS", kWNetns);
+        column(line, "REQUESTS", kWRequests);
+    }
     line += "REASON";
     return line;
 }
 
-std::string format_incident_row(const Incident& inc, int64_t offset_ns) {
+std::string format_incident_row(const Incident& inc, int64_t offset_ns, const TableOptions& options,
+                                const Identity* client, const Identity* server) {
     const std::string ts = format_rfc3339_ms(wall_ns(inc.ts_ns, offset_ns));
     // "YYYY-MM-DDTHH:MM:SS.mmmZ" -> "HH:MM:SS.mmm" (years are always 4 digits here).
     const std::string time = ts.size() >= 24 ? ts.substr(ts.size() - 13, 12) : ts;
@@ -364,20 +421,37 @@ std::string format_incident_row(const Incident& inc, int64_t offset_ns) {
     if (inc.pid != 0 || !inc.comm.empty())
         process = (inc.pid != 0 ? std::to_string(inc.pid) : std::string("?")) + "/" +
                   (inc.comm.empty() ? std::string("?") : inc.comm);
+    const size_t endpoint_width = options.names ? kWName : kWEndpoint;
     std::string line;
     column(line, time, kWTime);
     column(line, to_string(inc.cause), kWCause);
     column(line, to_string(inc.observer), kWObserver);
-    column(line, endpoint_text(inc.client), kWEndpoint);
-    column(line, endpoint_text(inc.server), kWEndpoint);
+    column(line, options.names ? name_text(inc.client, client, options, false) : endpoint_text(inc.client),
+           endpoint_width);
+    column(line, options.names ? name_text(inc.server, server, options, true) : endpoint_text(inc.server),
+           endpoint_width);
     column(line, process, kWProcess);
     column(line,
            inc.idle_before_write_ms ? fixed(*inc.idle_before_write_ms / 1000.0, 3, "s") : "-",
            kWIdle);
     column(line, inc.write_to_reset_ms ? fixed(*inc.write_to_reset_ms, 1, "ms") : "-", kWWriteRst);
     column(line, inc.state.empty() ? "-" : inc.state, kWState);
+    if (options.wide) {
+        if (options.names) {
+            column(line, endpoint_text(inc.client), kWAddress);
+            column(line, endpoint_text(inc.server), kWAddress);
+        }
+        column(line, inc.netns != 0 ? std::to_string(inc.netns) : "-", kWNetns);
+        column(line, std::to_string(inc.requests), kWRequests);
+    }
     line += inc.reset_reason.empty() ? "-" : inc.reset_reason;
     return line;
+}
+
+std::string format_yaml_document(const nlohmann::json& json) {
+    YAML::Emitter out;
+    emit_yaml(out, json);
+    return std::string("---\n") + out.c_str();
 }
 
 std::string format_summary(const std::array<uint64_t, kCauseCount>& by_cause,

@@ -39,10 +39,26 @@ std::string format_incident_json_line(const Incident& incident,
 std::optional<Incident> incident_from_json(const nlohmann::json& json,
                                            int64_t monotonic_to_unix_offset_ns = 0);
 
+struct Identity;
+
+// How the human table names things.
+struct TableOptions {
+    bool wide = false;            // -o wide: also addresses, netns, requests
+    bool names = false;           // CLIENT/SERVER name pods (incidents from an agent's stream)
+    bool workload_level = false;  // with names: NAMESPACE/WORKLOAD instead of NAMESPACE/POD
+};
+
 // Fixed-width human table (times in UTC):
-// TIME CAUSE OBSERVER CLIENT SERVER PID/COMM IDLE WRITE->RST STATE REASON
-std::string format_table_header();
-std::string format_incident_row(const Incident& incident, int64_t monotonic_to_unix_offset_ns);
+// TIME CAUSE OBSERVER CLIENT SERVER PID/COMM IDLE WRITE->RST STATE [CLIENT-ADDR SERVER-ADDR NETNS
+// REQUESTS] REASON. With names, CLIENT is "NAMESPACE/POD" and SERVER "NAMESPACE/POD:PORT" when the
+// end is a pod (else IP:PORT); without, both are IP:PORT and the wide columns are NETNS REQUESTS.
+std::string format_table_header(const TableOptions& options = {});
+std::string format_incident_row(const Incident& incident, int64_t monotonic_to_unix_offset_ns,
+                                const TableOptions& options = {}, const Identity* client = nullptr,
+                                const Identity* server = nullptr);
+
+// One YAML document ("---" line first) with the same keys as the JSON: -o yaml.
+std::string format_yaml_document(const nlohmann::json& json);
 
 // One line: "3 incidents (idle_close_race=2 write_after_fin=1), 0 records lost".
 // Causes with a count are listed, most frequent first (ties in enum order).

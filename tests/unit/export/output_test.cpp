@@ -4,6 +4,7 @@
 #include <set>
 #include <string>
 
+#include "attribution.h"
 #include "output.h"
 
 using namespace rstwatch;
@@ -307,6 +308,71 @@ TEST(Table, UnknownsAndIpv6) {
     EXPECT_NE(wide.find("[2001:db8:1234:5678:9abc:def0:1234:5678]:65535 10.244.2.7:8080"),
               std::string::npos)
         << wide;
+}
+
+TEST(Table, NamesPodsFromTheStreamAndWideAddsAddresses) {
+    Incident inc = sample_incident();
+    inc.netns = 4026532000;
+    inc.requests = 3;
+    const Identity client{"ingress", "ingress-nginx-controller-5d88c", "ingress-nginx-controller"};
+    const Identity server{"shop", "tomcat-0", "tomcat"};
+    TableOptions names;
+    names.names = true;
+    const std::string header = format_table_header(names);
+    const std::string row = format_incident_row(inc, kOffset, names, &client, &server);
+    auto expect_under = [&](const std::string& h, const std::string& r, const char* title, const std::string& value) {
+        ASSERT_NE(r.find(" " + value + " "), std::string::npos) << value << "\n" << r;
+        EXPECT_EQ(r.find(" " + value + " ") + 1, h.find(std::string(" ") + title + " ") + 1)
+            << title << "\n" << h << "\n" << r;
+    };
+    expect_under(header, row, "CLIENT", "ingress/ingress-nginx-controller-5d88c");
+    expect_under(header, row, "SERVER", "shop/tomcat-0:8080");  // the port: a pod may serve several
+    EXPECT_EQ(row.find("10.244."), std::string::npos) << "addresses only with -o wide: " << row;
+    EXPECT_EQ(header.find("NETNS"), std::string::npos);
+
+    names.workload_level = true;
+    const std::string by_workload = format_incident_row(inc, kOffset, names, &client, &server);
+    EXPECT_NE(by_workload.find(" ingress/ingress-nginx-controller "), std::string::npos) << by_workload;
+    EXPECT_NE(by_workload.find(" shop/tomcat:8080 "), std::string::npos) << by_workload;
+
+    names.workload_level = false;
+    names.wide = true;
+    const std::string wide_header = format_table_header(names);
+    const std::string wide = format_incident_row(inc, kOffset, names, &client, &server);
+    expect_under(wide_header, wide, "CLIENT-ADDR", "10.244.1.5:43210");
+    expect_under(wide_header, wide, "SERVER-ADDR", "10.244.2.7:8080");
+    expect_under(wide_header, wide, "NETNS", "4026532000");
+    expect_under(wide_header, wide, "REQUESTS", "3");
+
+    // An end that is not a pod (a node, the world) keeps its address.
+    const Identity world{"", "", "world"};
+    const std::string unnamed = format_incident_row(inc, kOffset, TableOptions{false, true, false}, &world, &server);
+    EXPECT_NE(unnamed.find(" 10.244.1.5:43210 "), std::string::npos) << unnamed;
+}
+
+TEST(Table, WideWithoutNamesAddsNetnsAndRequests) {
+    Incident inc = sample_incident();
+    inc.netns = 77;
+    inc.requests = 12;
+    TableOptions wide;
+    wide.wide = true;
+    const std::string header = format_table_header(wide);
+    const std::string row = format_incident_row(inc, kOffset, wide);
+    EXPECT_EQ(header.find("CLIENT-ADDR"), std::string::npos);
+    EXPECT_NE(header.find(" NETNS "), std::string::npos);
+    EXPECT_EQ(row.find(" 77 ") + 1, header.find(" NETNS ") + 1) << header << "\n" << row;
+    EXPECT_EQ(row.find(" 12 ") + 1, header.find(" REQUESTS ") + 1) << header << "\n" << row;
+}
+
+TEST(Yaml, OneDocumentWithTheJsonKeys) {
+    const json incident = incident_to_json(sample_incident(), kOffset);
+    const std::string yaml = format_yaml_document(incident);
+    EXPECT_EQ(yaml.rfind("---\n", 0), 0u) << yaml;
+    for (const auto& [key, value] : incident.items())
+        EXPECT_NE(yaml.find("\n" + key + ":"), std::string::npos) << key << "\n" << yaml;
+    EXPECT_NE(yaml.find("cause: \"idle_close_race\""), std::string::npos) << yaml;
+    EXPECT_NE(yaml.find("reset_reason: ~"), std::string::npos) << yaml;
+    EXPECT_NE(yaml.find("  port: 8080"), std::string::npos) << yaml;
 }
 
 TEST(Summary, Formats) {
