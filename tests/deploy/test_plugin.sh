@@ -57,7 +57,7 @@ node-b   rstwatch-d3e4f   yes     kprobe/tcp_sendmsg          17             120
 node-c   rstwatch-g5h6i   no      -                           -              -         -           -
 EOF
 )" "$(cat "$work/out")"
-check "stderr" "kubectl rstwatch: cannot read the status of rstwatch/rstwatch-g5h6i: 2026-11-25T10:00:00.000+0000 error cannot reach the agent: http://127.0.0.1:9740/readyz: Failed to connect to 127.0.0.1 port 9740 after 0 ms: Couldn't connect to server" "$(cat "$work/err")"
+check "stderr" "kubectl rstwatch: cannot read the status of rstwatch/rstwatch-g5h6i: rstwatch: cannot reach the agent: http://127.0.0.1:9740/readyz: Failed to connect to 127.0.0.1 port 9740 after 0 ms: Couldn't connect to server" "$(cat "$work/err")"
 # The execs run in parallel: their order in the log is not fixed.
 check "kubectl calls" "$(sort <<EOF
 kubectl get pods -n rstwatch -l $sel -o $list_jsonpath
@@ -100,6 +100,19 @@ kubectl exec -n rstwatch rstwatch-a1b2c -c agent -- rstwatch trace --from node -
 EOF
 )" "$(cat "$FAKE_KUBECTL_LOG")"
 
+run "trace: --pod NS/NAME, history, wide" trace --pod shop/web-0 --since 30m --last 20 -o wide --level workload
+check "exit code" 0 "$code"
+check "kubectl calls" "$(cat <<EOF
+kubectl get pod -n shop web-0 -o jsonpath=\{.spec.nodeName\}
+kubectl get pods -n rstwatch -l $sel --field-selector spec.nodeName=node-a -o $node_jsonpath
+kubectl exec -n rstwatch rstwatch-a1b2c -c agent -- rstwatch trace --from node --namespace shop --pod web-0 -o wide --since 30m --last 20 --level workload
+EOF
+)" "$(cat "$FAKE_KUBECTL_LOG")"
+
+run "trace: --pod NAME with -n" trace -n shop --pod=web-0 -o yaml
+check "exit code" 0 "$code"
+check "remote command" "kubectl exec -n rstwatch rstwatch-a1b2c -c agent -- rstwatch trace --from node --namespace shop --pod web-0 -o yaml" "$(tail -n 1 "$FAKE_KUBECTL_LOG")"
+
 FAKE_KUBECTL_NAMESPACE=shop run "trace: namespace from kubeconfig, = forms" trace web-0 --pid=5120 --comm=nginx --duration 30 --kubeconfig /tmp/kc
 check "exit code" 0 "$code"
 check "kubectl calls" "$(cat <<EOF
@@ -141,17 +154,31 @@ check_usage_error "trace with two PODs" trace -n shop web-0 web-1
 check_usage_error "trace -n without value" trace web-0 -n
 check_usage_error "trace --port not a number" trace -n shop web-0 --port http
 check_usage_error "trace --pid= not a number" trace -n shop web-0 --pid=12x
-check_usage_error "trace -o yaml" trace -n shop web-0 -o yaml
+check_usage_error "trace -o xml" trace -n shop web-0 -o xml
+check_usage_error "trace --pod and a positional POD" trace -n shop web-0 --pod web-1
+check_usage_error "trace --pod NS/NAME in another namespace" trace -n other --pod shop/web-0
+check_usage_error "trace --pod a/b/c" trace --pod a/b/c
+check_usage_error "trace --last not a number" trace -n shop web-0 --last ten
+check_usage_error "trace --since empty" trace -n shop web-0 --since=
+check_usage_error "help for no such command" help logs
 check_usage_error "trace unknown option" trace -n shop web-0 --follow
 check_usage_error "trace --cause empty" trace -n shop web-0 --cause ''
 check_usage_error "status extra argument" status node-a
 check_usage_error "status --context without value" status --context
 run "usage: message" trace -n shop
-check "message" "kubectl rstwatch: trace needs a POD (see 'kubectl rstwatch help')" "$(cat "$work/err")"
+check "message" "kubectl rstwatch: POD: trace needs a POD (trace -n NAMESPACE POD, or --pod NAMESPACE/NAME) (see 'kubectl rstwatch help')" "$(cat "$work/err")"
+run "usage: message names the flag" trace -n shop web-0 --port http
+check "message" "kubectl rstwatch: --port: needs a number, not 'http' (see 'kubectl rstwatch help')" "$(cat "$work/err")"
 
 run "help" help
 check "exit code" 0 "$code"
 check "mentions both commands" "2" "$(grep -cE '^  kubectl rstwatch (trace|status)' "$work/out")"
+run "help trace" help trace
+check "exit code" 0 "$code"
+check "lists every flag of trace" "" "$(for f in -n, --pod --since --last --port --pid --comm --cause --duration --level wide yaml idle_close_race data_after_close; do grep -q -- "$f" "$work/out" || echo "missing $f"; done)"
+run "trace --help" trace --help
+check "exit code" 0 "$code"
+check "the same as help trace" "$("$plugin" help trace)" "$(cat "$work/out")"
 
 echo "test_plugin: $passes checks passed, $failures failed"
 (( failures == 0 ))
