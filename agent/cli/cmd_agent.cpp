@@ -503,15 +503,7 @@ CommandRunner define_agent(CLI::App& cmd) {
                    "incidents kept in memory for /incidents?since=&last= (trace --from --since/--last); 0 keeps none")
         ->check(CLI::Range(size_t{0}, size_t{100000}));
     cmd.add_option("--history-age", flags->history_age_s, "seconds an incident stays in that history")
-        ->check(CLI::Validator(
-            [](std::string& text) -> std::string {  // finite and in range (CLI::Range lets nan through)
-                char* end = nullptr;
-                const double seconds = std::strtod(text.c_str(), &end);
-                if (text.empty() || *end != '\0' || !std::isfinite(seconds) || seconds < 1 || seconds > 7 * 86400.0)
-                    return "'" + text + "': must be a number of seconds from 1 to 604800";
-                return {};
-            },
-            "1..604800"));
+        ->check(finite_range(1.0, 7 * 86400.0, "seconds"));
     return [flags]() -> int {
         AgentOptions& agent = flags->agent;
         if (flags->kube_mode == "off") {
