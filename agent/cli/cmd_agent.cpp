@@ -336,7 +336,11 @@ bool Agent::start_serving() {
     http_ = std::make_unique<HttpServer>(http_options);
     std::string error;
     if (!http_->start(&error)) {
-        usage_error("--listen", error);
+        // TLS file errors already start with their flag; anything else is about the address.
+        if (error.rfind("--", 0) == 0)
+            std::fprintf(stderr, "rstwatch: %s\n", error.c_str());
+        else
+            usage_error("--listen", error);
         return false;
     }
     own_port_ = http_->port();

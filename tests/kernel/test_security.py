@@ -155,8 +155,9 @@ class TestSecurity(AgentTestCase):
         empty, _ = self.make_token(text="\n")
         cases = [
             (["--auth-token-file", empty], "empty"),
-            (["--auth-token-file", "/nonexistent/rw-token"], "cannot read /nonexistent/rw-token"),
-            (["--tls-cert", "/nonexistent/cert.pem"], "--tls-key"),  # CLI: needs both
+            (["--auth-token-file", "/nonexistent/rw-token"],
+             "rstwatch: --auth-token-file: /nonexistent/rw-token: No such file or directory"),
+            (["--tls-cert", "/nonexistent/cert.pem"], "rstwatch: --tls-cert: /nonexistent/cert.pem"),
         ]
         for args, needle in cases:
             rc, err, _, leaked = run_agent_expecting_failure(
@@ -190,8 +191,9 @@ class TestSecurity(AgentTestCase):
                  re.escape(other_key), re.escape(cert))),
             (["--tls-cert", garbage, "--tls-key", key], "--tls-cert %s: no PEM certificate" % re.escape(garbage)),
             (["--tls-cert", cert, "--tls-key", cert], "--tls-key %s: no usable PEM private key" % re.escape(cert)),
-            (["--tls-cert", cert, "--tls-key", "/nonexistent/key.pem"], "cannot read /nonexistent/key.pem"),
-            (["--tls-cert", cert], "--tls-cert requires --tls-key"),
+            (["--tls-cert", cert, "--tls-key", "/nonexistent/key.pem"],
+             "rstwatch: --tls-key: /nonexistent/key.pem: No such file or directory"),
+            (["--tls-cert", cert], "rstwatch: --tls-cert: needs --tls-key"),
         ]
         for extra, pattern in cases:
             with self.subTest(extra=extra):
