@@ -393,11 +393,11 @@ class KernelCase(unittest.TestCase):
                                               "programs after trace --write-hook " + mode))
         self.assertEqual(after, [], "BPF programs left after trace --write-hook %s" % mode)
         if mode not in self.expect.offered:
-            # Refused with one clear error line, nothing run.
+            # Refused with one clear error line ("rstwatch: cannot trace: ..."), nothing run.
             self.assertNotEqual(trace.rc, 0, err)
-            errors = [l for l in err.splitlines() if " error " in l]
+            errors = [l for l in err.splitlines() if l.startswith("rstwatch: ") or " error " in l]
             self.assertEqual(len(errors), 1, err)
-            self.assertIn("cannot trace:", errors[0])
+            self.assertIn("rstwatch: cannot trace:", errors[0])
             self.assertEqual(json_lines(trace, "trace output"), [])
             return
         self.assertEqual(trace.rc, 0, "trace --write-hook %s exit status\n%s" % (mode, err))
