@@ -165,8 +165,16 @@ class RunbookCommands(AgentTestCase):
         self.assertRegex(out, r"(?m)^  verdict:  MISMATCH: .*the server closes idle connections after 0\.8\d s", what)
         self.assertRegex(out, r"(?m)^  fix \(ingress-nginx\): ingress-nginx ConfigMap: upstream-keepalive-timeout: ", what)
 
+    def expect_check_and_status(self, out, what):
+        self.assertRegex(out, r"(?m)^result: rstwatch can run here", "%s: no check verdict:\n%s" % (what, out))
+        self.assertRegex(out, r"(?m)^write hooks ", what)
+        # status: one row for the agent, ready, with its write hook
+        self.assertRegex(out, r"(?m)^http://127\.0\.0\.1:\d+ +yes +(tp_btf|fentry|kprobe)/", "%s: no status row:\n%s" % (
+            what, out))
+
     def test_every_runbook_block_runs(self):
         expectations = {
+            "node=node-a   # the alert's node label": [self.expect_check_and_status],
             "kubectl rstwatch trace -n shop tomcat-0 --since 30m": [self.expect_rows],
             "node=$(kubectl get pod -n shop tomcat-0 -o jsonpath='{.spec.nodeName}')": [self.expect_rows,
                                                                                        self.expect_diagnosis],
@@ -187,7 +195,8 @@ class RunbookCommands(AgentTestCase):
             if "$agent" in script and "agent=" not in script and agent:
                 script = "agent=%s\n%s" % (agent, script)
             # Stopped (Ctrl-C) once the trace, the block's last command, printed its replayed rows.
-            rc, out, err = run_block(script, self.env, self.work,
+            # A block that does not follow (no trace) must end on its own.
+            rc, out, err = run_block(script, self.env, self.work, follow_s=FOLLOW_S if "trace" in script else 120,
                                      until=lambda o: re.search(r"(?m)^\d\d:\d\d:\d\d\.\d{3} +idle_close_race", o))
             print("  [%s] exit %s\n%s%s" % (what, "stopped" if rc is None else rc, out, err), file=sys.stderr)
             if rc not in (None, 0):
