@@ -259,9 +259,12 @@ class RuntimesTestCase(KernelTestCase):
         ng.start(proxy.ip, 8000)
         tracer = self.start_tracer()
         # New client connections, POST (nginx does not retry it): nginx's upstream pool races.
+        # The race is a lottery: measured here, 3-5 % of the requests get a 502 (3 in 55-105),
+        # and one CI run saw none in 105 (30 s). Rounds stop at three 502s (usually within
+        # 30 s); the bound is 90 s (~300 requests: no 502 at all has odds below 1 in 10^4).
         results = self.run_client_rounds(proxy, "keepalive_client.js", proxy.ip, 8000,
                                          spread(0.3, (-6, -4, -2, 0)), 4, extra=["POST", "fresh"],
-                                         max_seconds=30.0)
+                                         max_seconds=90.0)
         incidents = self.stop_tracer(tracer)
         log502 = [l for l in ng.read("access.log").splitlines() if l.split()[1:2] == ["502"]]
         self.assert_502s_accounted("nginx -> Python 0.3 s", results, log502, incidents, port, "nginx", 0.3)
