@@ -18,15 +18,6 @@ std::string row(std::string_view label, std::string_view value) {
 
 std::string name(WriteMode mode) { return std::string(write_mode_name(mode)); }
 
-bool offered(const WriteHookSupport& support, WriteMode mode) {
-    switch (mode) {
-        case WriteMode::tp_btf: return support.tp_btf;
-        case WriteMode::fentry: return support.fentry;
-        case WriteMode::kprobe: return support.kprobe;
-    }
-    return false;
-}
-
 // Why the kernel does not offer a write hook, from what probe_kernel_features() looks at.
 const char* not_offered_reason(WriteMode mode) {
     switch (mode) {
@@ -49,7 +40,7 @@ std::string hook_line(const WriteHookProbe& probe, const CheckProbes& probes) {
             return self + ": supported -- not needed: " + name(*probes.chosen) + " comes first";
         case HookOutcome::refused: {
             std::string line = self + ": refused by the kernel (" + errno_text(probe.error) + ")";
-            if (!offered(probes.features.write, probe.mode))
+            if (!probes.features.write.offers(probe.mode))
                 line += std::string(" -- not offered by this kernel: ") + not_offered_reason(probe.mode);
             return line + fine;
         }

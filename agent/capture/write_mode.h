@@ -22,6 +22,15 @@ struct WriteHookSupport {
     bool tp_btf = false;  // tracepoint tcp_sendmsg_locked exists (Linux >= 6.16)
     bool fentry = false;  // BTF knows tcp_sendmsg (fentry may still be refused)
     bool kprobe = false;  // the kprobe perf PMU exists
+
+    bool offers(WriteMode mode) const {
+        switch (mode) {
+            case WriteMode::tp_btf: return tp_btf;
+            case WriteMode::fentry: return fentry;
+            case WriteMode::kprobe: return kprobe;
+        }
+        return false;
+    }
 };
 
 // Modes to try, best first. A forced mode is tried alone, even if it looks unsupported,

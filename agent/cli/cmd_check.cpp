@@ -28,15 +28,6 @@ private:
     spdlog::level::level_enum saved_;
 };
 
-bool offered(const WriteHookSupport& support, WriteMode mode) {
-    switch (mode) {
-        case WriteMode::tp_btf: return support.tp_btf;
-        case WriteMode::fentry: return support.fentry;
-        case WriteMode::kprobe: return support.kprobe;
-    }
-    return false;
-}
-
 // Every write hook is really tried (load + attach, then detach), so the report shows what
 // this kernel refuses, not only what its BTF mentions.
 CheckProbes probe(const LoaderOptions& options) {
@@ -51,7 +42,7 @@ CheckProbes probe(const LoaderOptions& options) {
         result.mode = mode;
         if (options.write_mode && *options.write_mode != mode) {
             result.outcome = HookOutcome::not_tried_forced;
-        } else if (!offered(probes.features.write, mode) && !options.write_mode) {
+        } else if (!probes.features.write.offers(mode) && !options.write_mode) {
             result.outcome = HookOutcome::not_offered;
         } else if (blocked) {
             result.outcome = HookOutcome::not_tried_blocked;
