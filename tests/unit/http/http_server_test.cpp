@@ -28,9 +28,11 @@
 
 #include "metrics.h"
 #include "output.h"
+#include "http_test_support.h"
 #include "stream_client.h"
 
 using namespace rstwatch;
+using namespace rstwatch::test;
 using namespace std::chrono_literals;
 using nlohmann::json;
 
@@ -60,37 +62,6 @@ StreamedIncident sample(uint32_t n, std::string comm = "nginx") {
     return s;
 }
 
-struct Response {
-    long status = 0;
-    std::string content_type;
-    std::string body;
-    std::string error;
-};
-
-size_t append_cb(char* data, size_t size, size_t nmemb, void* out) {
-    static_cast<std::string*>(out)->append(data, size * nmemb);
-    return size * nmemb;
-}
-
-Response http_get(const std::string& url, const char* method = nullptr) {
-    Response r;
-    CURL* easy = curl_easy_init();
-    curl_easy_setopt(easy, CURLOPT_URL, url.c_str());
-    if (method != nullptr) curl_easy_setopt(easy, CURLOPT_CUSTOMREQUEST, method);
-    curl_easy_setopt(easy, CURLOPT_WRITEFUNCTION, &append_cb);
-    curl_easy_setopt(easy, CURLOPT_WRITEDATA, &r.body);
-    curl_easy_setopt(easy, CURLOPT_TIMEOUT, 60L);
-    curl_easy_setopt(easy, CURLOPT_NOSIGNAL, 1L);
-    CURLcode code = curl_easy_perform(easy);
-    if (code != CURLE_OK) r.error = curl_easy_strerror(code);
-    curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &r.status);
-    char* type = nullptr;
-    curl_easy_getinfo(easy, CURLINFO_CONTENT_TYPE, &type);
-    if (type != nullptr) r.content_type = type;
-    curl_easy_cleanup(easy);
-    return r;
-}
-
 // Prometheus text -> {"name{labels}": value}; also checks every line is well-formed.
 std::map<std::string, double> parse_exposition(const std::string& text) {
     std::map<std::string, double> out;
@@ -104,91 +75,6 @@ std::map<std::string, double> parse_exposition(const std::string& text) {
     }
     return out;
 }
-
-std::string base_url(const HttpServer& server) {
-    return "http://127.0.0.1:" + std::to_string(server.port());
-}
-
-HttpServerOptions loopback_options() {
-    HttpServerOptions o;
-    o.listen = "127.0.0.1:0";
-    return o;
-}
-
-// Watchdog: true as soon as pred() holds, false after `timeout`.
-template <typename Pred>
-bool wait_until(Pred pred, std::chrono::milliseconds timeout = 60000ms) {
-    const auto deadline = std::chrono::steady_clock::now() + timeout;
-    while (!pred()) {
-        if (std::chrono::steady_clock::now() > deadline) return false;
-        std::this_thread::sleep_for(5ms);
-    }
-    return true;
-}
-
-// A stream_client follower on its own thread.
-class Follower {
-public:
-    explicit Follower(std::string url, std::chrono::seconds idle_timeout = 60s) {
-        options_.url = std::move(url);
-        options_.idle_timeout = idle_timeout;
-        thread_ = std::thread([this] {
-            auto result = follow_incidents(
-                options_, stop_,
-                [this](const StreamedIncident& s) {
-                    std::lock_guard lock(mutex_);
-                    incidents_.push_back(s);
-                },
-                [this](uint64_t n) {
-                    std::lock_guard lock(mutex_);
-                    dropped_ += n;
-                });
-            std::lock_guard lock(mutex_);
-            result_ = result;
-            finished_ = true;
-        });
-    }
-    ~Follower() { stop(); }
-    StreamResult stop() {
-        stop_ = true;
-        if (thread_.joinable()) thread_.join();
-        return result_;
-    }
-    bool finished() {
-        std::lock_guard lock(mutex_);
-        return finished_;
-    }
-    StreamResult result() {
-        std::lock_guard lock(mutex_);
-        return result_;
-    }
-    std::vector<StreamedIncident> incidents() {
-        std::lock_guard lock(mutex_);
-        return incidents_;
-    }
-    size_t count() {
-        std::lock_guard lock(mutex_);
-        return incidents_.size();
-    }
-    std::string last_comm() {
-        std::lock_guard lock(mutex_);
-        return incidents_.empty() ? "" : incidents_.back().incident.comm;
-    }
-    uint64_t dropped() {
-        std::lock_guard lock(mutex_);
-        return dropped_;
-    }
-
-private:
-    StreamClientOptions options_;
-    std::atomic<bool> stop_{false};
-    std::mutex mutex_;
-    std::vector<StreamedIncident> incidents_;
-    uint64_t dropped_ = 0;
-    StreamResult result_;
-    bool finished_ = false;
-    std::thread thread_;
-};
 
 // A follower on a raw socket with a tiny receive buffer that reads only when told to.
 class RawFollower {
@@ -822,7 +708,7 @@ AuthResponse http_get_auth(const std::string& url, const std::string& authorizat
     }
     if (!ca_file.empty()) curl_easy_setopt(easy, CURLOPT_CAINFO, ca_file.c_str());
     curl_easy_setopt(easy, CURLOPT_URL, url.c_str());
-    curl_easy_setopt(easy, CURLOPT_WRITEFUNCTION, &append_cb);
+    curl_easy_setopt(easy, CURLOPT_WRITEFUNCTION, &append_to_string);
     curl_easy_setopt(easy, CURLOPT_WRITEDATA, &r.body);
     curl_easy_setopt(easy, CURLOPT_HEADERFUNCTION, &append_header_cb);
     curl_easy_setopt(easy, CURLOPT_HEADERDATA, &r.headers);

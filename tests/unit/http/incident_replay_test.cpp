@@ -17,9 +17,11 @@
 
 #include "http_server.h"
 #include "output.h"
+#include "http_test_support.h"
 #include "stream_client.h"
 
 using namespace rstwatch;
+using namespace rstwatch::test;
 using namespace std::chrono_literals;
 using nlohmann::json;
 
@@ -59,111 +61,6 @@ void publish(HttpServer& server, uint32_t n, std::chrono::milliseconds age = 0ms
     const Published p = incident(n, age);
     server.publish(p.incident, p.offset);
 }
-
-HttpServerOptions loopback_options() {
-    HttpServerOptions o;
-    o.listen = "127.0.0.1:0";
-    return o;
-}
-
-std::string base_url(const HttpServer& server) { return "http://127.0.0.1:" + std::to_string(server.port()); }
-
-template <typename Pred>
-bool wait_until(Pred pred, std::chrono::milliseconds timeout = 60000ms) {
-    const auto deadline = std::chrono::steady_clock::now() + timeout;
-    while (!pred()) {
-        if (std::chrono::steady_clock::now() > deadline) return false;
-        std::this_thread::sleep_for(5ms);
-    }
-    return true;
-}
-
-struct Response {
-    long status = 0;
-    std::string content_type;
-    std::string body;
-};
-
-size_t append_cb(char* data, size_t size, size_t nmemb, void* out) {
-    static_cast<std::string*>(out)->append(data, size * nmemb);
-    return size * nmemb;
-}
-
-// A one-shot GET (for the 400 answers: they end, the stream does not).
-Response http_get(const std::string& url) {
-    Response r;
-    CURL* easy = curl_easy_init();
-    curl_easy_setopt(easy, CURLOPT_URL, url.c_str());
-    curl_easy_setopt(easy, CURLOPT_WRITEFUNCTION, &append_cb);
-    curl_easy_setopt(easy, CURLOPT_WRITEDATA, &r.body);
-    curl_easy_setopt(easy, CURLOPT_TIMEOUT, 60L);
-    curl_easy_setopt(easy, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_perform(easy);
-    curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &r.status);
-    char* type = nullptr;
-    curl_easy_getinfo(easy, CURLINFO_CONTENT_TYPE, &type);
-    if (type != nullptr) r.content_type = type;
-    curl_easy_cleanup(easy);
-    return r;
-}
-
-// A stream_client follower on its own thread, recording the sequence numbers it gets.
-class Follower {
-public:
-    explicit Follower(StreamClientOptions options) : options_(std::move(options)) {
-        thread_ = std::thread([this] {
-            auto result = follow_incidents(
-                options_, stop_,
-                [this](const StreamedIncident& s) {
-                    std::lock_guard lock(mutex_);
-                    sequence_.push_back(s.incident.requests);
-                },
-                [this](uint64_t n) {
-                    std::lock_guard lock(mutex_);
-                    dropped_ += n;
-                });
-            std::lock_guard lock(mutex_);
-            result_ = result;
-            finished_ = true;
-        });
-    }
-    ~Follower() { stop(); }
-    StreamResult stop() {
-        stop_ = true;
-        if (thread_.joinable()) thread_.join();
-        return result_;
-    }
-    bool finished() {
-        std::lock_guard lock(mutex_);
-        return finished_;
-    }
-    StreamResult result() {
-        std::lock_guard lock(mutex_);
-        return result_;
-    }
-    std::vector<uint32_t> sequence() {
-        std::lock_guard lock(mutex_);
-        return sequence_;
-    }
-    size_t count() {
-        std::lock_guard lock(mutex_);
-        return sequence_.size();
-    }
-    uint64_t dropped() {
-        std::lock_guard lock(mutex_);
-        return dropped_;
-    }
-
-private:
-    StreamClientOptions options_;
-    std::atomic<bool> stop_{false};
-    std::mutex mutex_;
-    std::vector<uint32_t> sequence_;
-    uint64_t dropped_ = 0;
-    StreamResult result_;
-    bool finished_ = false;
-    std::thread thread_;
-};
 
 StreamClientOptions follow(const HttpServer& server, std::optional<std::string> since = std::nullopt,
                            std::optional<uint64_t> last = std::nullopt) {
