@@ -15,6 +15,7 @@
 #include "commands.h"
 #include "correlator.h"
 #include "flags.h"
+#include "history.h"
 #include "output.h"
 #include "signals.h"
 #include "stream_client.h"
@@ -50,21 +51,11 @@ bool matches_pod(const TraceOptions& options, const StreamedIncident& streamed) 
     return end_matches(streamed.client) || end_matches(streamed.server);
 }
 
-// --since: an RFC 3339 time or a duration such as 90s, 30m, 2h, 1h30m (checked here so that a
-// typo is a usage error; the agent parses it again).
+// --since, checked here with the agent's own parser (history.h) so that a typo is a usage error
+// and the CLI accepts exactly what the agent does.
 std::string since_error(const std::string& value) {
-    if (parse_rfc3339(value)) return {};
-    size_t at = 0;
-    bool any = false;
-    while (at < value.size()) {
-        const size_t digits = value.find_first_not_of("0123456789", at);
-        if (digits == at || digits == std::string::npos) break;
-        const char unit = value[digits];
-        if (unit != 's' && unit != 'm' && unit != 'h') break;
-        any = true;
-        at = digits + 1;
-    }
-    if (any && at == value.size()) return {};
+    std::string error;
+    if (parse_history_query(value.c_str(), nullptr, 0, &error)) return {};
     return "'" + value + "': expected an RFC 3339 time (2026-12-06T02:00:00Z) or a duration like 90s, 30m, 2h, 1h30m";
 }
 

@@ -93,6 +93,8 @@ class UsageErrors(unittest.TestCase):
             (["trace", "--token-file", t], "--token-file: needs --from"),
             (["trace", "--since", "30m"], "--since: needs --from"),
             (["trace", "--from", "node", "--since", "yesterday"], "--since: 'yesterday': expected an RFC 3339 time"),
+            # the agent's own parser: units in h, m, s order, each at most once
+            (["trace", "--from", "node", "--since", "30m1h"], "--since: '30m1h': expected"),
             (["trace", "--from", "node", "--last", "0"], "--last"),
             (["trace", "--from", "node", "--last", "x"], "--last"),
             (["trace", "--last", "5"], "--last: needs --from"),
