@@ -606,6 +606,20 @@ bool ClusterState::pod_exists(const std::string& namespace_, const std::string& 
     return pod_uids_by_name_.count(name_key(namespace_, pod)) != 0;
 }
 
+std::string ClusterState::pod_uid(const std::string& namespace_, const std::string& pod) const {
+    std::lock_guard lock(mutex_);
+    if (pod_uids_by_name_.count(name_key(namespace_, pod)) == 0) return {};
+    // A scan: called once per Event written (a few a minute), not per incident.
+    std::string newest, newest_created;
+    for (const auto& [uid, info] : pods_by_uid_) {
+        if (info.namespace_ == namespace_ && info.name == pod && info.created >= newest_created) {
+            newest = uid;
+            newest_created = info.created;
+        }
+    }
+    return newest;
+}
+
 size_t ClusterState::pod_count() const {
     std::lock_guard lock(mutex_);
     return pods_by_uid_.size();

@@ -146,6 +146,8 @@ public:
     std::optional<Identity> lookup(const IpAddr& addr) const;
     // Whether a pod (namespace/name) currently exists: for expiring its metric series.
     bool pod_exists(const std::string& namespace_, const std::string& pod) const;
+    // The uid of that pod ("" when not known; the newest when a name was reused).
+    std::string pod_uid(const std::string& namespace_, const std::string& pod) const;
     size_t pod_count() const;
     size_t service_count() const;
 

@@ -4,10 +4,12 @@
 
 #include <CLI/CLI.hpp>
 
+#include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <cstdlib>
 #include <mutex>
+#include <unistd.h>
 #include <variant>
 
 #include "attribution.h"
@@ -18,6 +20,7 @@
 #include "flags.h"
 #include "correlator.h"
 #include "diagnosis.h"
+#include "event_reporter.h"
 #include "hold_queue.h"
 #include "http_server.h"
 #include "kube_client.h"
@@ -90,6 +93,8 @@ private:
     void deliver(const HeldEvent& event);
     void update_self_metrics();
     void update_inference();
+    void report_verdict(const PairVerdict& verdict);
+    std::string node_name() const;
     std::string diagnose(const std::string& query);
     bool endpoint_alive(const Identity& identity) const;
 
@@ -101,6 +106,7 @@ private:
     std::shared_ptr<ClusterState> cluster_;
     std::optional<KubeConfig> kube_config_;
     std::unique_ptr<KubeWatcher> kube_;
+    std::unique_ptr<EventReporter> events_;  // --kube-events
     std::unique_ptr<Metrics> metrics_;
     std::unique_ptr<HttpServer> http_;
     std::unique_ptr<Correlator> correlator_;
@@ -180,6 +186,9 @@ void Agent::deliver(const HeldEvent& event) {
             pod_inference_.incident(pair, *incident);
             workload_inference_.incident(workload_pair(pair), *incident);
         }
+        // Events only for client ends that are pods Kubernetes knows (not pod-map names).
+        if (events_ && !pair.client.pod.empty() && cluster_->pod_exists(pair.client.namespace_, pair.client.pod))
+            events_->incident(PodRef{pair.client.namespace_, pair.client.pod, ""}, pair, *incident);
         spdlog::warn("incident {} observed by {}: client {} -> server {}{}{}: {}", to_string(incident->cause),
                      to_string(incident->observer), describe(streamed.client, incident->client),
                      describe(streamed.server, incident->server),
@@ -232,12 +241,44 @@ void Agent::update_inference() {
         if (v.client_timeout) client = v.client_timeout->seconds;
         metrics_->set_inferred(v.pair, server, client, v.mismatch);
     }
-    // Logged once per workload pair when established, and again when it changes.
+    // Logged once per workload pair when established, again when it changes or clears.
     for (const PairVerdict& v : changes) {
-        spdlog::warn("keepalive timeout mismatch: {}/{} -> {}/{}:{}: {}{}", v.pair.client.namespace_,
-                     v.pair.client.workload, v.pair.server.namespace_, v.pair.server.workload, v.pair.server_port,
-                     v.reason, v.fix ? "; set " + v.fix->setting : std::string());
+        if (*v.mismatch)
+            spdlog::warn("keepalive timeout mismatch: {}/{} -> {}/{}:{}: {}{}", v.pair.client.namespace_,
+                         v.pair.client.workload, v.pair.server.namespace_, v.pair.server.workload, v.pair.server_port,
+                         v.reason, v.fix ? "; set " + v.fix->setting : std::string());
+        else
+            spdlog::info("keepalive timeout mismatch resolved: {}/{} -> {}/{}:{}: {}", v.pair.client.namespace_,
+                         v.pair.client.workload, v.pair.server.namespace_, v.pair.server.workload,
+                         v.pair.server_port, v.reason);
+        if (events_) report_verdict(v);
     }
+}
+
+// The Event goes on the client workload's pods on this node that use the pair (a few at most:
+// `kubectl describe pod` of any of them shows it).
+void Agent::report_verdict(const PairVerdict& verdict) {
+    constexpr size_t kMaxPods = 5;
+    std::vector<PodRef> clients;
+    {
+        std::lock_guard lock(inference_mutex_);
+        for (const PairKey& pair : pod_inference_.pairs()) {
+            if (clients.size() == kMaxPods) break;
+            if (pair.client.pod.empty() || !(workload_pair(pair) == verdict.pair)) continue;
+            PodRef pod{pair.client.namespace_, pair.client.pod, ""};
+            if (std::find(clients.begin(), clients.end(), pod) == clients.end() &&
+                cluster_->pod_exists(pod.namespace_, pod.name))
+                clients.push_back(std::move(pod));
+        }
+    }
+    if (!clients.empty()) events_->verdict(clients, verdict);
+}
+
+std::string Agent::node_name() const {
+    if (!options_.node_name.empty()) return options_.node_name;
+    if (const char* env = std::getenv("NODE_NAME"); env && *env) return env;
+    char host[256] = {0};
+    return gethostname(host, sizeof(host) - 1) == 0 ? std::string(host) : std::string("unknown");
 }
 
 std::string Agent::diagnose(const std::string& query) {
@@ -258,6 +299,11 @@ void Agent::update_self_metrics() {
     }
     metrics_->set_tracked_connections(static_cast<double>(bpf_->tracked_connections()));
     if (kube_) metrics_->set_attribution_synced("kubernetes", kube_->synced());
+    if (events_) {
+        const EventReporterStats events = events_->stats();
+        for (const auto& [key, total] : events.writes) metrics_->set_kube_event_writes_total(key.first, key.second, total);
+        metrics_->set_kube_events_state(events.policy.pending, events.policy.dropped);
+    }
 }
 
 bool Agent::auth_configured() const {
@@ -306,6 +352,10 @@ bool Agent::check_configuration() {
             usage_error(source, error);
             return false;
         }
+    }
+    if (options_.kube_events && !kube_config_) {
+        usage_error("--kube-events", "needs Kubernetes attribution: run in a cluster or pass --kube-api");
+        return false;
     }
     return true;
 }
@@ -426,6 +476,13 @@ int Agent::run() {
         kube_->start();
         metrics_->set_attribution_synced("kubernetes", false);
     }
+    if (options_.kube_events) {
+        metrics_->enable_kube_events();
+        events_ = std::make_unique<EventReporter>(
+            *kube_config_, node_name(), EventLimits{},
+            [cluster = cluster_](const std::string& ns, const std::string& pod) { return cluster->pod_uid(ns, pod); });
+        events_->start();
+    }
 
     CaptureLoop loop(*correlator_, capture_hooks());
     std::string error;
@@ -443,6 +500,7 @@ int Agent::run() {
     update_self_metrics();
     bpf_.reset();
     bpf_attached_ = false;
+    if (events_) events_->stop();
     if (kube_) kube_->stop();
     http_->stop();
     spdlog::info("stopped: {} incidents ({} more on this agent's own port, not counted), {} records, {} records lost",
@@ -481,6 +539,12 @@ CommandRunner define_agent(CLI::App& cmd) {
     cmd.add_option("--kube-api", agent.kube_api, "Kubernetes API URL, for use outside the cluster");
     cmd.add_option("--kube-token-file", agent.kube_token_file, "bearer token file for --kube-api")->check(readable_file());
     cmd.add_option("--kube-ca-file", agent.kube_ca_file, "CA bundle for --kube-api")->check(readable_file());
+    auto* kube_events = cmd.add_flag("--kube-events", agent.kube_events,
+                                     "write Kubernetes Events on client pods: KeepaliveTimeoutMismatch (predicted, "
+                                     "with the fix) and StaleKeepaliveReset (aggregated, rate-limited)");
+    cmd.add_option("--node-name", agent.node_name, "this node, the Events' reporting instance (default: $NODE_NAME, "
+                                                   "else the host name)")
+        ->needs(kube_events);
     cmd.add_option("--series-ttl", flags->series_ttl_s, "seconds a gone pod's series are kept")
         ->check(finite_range(1.0, 86400.0 * 7, "seconds"));
     cmd.add_option("--pair-labels", flags->pair_labels, "pod or workload (drops pod labels on large clusters)")
@@ -515,6 +579,7 @@ CommandRunner define_agent(CLI::App& cmd) {
             if (!agent.kube_api.empty()) return usage_error("--kube-api", "cannot be used with --kube off");
             if (!agent.kube_token_file.empty()) return usage_error("--kube-token-file", "cannot be used with --kube off");
             if (!agent.kube_ca_file.empty()) return usage_error("--kube-ca-file", "cannot be used with --kube off");
+            if (agent.kube_events) return usage_error("--kube-events", "cannot be used with --kube off");
         }
         agent.loader.write_mode = parse_write_mode(flags->write_hook);
         agent.kube_enabled = flags->kube_mode != "off";

@@ -64,6 +64,11 @@ struct AgentOptions {
     std::string kube_api;
     std::string kube_token_file;
     std::string kube_ca_file;
+    // --kube-events: Kubernetes Events (events.k8s.io/v1) on the client pods of mismatched
+    // pairs and of stale-keepalive resets (agent/events). Needs Kubernetes attribution.
+    bool kube_events = false;
+    // --node-name: this node, the Events' reportingInstance (default $NODE_NAME, else the host name).
+    std::string node_name;
     std::chrono::seconds series_ttl{300};
     PairLabelMode pair_labels = PairLabelMode::pod;
     // How long an incident waits for its pod to become known before it is labelled anyway.
@@ -82,6 +87,12 @@ int run_agent(const AgentOptions& options);
 struct DiagnoseOptions {
     std::optional<std::string> from_url;  // a running agent; else watch this node
     std::optional<double> duration_s;     // standalone: how long to watch
+    // Several agents' diagnoses as one report: {"nodes": [...]} (diagnosis.h) from this file, "-"
+    // for stdin (what `kubectl rstwatch diagnose` pipes in).
+    std::optional<std::string> merge_file;
+    // Every mode: only pairs with an end in this namespace / of this workload (PairFilter).
+    std::optional<std::string> namespace_;
+    std::optional<std::string> workload;
     bool json = false;
     std::string level = "workload";       // "workload" or "pod"
     LoaderOptions loader;

@@ -133,6 +133,7 @@ Metrics::Metrics(MetricsOptions options)
                       "rstwatch_keepalive_mismatch"})
         label_order_[name] = with_pair({});
     label_order_[kRecords] = {"type"};
+    label_order_["rstwatch_kube_event_writes_total"] = {"verb", "result"};
     label_order_[kAttributionSynced] = {"source"};
     label_order_[kBuildInfo] = {"version", "write_hook"};
 
@@ -263,11 +264,55 @@ void Metrics::count_records(std::string_view type_name, uint64_t n) {
     records_.Add({{"type", std::string(type_name)}}).Increment(static_cast<double>(n));
 }
 
+namespace {
+
+// Raises a cumulative counter to `total` (counters never go down).
+void raise_to(prometheus::Counter& counter, uint64_t total) {
+    const double target = static_cast<double>(total);
+    if (target > counter.Value()) counter.Increment(target - counter.Value());
+}
+
+}  // namespace
+
 void Metrics::set_records_lost_total(uint64_t total) {
     std::lock_guard lock(mutex_);  // read-modify-write of the counter
-    const double current = records_lost_.Value();
-    const double target = static_cast<double>(total);
-    if (target > current) records_lost_.Increment(target - current);
+    raise_to(records_lost_, total);
+}
+
+void Metrics::enable_kube_events() {
+    std::lock_guard lock(mutex_);
+    if (kube_event_writes_) return;
+    kube_event_writes_ = &prometheus::BuildCounter()
+                              .Name("rstwatch_kube_event_writes_total")
+                              .Help("Kubernetes Event writes (--kube-events) by verb (create, patch) and result: "
+                                    "ok, or why not (forbidden, throttled, unavailable, invalid, conflict, "
+                                    "not_found). Failed writes are retried with the counts gathered meanwhile.")
+                              .Register(*registry_);
+    kube_events_pending_ = &prometheus::BuildGauge()
+                                .Name("rstwatch_kube_events_pending")
+                                .Help("Kubernetes Events with occurrences not written yet (rate limits, API "
+                                      "errors); they are written when the budget and the API allow.")
+                                .Register(*registry_)
+                                .Add({});
+    kube_event_occurrences_dropped_ =
+        &prometheus::BuildCounter()
+             .Name("rstwatch_kube_event_occurrences_dropped_total")
+             .Help("Occurrences never written to a Kubernetes Event: more Events pending than the agent holds, "
+                   "or refused by the API as invalid. Incidents stay counted in rstwatch_incidents_total.")
+             .Register(*registry_)
+             .Add({});
+}
+
+void Metrics::set_kube_event_writes_total(const std::string& verb, const std::string& result, uint64_t total) {
+    std::lock_guard lock(mutex_);
+    if (kube_event_writes_) raise_to(kube_event_writes_->Add({{"verb", verb}, {"result", result}}), total);
+}
+
+void Metrics::set_kube_events_state(size_t pending, uint64_t dropped_total) {
+    std::lock_guard lock(mutex_);
+    if (!kube_events_pending_) return;
+    kube_events_pending_->Set(static_cast<double>(pending));
+    raise_to(*kube_event_occurrences_dropped_, dropped_total);
 }
 
 void Metrics::set_tracked_connections(double n) { tracked_connections_.Set(n); }

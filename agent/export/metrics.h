@@ -93,6 +93,13 @@ public:
     void set_records_lost_total(uint64_t total);
     void set_tracked_connections(double n);
     void set_attribution_synced(const std::string& source, bool synced);
+    // Kubernetes Events (--kube-events): registers the families below; before it they are absent.
+    void enable_kube_events();
+    // Raises rstwatch_kube_event_writes_total{verb, result} to `total` (cumulative, as counted by
+    // the event reporter).
+    void set_kube_event_writes_total(const std::string& verb, const std::string& result, uint64_t total);
+    // Events with occurrences not written yet, and occurrences never to be written (dropped).
+    void set_kube_events_state(size_t pending, uint64_t dropped_total);
     // Replaces rstwatch_build_info's series (e.g. once the write hook is known after attaching).
     void set_build_info(const std::string& version, const std::string& write_hook);
 
@@ -164,6 +171,10 @@ private:
     prometheus::Family<prometheus::Gauge>& attribution_synced_;
     prometheus::Family<prometheus::Gauge>& build_info_;
     prometheus::Counter& records_lost_;
+    // --kube-events only (enable_kube_events).
+    prometheus::Family<prometheus::Counter>* kube_event_writes_ = nullptr;
+    prometheus::Gauge* kube_events_pending_ = nullptr;
+    prometheus::Counter* kube_event_occurrences_dropped_ = nullptr;
     prometheus::Gauge& tracked_connections_;
     prometheus::Gauge* build_info_series_ = nullptr;  // guarded by mutex_
 

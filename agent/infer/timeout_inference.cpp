@@ -99,7 +99,7 @@ KeepaliveFix recommend_fix(const std::string& comm, const Identity& client, doub
     return fix;
 }
 
-bool TimeoutInference::PairKeyLess::operator()(const PairKey& a, const PairKey& b) const {
+bool PairKeyLess::operator()(const PairKey& a, const PairKey& b) const {
     auto key = [](const PairKey& p) {
         return std::tie(p.client.namespace_, p.client.pod, p.client.workload, p.server.namespace_, p.server.pod,
                         p.server.workload, p.server_port);
@@ -234,15 +234,22 @@ std::vector<PairVerdict> TimeoutInference::take_changes() {
     std::vector<PairVerdict> changed;
     for (auto& [pair, evidence] : pairs_) {
         PairVerdict v = verdict(pair);
+        if (!v.mismatch) continue;  // not enough evidence (or it aged out): nothing to say either way
+        const bool was_mismatch = evidence.reported_mismatch.value_or(false);
         const std::string setting = v.fix ? v.fix->setting : std::string();
-        if (v.mismatch != evidence.reported_mismatch ||
-            (v.mismatch.value_or(false) && setting != evidence.reported_setting)) {
-            evidence.reported_mismatch = v.mismatch;
-            evidence.reported_setting = setting;
-            if (v.mismatch.value_or(false)) changed.push_back(std::move(v));
-        }
+        const bool report = *v.mismatch ? !was_mismatch || setting != evidence.reported_setting : was_mismatch;
+        evidence.reported_mismatch = v.mismatch;
+        evidence.reported_setting = *v.mismatch ? setting : std::string();
+        if (report) changed.push_back(std::move(v));
     }
     return changed;
+}
+
+std::vector<PairKey> TimeoutInference::pairs() const {
+    std::vector<PairKey> keys;
+    keys.reserve(pairs_.size());
+    for (const auto& [pair, evidence] : pairs_) keys.push_back(pair);
+    return keys;
 }
 
 void TimeoutInference::forget(const PairKey& pair) { pairs_.erase(pair); }

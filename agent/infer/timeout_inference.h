@@ -59,6 +59,9 @@ struct PairVerdict {
     std::array<uint64_t, kIdleBucketsSeconds.size() + 1> reuse_hist{};
     std::array<uint64_t, kIdleBucketsSeconds.size() + 1> server_close_hist{};
     std::array<uint64_t, kIdleBucketsSeconds.size() + 1> client_close_hist{};
+    // The nodes whose agents saw this pair, when several agents' verdicts were merged
+    // (merge_verdicts, diagnosis.h); empty for one agent's own verdicts.
+    std::vector<std::string> nodes;
 };
 
 // Median of the samples that agree with the bulk: values farther than max(5 % of the median,
@@ -69,6 +72,11 @@ std::optional<TimeoutEstimate> robust_timeout(std::vector<double> samples);
 KeepaliveFix recommend_fix(const std::string& comm, const Identity& client, double server_timeout_s,
                            double recommended_fraction);
 
+// Orders pairs (maps keyed by pair: the inference's, the merge of several nodes' verdicts).
+struct PairKeyLess {
+    bool operator()(const PairKey& a, const PairKey& b) const;
+};
+
 class TimeoutInference {
 public:
     explicit TimeoutInference(InferenceOptions options = {});
@@ -78,16 +86,16 @@ public:
 
     PairVerdict verdict(const PairKey& pair) const;
     std::vector<PairVerdict> verdicts() const;
-    // Pairs that became a mismatch, or whose recommended setting changed (e.g. the client was
-    // recognised), since the last call: the agent logs each once. Healthy pairs are not reported.
+    // Pairs that became a mismatch, whose recommended setting changed (e.g. the client was
+    // recognised), or that were reported as a mismatch and are not one any more (mismatch ==
+    // false), since the last call: the agent logs each once and turns them into Events.
     std::vector<PairVerdict> take_changes();
+    // The pairs with evidence (e.g. to find the pods of a workload pair).
+    std::vector<PairKey> pairs() const;
     void forget(const PairKey& pair);
     size_t pair_count() const { return pairs_.size(); }
 
 private:
-    struct PairKeyLess {
-        bool operator()(const PairKey& a, const PairKey& b) const;
-    };
     struct Evidence {
         std::deque<double> reuses;
         std::deque<double> server_closes;

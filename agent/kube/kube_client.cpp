@@ -16,16 +16,6 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-// Read again for every request: a projected service account token is rotated on disk.
-bool read_token(const KubeConfig& config, std::string* out, std::string* error) {
-    out->clear();
-    if (config.token_file.empty()) return true;
-    auto t = read_token_file(config.token_file, error);
-    if (!t) return false;
-    *out = std::move(*t);
-    return true;
-}
-
 KubeRequest make_request(const KubeWatcherOptions& options, std::string url, long idle_seconds) {
     KubeRequest req;
     req.url = std::move(url);
@@ -361,7 +351,7 @@ KubeWatcher::Outcome KubeWatcher::fetch_list_page(RunState& rs, const std::strin
     if (!continue_token.empty()) url += "&continue=" + url_encode(continue_token);
     KubeRequest req = make_request(options_, std::move(url), static_cast<long>(options_.idle_timeout.count()));
     std::string terr;
-    if (!read_token(config_, &req.token, &terr)) {
+    if (!read_request_token(config_, &req.token, &terr)) {
         *message = "list " + rs.name() + ": " + terr;
         return Outcome::error;
     }
@@ -392,7 +382,7 @@ KubeWatcher::Outcome KubeWatcher::watch(RunState& rs, std::string* message, bool
                                    static_cast<long>(options_.idle_timeout.count()) + options_.watch_timeout_seconds);
     req.stream = true;
     std::string terr;
-    if (!read_token(config_, &req.token, &terr)) {
+    if (!read_request_token(config_, &req.token, &terr)) {
         *message = "watch " + rs.name() + ": " + terr;
         return Outcome::error;
     }

@@ -181,4 +181,13 @@ std::optional<KubeConfig> KubeConfig::from_flags(const std::string& api_url, con
     return config;
 }
 
+bool read_request_token(const KubeConfig& config, std::string* out, std::string* error) {
+    out->clear();
+    if (config.token_file.empty()) return true;
+    auto token = read_token_file(config.token_file, error);
+    if (!token) return false;
+    *out = std::move(*token);
+    return true;
+}
+
 }  // namespace rstwatch

@@ -37,4 +37,8 @@ struct KubeConfig {
 // be read, is empty or holds more than one line.
 std::optional<std::string> read_token_file(const std::string& path, std::string* error);
 
+// The token for one request ("" without a token file). Read again for every request: a
+// projected service account token is rotated on disk.
+bool read_request_token(const KubeConfig& config, std::string* out, std::string* error);
+
 }  // namespace rstwatch

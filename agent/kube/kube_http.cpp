@@ -3,6 +3,8 @@
 #include "text.h"
 
 #include <algorithm>
+#include <cctype>
+#include <cstdlib>
 #include <mutex>
 
 namespace rstwatch {
@@ -22,10 +24,10 @@ struct TransferContext {
     size_t scanned = 0;  // bytes of buffer known to hold no newline
 };
 
-// A non-streamed body: kept whole for a 200 (up to max_body_bytes), else its first 64 KiB.
+// A non-streamed body: kept whole for a 200/201 (up to max_body_bytes), else its first 64 KiB.
 size_t keep_body(TransferContext* ctx, const char* data, size_t len) {
     std::string& body = ctx->response->body;
-    if (ctx->response->http_code != 200) {
+    if (ctx->response->http_code != 200 && ctx->response->http_code != 201) {
         if (body.size() < kMaxErrorBody) body.append(data, std::min(len, kMaxErrorBody - body.size()));
         return len;
     }
@@ -85,6 +87,24 @@ size_t on_write(char* data, size_t size, size_t count, void* user) {
     return ctx->streaming ? feed_lines(ctx, data, len) : keep_body(ctx, data, len);
 }
 
+// Retry-After: SECONDS (the API server's form; an HTTP date is not used by it).
+size_t on_header(char* data, size_t size, size_t count, void* user) {
+    auto* response = static_cast<KubeResponse*>(user);
+    std::string_view line(data, size * count);
+    constexpr std::string_view kName = "retry-after:";
+    if (line.size() > kName.size()) {
+        std::string name(line.substr(0, kName.size()));
+        std::transform(name.begin(), name.end(), name.begin(), [](unsigned char c) { return std::tolower(c); });
+        if (name == kName) {
+            std::string value(trim(line.substr(kName.size())));
+            char* end = nullptr;
+            long seconds = std::strtol(value.c_str(), &end, 10);
+            if (!value.empty() && end && *end == '\0' && seconds >= 0) response->retry_after_s = seconds;
+        }
+    }
+    return size * count;
+}
+
 int on_progress(void* user, curl_off_t, curl_off_t, curl_off_t, curl_off_t) {
     auto* ctx = static_cast<TransferContext*>(user);
     if (ctx->stopping->load(std::memory_order_relaxed)) {
@@ -100,6 +120,10 @@ curl_slist* request_headers(const KubeRequest& request) {
     if (!request.token.empty()) {
         std::string auth = "Authorization: Bearer " + request.token;
         headers = curl_slist_append(headers, auth.c_str());  // copied
+    }
+    if (!request.content_type.empty()) {
+        std::string type = "Content-Type: " + request.content_type;
+        headers = curl_slist_append(headers, type.c_str());
     }
     return headers;
 }
@@ -129,6 +153,15 @@ void set_options(CURL* easy, const KubeRequest& request, const KubeConfig& confi
     curl_easy_setopt(easy, CURLOPT_NOPROGRESS, 0L);
     curl_easy_setopt(easy, CURLOPT_XFERINFOFUNCTION, on_progress);
     curl_easy_setopt(easy, CURLOPT_XFERINFODATA, ctx);
+    curl_easy_setopt(easy, CURLOPT_HEADERFUNCTION, on_header);
+    curl_easy_setopt(easy, CURLOPT_HEADERDATA, ctx->response);
+    if (request.total_timeout.count() > 0)
+        curl_easy_setopt(easy, CURLOPT_TIMEOUT_MS, static_cast<long>(request.total_timeout.count()));
+    if (request.method != "GET") {
+        curl_easy_setopt(easy, CURLOPT_CUSTOMREQUEST, request.method.c_str());
+        curl_easy_setopt(easy, CURLOPT_POSTFIELDS, request.body.c_str());
+        curl_easy_setopt(easy, CURLOPT_POSTFIELDSIZE, static_cast<long>(request.body.size()));
+    }
     if (!config.ca_file.empty()) curl_easy_setopt(easy, CURLOPT_CAINFO, config.ca_file.c_str());
     if (config.insecure_skip_verify) {
         curl_easy_setopt(easy, CURLOPT_SSL_VERIFYPEER, 0L);

@@ -1,5 +1,6 @@
-// One HTTP(S) request to the Kubernetes API over libcurl, as the watcher makes it: a LIST
-// (the body kept whole, up to a limit) or a WATCH (the body fed line by line to a callback).
+// One HTTP(S) request to the Kubernetes API over libcurl: a LIST (the body kept whole, up to a
+// limit), a WATCH (the body fed line by line to a callback), or a write (POST/PATCH of a JSON
+// body, kube_writer.h).
 // Internal to rstwatch_kube (kube_client.cpp); not included by kube_client.h.
 #pragma once
 
@@ -7,6 +8,7 @@
 #include <chrono>
 #include <cstddef>
 #include <functional>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -19,6 +21,10 @@ namespace rstwatch {
 struct KubeRequest {
     std::string url;
     std::string token;  // "" = no Authorization header
+    std::string method = "GET";  // GET, POST or PATCH
+    std::string body;            // sent with POST/PATCH
+    std::string content_type;    // of body ("application/json", "application/merge-patch+json")
+    std::chrono::milliseconds total_timeout{0};  // the whole request, 0 = none (watches run long)
     bool stream = false;  // a watch: the body is fed line by line to on_line
     std::function<bool(std::string_view)> on_line;  // false aborts the transfer
     long idle_seconds = 60;  // no bytes for this long aborts the request
@@ -35,6 +41,7 @@ struct KubeResponse {
     bool handler_aborted = false;
     std::string abort_reason;  // set when we aborted for a reason of our own (too long, ...)
     std::string curl_error;
+    std::optional<long> retry_after_s;  // a 429/503's Retry-After header, in seconds
 };
 
 // curl_global_init, once per process.

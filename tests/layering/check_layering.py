@@ -17,6 +17,7 @@ ALLOWED = {
     "attribute": {"correlate"},
     "kube": {"attribute", "correlate"},
     "infer": {"attribute", "correlate"},
+    "events": {"kube", "infer", "attribute", "correlate"},
     "export": {"attribute", "correlate"},
     "client": {"export", "attribute", "correlate"},
     "http": {"export", "attribute", "correlate"},
