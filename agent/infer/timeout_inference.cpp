@@ -142,10 +142,12 @@ void TimeoutInference::observe(const PairKey& pair, const Observation& observati
         case ObservationKind::server_idle_close:
             push(evidence.server_closes, observation.idle_s);
             evidence.server_closes_total++;
+            evidence.client_closes_since_trouble = 0;
             break;
         case ObservationKind::client_idle_close:
             push(evidence.client_closes, observation.idle_s);
             evidence.client_closes_total++;
+            evidence.client_closes_since_trouble++;
             break;
     }
 }
@@ -153,6 +155,7 @@ void TimeoutInference::observe(const PairKey& pair, const Observation& observati
 void TimeoutInference::incident(const PairKey& pair, const Incident& incident) {
     Evidence& evidence = pairs_[pair];
     evidence.incidents[static_cast<size_t>(incident.cause)]++;
+    if (is_stale_keepalive_cause(incident.cause)) evidence.client_closes_since_trouble = 0;
     if (!incident.comm.empty() && incident.observer == Observer::client) evidence.client_comm = incident.comm;
 }
 
@@ -184,10 +187,24 @@ PairVerdict TimeoutInference::verdict(const PairKey& pair) const {
     for (size_t c = 0; c < kCauseCount; ++c)
         if (is_stale_keepalive_cause(static_cast<Cause>(c))) stale_incidents += e.incidents[c];
 
+    // The client's own closes since the last trouble: its timeout as it is now.
+    std::optional<TimeoutEstimate> client_now;
+    if (e.client_closes_since_trouble >= options_.min_evidence) {
+        const size_t recent = std::min(e.client_closes_since_trouble, e.client_closes.size());
+        client_now = robust_timeout(std::vector<double>(e.client_closes.end() - static_cast<std::ptrdiff_t>(recent),
+                                                        e.client_closes.end()));
+    }
+
     if (v.server_timeout) {
         const double t = v.server_timeout->seconds;
         const double race_edge = t * (1 - options_.race_margin);
-        if (stale_incidents > 0) {
+        if (client_now && client_now->seconds < race_edge) {
+            v.mismatch = false;
+            v.reason = fmt::format("the client now closes idle connections after {:.2f} s, before the server's "
+                                   "{:.2f} s: no server idle close or stale keepalive incident since its last {} "
+                                   "closes",
+                                   client_now->seconds, t, e.client_closes_since_trouble);
+        } else if (stale_incidents > 0) {
             v.mismatch = true;
             v.reason = fmt::format("{} stale keepalive incidents confirmed; the server closes idle connections "
                                    "after {:.2f} s",
@@ -209,7 +226,7 @@ PairVerdict TimeoutInference::verdict(const PairKey& pair) const {
                                    v.server_timeout->evidence, t);
         }
         v.fix = recommend_fix(e.client_comm, pair.client, t, options_.recommended_fraction);
-    } else if (stale_incidents > 0) {
+    } else if (stale_incidents > 0 && !client_now) {
         v.mismatch = true;
         v.reason = fmt::format("{} stale keepalive incidents confirmed (server timeout not inferred yet)",
                                stale_incidents);

@@ -104,6 +104,9 @@ private:
         size_t server_closes_total = 0;
         size_t client_closes_total = 0;
         std::array<uint64_t, kCauseCount> incidents{};
+        // Client idle closes since the last server idle close or stale-keepalive incident: enough
+        // of them, all below the server's timeout, mean the client was fixed.
+        size_t client_closes_since_trouble = 0;
         std::string client_comm;
         // What was last reported through take_changes().
         std::optional<bool> reported_mismatch;

@@ -170,6 +170,24 @@ TEST(TimeoutInference, ChangesAreReportedOnce) {
     EXPECT_TRUE(inference.take_changes().empty());  // same verdict, same value
 }
 
+TEST(TimeoutInference, AMismatchThatClearsIsReportedOnceAsResolved) {
+    TimeoutInference inference;
+    Feed feed{inference};
+    for (int i = 0; i < 5; ++i) feed.add(ObservationKind::server_idle_close, 2.0);
+    auto first = inference.take_changes();
+    ASSERT_EQ(first.size(), 1u);
+    ASSERT_TRUE(*first[0].mismatch);
+    // The client was fixed: it now closes its idle connections well before the server.
+    for (int i = 0; i < 5; ++i) feed.add(ObservationKind::client_idle_close, 1.0);
+    ASSERT_EQ(inference.verdict(feed.pair).mismatch, std::optional<bool>(false)) << inference.verdict(feed.pair).reason;
+    auto resolved = inference.take_changes();
+    ASSERT_EQ(resolved.size(), 1u);
+    EXPECT_FALSE(*resolved[0].mismatch);
+    EXPECT_TRUE(inference.take_changes().empty());
+    ASSERT_EQ(inference.pairs().size(), 1u);
+    EXPECT_EQ(inference.pairs()[0], feed.pair);
+}
+
 TEST(TimeoutInference, HistogramsCountEachObservation) {
     TimeoutInference inference;
     Feed feed{inference};
