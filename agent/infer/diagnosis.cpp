@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <limits>
+#include <map>
 #include <stdexcept>
 
 namespace rstwatch {
@@ -60,6 +61,12 @@ std::string describe_end(const Identity& who) {
     return who.workload.empty() ? "?" : who.workload;
 }
 
+std::string joined(const std::vector<std::string>& items) {
+    std::string out;
+    for (const std::string& item : items) out += (out.empty() ? "" : ", ") + item;
+    return out;
+}
+
 }  // namespace
 
 json verdict_to_json(const PairVerdict& v) {
@@ -90,6 +97,8 @@ json verdict_to_json(const PairVerdict& v) {
           {"server_close", histogram_json(v.server_close_hist)},
           {"client_close", histogram_json(v.client_close_hist)}}},
     };
+    // Only in merged diagnoses: one agent's own JSON stays as it was.
+    if (!v.nodes.empty()) j["nodes"] = v.nodes;
     return j;
 }
 
@@ -146,6 +155,13 @@ std::optional<PairVerdict> verdict_from_json(const json& j, std::string* error) 
         if (!histogram_from(h.at("reuse"), v.reuse_hist) || !histogram_from(h.at("server_close"), v.server_close_hist) ||
             !histogram_from(h.at("client_close"), v.client_close_hist))
             throw std::runtime_error("histograms do not match this rstwatch's buckets");
+        if (j.contains("nodes")) {
+            if (!j["nodes"].is_array()) throw std::runtime_error("nodes is not an array of strings");
+            for (const json& node : j["nodes"]) {
+                if (!node.is_string()) throw std::runtime_error("nodes is not an array of strings");
+                v.nodes.push_back(node.get<std::string>());
+            }
+        }
         return v;
     } catch (const std::exception& e) {
         if (error) *error = std::string("malformed diagnosis: ") + e.what();
@@ -177,7 +193,8 @@ std::string render_diagnosis(const std::vector<PairVerdict>& verdicts) {
     std::string out;
     if (verdicts.empty()) return "no client/server pairs with idle connections observed yet\n";
     for (const PairVerdict& v : verdicts) {
-        out += fmt::format("{} -> {}:{}\n", describe_end(v.pair.client), describe_end(v.pair.server), v.pair.server_port);
+        out += fmt::format("{} -> {}:{}{}\n", describe_end(v.pair.client), describe_end(v.pair.server), v.pair.server_port,
+                           v.nodes.empty() ? "" : "   (seen on " + joined(v.nodes) + ")");
         if (!v.mismatch)
             out += "  verdict:  not enough evidence yet\n";
         else
@@ -213,6 +230,163 @@ std::string render_diagnosis(const std::vector<PairVerdict>& verdicts) {
         }
         out += "\n";
     }
+    return out;
+}
+
+// ---- a cluster-wide diagnosis: several nodes' agents merged ---------------------------------
+
+bool PairFilter::matches(const PairKey& pair) const {
+    auto end_matches = [&](const Identity& end) {
+        return (!namespace_ || end.namespace_ == *namespace_) && (!workload || end.workload == *workload);
+    };
+    return end_matches(pair.client) || end_matches(pair.server);
+}
+
+void filter_verdicts(std::vector<PairVerdict>& verdicts, const PairFilter& filter) {
+    std::erase_if(verdicts, [&](const PairVerdict& v) { return !filter.matches(v.pair); });
+}
+
+std::optional<std::vector<NodeDiagnosis>> node_diagnoses_from_json(const json& j, std::string* error) {
+    auto fail = [&](const std::string& why) -> std::optional<std::vector<NodeDiagnosis>> {
+        if (error) *error = why;
+        return std::nullopt;
+    };
+    if (!j.is_object() || !j.contains("nodes") || !j["nodes"].is_array())
+        return fail("not a cluster diagnosis: no \"nodes\" array");
+    std::vector<NodeDiagnosis> nodes;
+    for (const json& entry : j["nodes"]) {
+        const std::string where = fmt::format("nodes[{}]", nodes.size());
+        if (!entry.is_object() || !entry.contains("node") || !entry["node"].is_string() || !entry.contains("agent") ||
+            !entry["agent"].is_string() || !entry.contains("ready") || !entry["ready"].is_boolean())
+            return fail(where + ": needs \"node\" and \"agent\" (strings) and \"ready\" (true or false)");
+        NodeDiagnosis node;
+        node.node = entry["node"].get<std::string>();
+        node.agent = entry["agent"].get<std::string>();
+        node.ready = entry["ready"].get<bool>();
+        const std::string who = where + " (node " + json(node.node).dump() + ")";  // quoted: untrusted text
+        node.answered = entry.contains("diagnosis");
+        if (node.answered == entry.contains("error")) return fail(who + ": needs either \"diagnosis\" or \"error\"");
+        if (node.answered) {
+            const json& diagnosis = entry["diagnosis"];
+            if (!diagnosis.is_object() || !diagnosis.contains("level") || !diagnosis["level"].is_string())
+                return fail(who + ": the diagnosis has no \"level\"");
+            node.level = diagnosis["level"].get<std::string>();
+            std::string why;
+            auto verdicts = diagnosis_from_json(diagnosis, &why);
+            if (!verdicts) return fail(who + ": " + why);
+            node.verdicts = std::move(*verdicts);
+        } else {
+            if (!entry["error"].is_string()) return fail(who + ": \"error\" is not a string");
+            node.error = entry["error"].get<std::string>();
+        }
+        nodes.push_back(std::move(node));
+    }
+    return nodes;
+}
+
+namespace {
+
+// What a verdict rests on: every observation and incident its agent counted for the pair.
+uint64_t evidence(const PairVerdict& v) {
+    uint64_t total = v.reuses + v.server_closes + v.client_closes;
+    for (uint64_t count : v.incidents) total += count;
+    return total;
+}
+
+// Of two estimates, the one resting on more observations (the first on a tie). Not an average:
+// agents on different nodes may watch different server pods, and the mean of two timeouts is one
+// that nobody configured.
+void keep_better(std::optional<TimeoutEstimate>& kept, const std::optional<TimeoutEstimate>& other) {
+    if (other && (!kept || other->evidence > kept->evidence)) kept = other;
+}
+
+template <size_t N>
+void add(std::array<uint64_t, N>& sum, const std::array<uint64_t, N>& more) {
+    for (size_t i = 0; i < N; ++i) sum[i] += more[i];
+}
+
+struct Seen {
+    const std::string* node;
+    const PairVerdict* verdict;
+};
+
+PairVerdict merge_pair(const std::vector<Seen>& seen) {
+    PairVerdict m;
+    m.pair = seen.front().verdict->pair;
+    for (const auto& [node, v] : seen) {
+        m.reuses += v->reuses;
+        m.server_closes += v->server_closes;
+        m.client_closes += v->client_closes;
+        add(m.incidents, v->incidents);
+        add(m.reuse_hist, v->reuse_hist);
+        add(m.server_close_hist, v->server_close_hist);
+        add(m.client_close_hist, v->client_close_hist);
+        keep_better(m.server_timeout, v->server_timeout);
+        keep_better(m.client_timeout, v->client_timeout);
+        if (v->max_reuse_idle_s) m.max_reuse_idle_s = std::max(m.max_reuse_idle_s.value_or(0), *v->max_reuse_idle_s);
+        // One node's mismatch is the cluster's: its clients get the 502s whatever the others see.
+        if (v->mismatch.value_or(false) || m.mismatch.value_or(false))
+            m.mismatch = true;
+        else if (v->mismatch)
+            m.mismatch = false;
+        if (std::find(m.nodes.begin(), m.nodes.end(), *node) == m.nodes.end()) m.nodes.push_back(*node);
+    }
+    // The words (reason, fix) of a node that reached the merged verdict, the one with the most
+    // evidence: there always is one, and its fix is the one the verdict asks for.
+    const PairVerdict* voice = nullptr;
+    for (const auto& [node, v] : seen)
+        if (v->mismatch == m.mismatch && (!voice || evidence(*v) > evidence(*voice))) voice = v;
+    m.reason = voice->reason;
+    m.fix = voice->fix;
+    m.client_comm = voice->client_comm;
+    return m;
+}
+
+}  // namespace
+
+std::vector<PairVerdict> merge_verdicts(const std::vector<NodeDiagnosis>& nodes) {
+    std::vector<std::vector<Seen>> pairs;  // in order of first appearance
+    std::map<PairKey, size_t, PairKeyLess> index;
+    for (const NodeDiagnosis& node : nodes)
+        for (const PairVerdict& v : node.verdicts) {
+            auto [at, added] = index.try_emplace(v.pair, pairs.size());
+            if (added) pairs.emplace_back();
+            pairs[at->second].push_back({&node.node, &v});
+        }
+    std::vector<PairVerdict> merged;
+    for (const auto& seen : pairs) merged.push_back(merge_pair(seen));
+    return merged;
+}
+
+json merged_diagnosis_to_json(const std::vector<PairVerdict>& merged, const std::vector<NodeDiagnosis>& nodes,
+                              const std::string& level) {
+    json j = diagnosis_to_json(merged, level);
+    json list = json::array();
+    for (const NodeDiagnosis& node : nodes) {
+        json entry = {{"node", node.node}, {"agent", node.agent}, {"ready", node.ready}};
+        if (node.answered)
+            entry["pairs"] = node.verdicts.size();
+        else
+            entry["error"] = node.error;
+        list.push_back(std::move(entry));
+    }
+    j["nodes"] = std::move(list);
+    return j;
+}
+
+std::string render_merged_diagnosis(const std::vector<PairVerdict>& merged, const std::vector<NodeDiagnosis>& nodes) {
+    std::string out = render_diagnosis(merged);
+    std::vector<std::string> answered;
+    for (const NodeDiagnosis& node : nodes)
+        if (node.answered)
+            answered.push_back(fmt::format("{} ({} pair{})", node.node, node.verdicts.size(),
+                                           node.verdicts.size() == 1 ? "" : "s"));
+    out += fmt::format("merged the diagnoses of {} of {} agents{}{}\n", answered.size(), nodes.size(),
+                       answered.empty() ? "" : ": ", joined(answered));
+    for (const NodeDiagnosis& node : nodes)
+        if (!node.answered)
+            out += fmt::format("node {}: agent {} {}: {}; its clients are not in this report\n", node.node, node.agent,
+                               node.ready ? "failed" : "not ready", node.error);
     return out;
 }
 
