@@ -30,13 +30,7 @@ std::string explain(const Incident& incident) {
                                    *incident.idle_before_write_ms / 1000.0);
             return "a request was written on a keepalive connection the server had just closed: the server reset it "
                    "and the request failed (a proxy answers 502)";
-        case Cause::abort_on_close:
-            return "the server closed an idle keepalive connection as a request arrived on it: the request was reset "
-                   "(a proxy answers 502)";
-        case Cause::data_after_close:
-            return "a request arrived on a keepalive connection the server had already closed: it was reset (a proxy "
-                   "answers 502)";
-        case Cause::reset_other: break;
+        default: break;  // server-side causes and reset_other make no Event
     }
     return "connection reset";
 }
@@ -75,7 +69,10 @@ EventPolicy::Aggregate& EventPolicy::upsert(const std::string& key, EventFields 
 
 void EventPolicy::incident(const PodRef& client, const PairKey& pair, const Incident& incident, int64_t mono_ns,
                            int64_t unix_ns) {
-    if (incident.cause == Cause::reset_other) return;
+    // One Event occurrence per failed request: the client's own record of it. The server's record
+    // of the same race (abort_on_close, data_after_close), on this node or the server's, would
+    // count it twice or put a second Event on the client's pod from another node.
+    if (incident.cause == Cause::reset_other || incident.observer != Observer::client) return;
     const std::string key =
         fmt::format("{}|{}/{}|{}", kReasonStaleReset, client.namespace_, client.name, server_name(pair));
     if (auto it = aggregates_.find(key); it != aggregates_.end()) {
@@ -93,10 +90,9 @@ void EventPolicy::incident(const PodRef& client, const PairKey& pair, const Inci
     fields.type = "Warning";
     fields.reason = kReasonStaleReset;
     fields.action = "Reset";
-    fields.note = fmt::format("{} -> {}{}: {} ({}, seen by the {}).{}", client.namespace_ + "/" + client.name,
-                              server_name(pair), pair.server.pod.empty() ? "" : " (pod " + pair.server.pod + ")",
-                              explain(incident), to_string(incident.cause), to_string(incident.observer),
-                              diagnose_hint(client.namespace_));
+    fields.note = fmt::format("{} -> {}{}: {} ({}).{}", client.namespace_ + "/" + client.name, server_name(pair),
+                              pair.server.pod.empty() ? "" : " (pod " + pair.server.pod + ")", explain(incident),
+                              to_string(incident.cause), diagnose_hint(client.namespace_));
     bool fresh = false;
     upsert(key, std::move(fields), mono_ns, unix_ns, &fresh);
 }

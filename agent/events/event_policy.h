@@ -3,7 +3,8 @@
 // without a clock or an API server; event_reporter.h does the writing.
 //
 // Events, each on a client pod (the end whose owners act on it):
-//   StaleKeepaliveReset (Warning): incidents of a stale-keepalive cause, one Event per client pod,
+//   StaleKeepaliveReset (Warning): stale-keepalive incidents as the client saw them (one per failed
+//     request), one Event per client pod,
 //     server workload and port; repeats only advance its series (count, lastObservedTime), as
 //     client-go's event recorder aggregates.
 //   KeepaliveTimeoutMismatch (Warning): a workload pair predicted to race, with the fix; a new
@@ -71,7 +72,8 @@ public:
     EventPolicy(EventLimits limits, std::string node);
 
     // An incident whose client end is the pod `client`: counts toward that pod's
-    // StaleKeepaliveReset for the pair's server. Causes outside the keepalive race are ignored.
+    // StaleKeepaliveReset for the pair's server. Only the client's own records of stale-keepalive
+    // causes count (one per failed request); the rest is ignored.
     void incident(const PodRef& client, const PairKey& pair, const Incident& incident, int64_t mono_ns,
                   int64_t unix_ns);
     // A workload pair's verdict changed (TimeoutInference::take_changes): `clients` are the

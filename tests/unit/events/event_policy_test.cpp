@@ -136,10 +136,13 @@ TEST(EventPolicy, RepeatsAdvanceTheSeriesAtMostOncePerInterval) {
     EXPECT_EQ(d.policy.stats().pending, 0u);
 }
 
-TEST(EventPolicy, ResetsOutsideTheKeepaliveRaceAreNoStaleKeepaliveReset) {
+TEST(EventPolicy, ResetsOutsideTheKeepaliveRaceAndTheServersRecordsAreNoStaleKeepaliveReset) {
     Driver d;
     const PairKey pair = proxy_to("tomcat");
     d.policy.incident(client_of(pair), pair, race(0, Cause::reset_other), d.mono, d.unix_now());
+    Incident server_side = race(0, Cause::abort_on_close);
+    server_side.observer = Observer::server;  // the same race from the server's socket: counted once, by the client
+    d.policy.incident(client_of(pair), pair, server_side, d.mono, d.unix_now());
     EXPECT_TRUE(d.step().empty());
     EXPECT_EQ(d.policy.stats().tracked, 0u);
 }
