@@ -1,10 +1,13 @@
 // `rstwatch diagnose`: inferred idle timeouts per pair, the keepalive verdict and the fix,
-// from a running agent (--from) or by watching this node for --duration.
+// from a running agent (--from), by watching this node for --duration, or merged from several
+// agents' diagnoses (--merge: each agent sees only its own node's clients).
 #include <spdlog/spdlog.h>
 
 #include <CLI/CLI.hpp>
 
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
 #include <memory>
 
 #include "attribution.h"
@@ -36,17 +39,68 @@ std::optional<std::string> fetch_diagnosis(const std::string& url, const std::st
     return std::move(response->body);
 }
 
-int print(const std::vector<PairVerdict>& verdicts, const DiagnoseOptions& options) {
-    std::string text = options.json ? diagnosis_to_json(verdicts, options.level).dump() + "\n"
-                                    : render_diagnosis(verdicts);
+int write_out(const std::string& text) {
     fwrite(text.data(), 1, text.size(), stdout);
     fflush(stdout);
     return kExitOk;
 }
 
+PairFilter filter_of(const DiagnoseOptions& options) { return {options.namespace_, options.workload}; }
+
+int print(std::vector<PairVerdict> verdicts, const DiagnoseOptions& options) {
+    filter_verdicts(verdicts, filter_of(options));
+    return write_out(options.json ? diagnosis_to_json(verdicts, options.level).dump() + "\n" : render_diagnosis(verdicts));
+}
+
+// The whole of PATH ("-": stdin), or false with errno's text in *error.
+bool read_all(const std::string& path, std::string* text, std::string* error) {
+    FILE* file = path == "-" ? stdin : std::fopen(path.c_str(), "rb");
+    if (!file) {
+        *error = std::strerror(errno);
+        return false;
+    }
+    char buffer[65536];
+    while (size_t n = std::fread(buffer, 1, sizeof buffer, file)) text->append(buffer, n);
+    const bool ok = !std::ferror(file);
+    if (!ok) *error = std::strerror(errno);
+    if (file != stdin) std::fclose(file);
+    return ok;
+}
+
+// --merge: the agents' diagnoses, each filtered, merged into one report. The input is what the
+// user (or the kubectl plugin) handed over, so any flaw in it is a usage error naming --merge.
+int run_merge(const DiagnoseOptions& options) {
+    const std::string& path = *options.merge_file;
+    const std::string name = path == "-" ? "stdin" : path;
+    std::string text, error;
+    if (!read_all(path, &text, &error)) return usage_error("--merge", name + ": " + error);
+    nlohmann::json document;
+    try {
+        document = nlohmann::json::parse(text);
+    } catch (const nlohmann::json::parse_error& e) {
+        return usage_error("--merge", fmt::format("{}: not a JSON document (syntax error at byte {})", name, e.byte));
+    }
+    auto nodes = node_diagnoses_from_json(document, &error);
+    if (!nodes) return usage_error("--merge", name + ": " + error);
+    for (NodeDiagnosis& node : *nodes) {
+        if (node.answered && node.level != options.level)
+            return usage_error("--merge", fmt::format("{}: node {}'s diagnosis is at {} level, not {} (--level)", name,
+                                                      node.node, node.level, options.level));
+        filter_verdicts(node.verdicts, filter_of(options));
+    }
+    const auto merged = merge_verdicts(*nodes);
+    return write_out(options.json ? merged_diagnosis_to_json(merged, *nodes, options.level).dump() + "\n"
+                                  : render_merged_diagnosis(merged, *nodes));
+}
+
+CLI::Validator not_empty(const std::string& what) {
+    return CLI::Validator([what](std::string& value) { return value.empty() ? "needs " + what : std::string(); }, "");
+}
+
 }  // namespace
 
 int run_diagnose(const DiagnoseOptions& options) {
+    if (options.merge_file) return run_merge(options);
     if (options.from_url) {
         std::string error;
         ClientAuth auth;
@@ -57,7 +111,7 @@ int run_diagnose(const DiagnoseOptions& options) {
         nlohmann::json document = nlohmann::json::parse(*body, nullptr, false);
         auto verdicts = diagnosis_from_json(document, &error);
         if (!verdicts) return command_failed(*options.from_url + ": " + error);
-        return print(*verdicts, options);
+        return print(std::move(*verdicts), options);
     }
 
     // Standalone: watch this node for --duration.
@@ -112,17 +166,31 @@ CommandRunner define_diagnose(CLI::App& cmd) {
     auto* duration = cmd.add_option("--duration", diagnose.duration_s, "without --from: watch this node for this many seconds")
                          ->check(positive_seconds(30 * 86400.0));
     from->excludes(duration);
+    auto* merge = cmd.add_option("--merge", diagnose.merge_file,
+                                 "several agents' diagnoses as one report, from a JSON file (- for stdin) as kubectl "
+                                 "rstwatch diagnose sends it: {\"nodes\": [{\"node\", \"agent\", \"ready\", "
+                                 "\"diagnosis\" (diagnose -o json) or \"error\"}]}")
+                      ->check(CLI::Validator(
+                          [](std::string& path) { return path == "-" ? std::string() : readable_file()(path); }, "FILE|-"));
+    merge->excludes(from);
+    merge->excludes(duration);
     add_output_flag(cmd, flags->output, {"table", "json"}, "table or json");
     add_agent_credential_flags(cmd, diagnose.token_file, diagnose.ca_file, from);
     cmd.add_option("--level", diagnose.level, "name pairs by workload or by pod")->check(CLI::IsMember({"workload", "pod"}));
-    cmd.add_option("--pod-map", diagnose.pod_map_path, "without --from: YAML file naming endpoints")
+    cmd.add_option("-n,--namespace", diagnose.namespace_, "only pairs with an end in this namespace")
+        ->check(not_empty("a namespace"));
+    cmd.add_option("--workload", diagnose.workload, "only pairs with this workload at an end (with -n: in that namespace)")
+        ->check(not_empty("a workload name"));
+    cmd.add_option("--pod-map", diagnose.pod_map_path, "with --duration: YAML file naming endpoints")
         ->check(readable_file())
-        ->excludes(from);
-    add_idle_threshold_flag(cmd, diagnose.loader.idle_threshold_s, "without --from: ")->excludes(from);
+        ->excludes(from)
+        ->excludes(merge);
+    add_idle_threshold_flag(cmd, diagnose.loader.idle_threshold_s, "with --duration: ")->excludes(from)->excludes(merge);
     return [flags]() -> int {
         DiagnoseOptions& diagnose = flags->diagnose;
-        if (!diagnose.from_url && !diagnose.duration_s)
-            return usage_error("--from", "diagnose needs --from URL (a running agent) or --duration SECONDS (watch this node)");
+        if (!diagnose.from_url && !diagnose.duration_s && !diagnose.merge_file)
+            return usage_error("--from", "diagnose needs --from URL (a running agent), --duration SECONDS (watch this "
+                                         "node) or --merge FILE (several agents' diagnoses)");
         if (diagnose.from_url) diagnose.from_url = resolve_agent_url(*diagnose.from_url);
         diagnose.json = flags->output == "json";
         return run_diagnose(diagnose);

@@ -5,6 +5,7 @@ cannot be reached is one line with exit 1; help, version and the defaults in --h
 Runs the real binary (RSTWATCH_BIN). No kernel needed: usage errors happen before BPF is loaded
 (tests/kernel/test_agent.py checks that a failing agent leaves no BPF link attached).
 """
+import json
 import os
 import re
 import shutil
@@ -19,14 +20,36 @@ BIN = os.environ.get("RSTWATCH_BIN", os.path.join(os.path.dirname(__file__), "..
 USAGE_LINE = re.compile(r"^rstwatch: (-{1,2}[a-z][a-z0-9-]*|\$[A-Z_]+|[a-z][a-z0-9-]*): \S")
 
 
-def run(args, env=None, timeout=30):
+def run(args, env=None, timeout=30, stdin=""):
     full_env = dict(os.environ)
     full_env.pop("RSTWATCH_TOKEN_FILE", None)
     full_env.pop("RSTWATCH_CA_FILE", None)
     full_env.pop("KUBERNETES_SERVICE_HOST", None)
     full_env.update(env or {})
-    p = subprocess.run([BIN] + args, capture_output=True, text=True, timeout=timeout, env=full_env)
+    p = subprocess.run([BIN] + args, capture_output=True, text=True, timeout=timeout, env=full_env, input=stdin)
     return p.returncode, p.stdout, p.stderr
+
+
+def write(directory, name, text):
+    path = os.path.join(directory, name)
+    with open(path, "w") as f:
+        f.write(text)
+    return path
+
+
+def cluster_document():
+    """What `kubectl rstwatch diagnose` pipes into `rstwatch diagnose --merge -`: node-a's and
+    node-b's diagnoses (the fake kubectl's answers in tests/deploy), node-c's agent not ready,
+    node-d's exec failed."""
+    fixtures = os.path.join(os.path.dirname(__file__), "../deploy/fixtures")
+    nodes = []
+    for node, agent in (("node-a", "rstwatch-a1b2c"), ("node-b", "rstwatch-d3e4f")):
+        with open(os.path.join(fixtures, "diagnosis-%s.json" % node)) as f:
+            nodes.append({"node": node, "agent": agent, "ready": True, "diagnosis": json.load(f)})
+    nodes.append({"node": "node-c", "agent": "rstwatch-g5h6i", "ready": False, "error": "pod is Running but not Ready"})
+    nodes.append({"node": "node-d", "agent": "rstwatch-k9m0n", "ready": True,
+                  "error": "rstwatch: cannot read the diagnosis: http://127.0.0.1:9740/diagnose: HTTP 503"})
+    return {"nodes": nodes}
 
 
 def closed_port():
@@ -48,6 +71,11 @@ class UsageErrors(unittest.TestCase):
             f.write("t0ken\n")
         cls.empty = os.path.join(cls.tmp, "empty")
         open(cls.empty, "w").close()
+        # diagnose --merge inputs that are not a cluster diagnosis
+        cls.not_json = write(cls.tmp, "not.json", "nodes:\n- node-a\n")
+        cls.no_nodes = write(cls.tmp, "no-nodes.json", '{"pairs": []}')
+        cls.bad_node = write(cls.tmp, "bad-node.json", '{"nodes": [{"node": "node-a", "ready": "yes"}]}')
+        cls.merge_doc = write(cls.tmp, "nodes.json", json.dumps(cluster_document()))
 
     @classmethod
     def tearDownClass(cls):
@@ -114,6 +142,23 @@ class UsageErrors(unittest.TestCase):
             (["diagnose", "--from", "node", "--level", "team"], "--level"),
             (["diagnose", "--from", "node", "-o", "csv"], "--output"),
             (["diagnose", "--from", "node", "--token-file", "/nonexistent/t"], "--token-file: /nonexistent/t"),
+            (["diagnose", "--workload"], "--workload: needs a value"),
+            (["diagnose", "--from", "node", "--workload", ""], "--workload: needs a workload name"),
+            (["diagnose", "--from", "node", "-n"], "--namespace: needs a value"),
+            (["diagnose", "--from", "node", "--namespace", ""], "--namespace: needs a namespace"),
+            # diagnose --merge: several agents' diagnoses
+            (["diagnose", "--merge", "-", "--from", "node"], "cannot be used with"),
+            (["diagnose", "--merge", "-", "--duration", "5"], "cannot be used with"),
+            (["diagnose", "--merge", "-", "--pod-map", t], "cannot be used with"),
+            (["diagnose", "--merge", "-", "--idle-threshold", "2"], "cannot be used with"),
+            (["diagnose", "--merge"], "--merge: needs a value"),
+            (["diagnose", "--merge", "/nonexistent/nodes.json"], "--merge: /nonexistent/nodes.json: No such file or directory"),
+            (["diagnose", "--merge", self.tmp], "--merge: %s: is a directory" % self.tmp),
+            (["diagnose", "--merge", self.empty], "--merge: %s: not a JSON document" % self.empty),
+            (["diagnose", "--merge", self.not_json], "--merge: %s: not a JSON document (syntax error at byte" % self.not_json),
+            (["diagnose", "--merge", self.no_nodes], '--merge: %s: not a cluster diagnosis: no "nodes" array' % self.no_nodes),
+            (["diagnose", "--merge", self.bad_node], '--merge: %s: nodes[0]: needs "node" and "agent"' % self.bad_node),
+            (["diagnose", "--merge", self.merge_doc, "--level", "pod"], "node-a's diagnosis is at workload level, not pod (--level)"),
             # status
             (["status", "--from", "notaurl"], "--from: 'notaurl' is not an agent address"),
             (["status", "--token-file", "/nonexistent/t"], "--token-file: /nonexistent/t"),
@@ -179,6 +224,55 @@ class UsageErrors(unittest.TestCase):
         self.assertEqual(problems, [], "\n".join(problems))
 
 
+class MergedDiagnosis(unittest.TestCase):
+    """`rstwatch diagnose --merge`: one report from several agents' diagnoses."""
+
+    @classmethod
+    def setUpClass(cls):
+        if not os.path.exists(BIN):
+            raise unittest.SkipTest("no rstwatch binary at %s" % BIN)
+
+    def test_table_merges_pairs_and_names_missing_nodes(self):
+        rc, out, err = run(["diagnose", "--merge", "-"], stdin=json.dumps(cluster_document()))
+        self.assertEqual((rc, err), (0, ""))
+        for line in (
+            # seen on both nodes: counts summed, the estimate with the most evidence (node-a's 9 closes)
+            "ingress-nginx/ingress-nginx-controller -> shop/web:8080   (seen on node-a, node-b)",
+            "  verdict:  MISMATCH: 2 stale keepalive incidents confirmed; the server closes idle connections after 20.00 s",
+            "  server idle timeout: 20.00 s (9 closes)   client idle timeout: unknown (0 closes)   reuse: up to 21.30 s (63 reuses)",
+            "  incidents: write_after_fin=1 idle_close_race=2",
+            '  fix (ingress-nginx): ingress-nginx ConfigMap: upstream-keepalive-timeout: "15"',
+            "ingress-nginx/ingress-nginx-controller -> shop/cart:8080   (seen on node-a)",
+            "shop/web -> billing/payments:9000   (seen on node-b)",
+            "merged the diagnoses of 2 of 4 agents: node-a (2 pairs), node-b (2 pairs)",
+            "node node-c: agent rstwatch-g5h6i not ready: pod is Running but not Ready; its clients are not in this report",
+            "node node-d: agent rstwatch-k9m0n failed: rstwatch: cannot read the diagnosis: "
+            "http://127.0.0.1:9740/diagnose: HTTP 503; its clients are not in this report",
+        ):
+            self.assertIn(line + "\n", out)
+
+    def test_json_with_filters(self):
+        rc, out, err = run(["diagnose", "--merge", "-", "-o", "json", "-n", "shop", "--workload", "web"],
+                           stdin=json.dumps(cluster_document()))
+        self.assertEqual((rc, err), (0, ""))
+        report = json.loads(out)
+        self.assertEqual(report["level"], "workload")
+        self.assertEqual([(p["client"]["workload"], p["server"]["workload"], p["nodes"]) for p in report["pairs"]],
+                         [("ingress-nginx-controller", "web", ["node-a", "node-b"]), ("web", "payments", ["node-b"])])
+        self.assertEqual(report["nodes"][0], {"node": "node-a", "agent": "rstwatch-a1b2c", "ready": True, "pairs": 1})
+        self.assertEqual(report["nodes"][2], {"node": "node-c", "agent": "rstwatch-g5h6i", "ready": False,
+                                              "error": "pod is Running but not Ready"})
+        # -n alone: an end in the namespace (billing/payments only)
+        rc, out, err = run(["diagnose", "--merge", self.doc_file(), "-o", "json", "--namespace", "billing"])
+        self.assertEqual((rc, err), (0, ""))
+        self.assertEqual([p["server"]["workload"] for p in json.loads(out)["pairs"]], ["payments"])
+
+    def doc_file(self):
+        directory = tempfile.mkdtemp(prefix="rstwatch-cli-")
+        self.addCleanup(shutil.rmtree, directory, True)
+        return write(directory, "nodes.json", json.dumps(cluster_document()))
+
+
 class HelpAndVersion(unittest.TestCase):
     def test_help_lists_commands_and_help_command_shows_flags_with_defaults(self):
         rc, out, err = run(["help"])
@@ -193,6 +287,10 @@ class HelpAndVersion(unittest.TestCase):
         # Defaults are shown: the idle threshold (1 s) and the output format.
         self.assertRegex(out, r"--idle-threshold \S*=1 ")
         self.assertRegex(out, r"-o,--output \S*=table")
+        rc, out, err = run(["help", "diagnose"])
+        self.assertEqual(rc, 0, err)
+        for text in ("--from", "--duration", "--merge", "-n,--namespace", "--workload", "--level"):
+            self.assertIn(text, out, "help diagnose lacks %r" % text)
         rc, agent_help, err = run(["agent", "--help"])
         self.assertEqual(rc, 0, err)
         self.assertRegex(agent_help, r"--listen \S*=127\.0\.0\.1:9740")
