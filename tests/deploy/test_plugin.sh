@@ -10,6 +10,8 @@ trap 'rm -rf "$work"' EXIT
 export PATH="$here/fake-kubectl:$PATH"
 export FAKE_KUBECTL_LOG="$work/kubectl.log"
 unset RSTWATCH_NAMESPACE FAKE_KUBECTL_SCENARIO FAKE_KUBECTL_NAMESPACE
+# diagnose's merge runs the real rstwatch in the fake agent pod (ctest passes the one it built).
+export RSTWATCH_BIN="${RSTWATCH_BIN:-$here/../../build/rstwatch}"
 
 failures=0
 passes=0
@@ -36,6 +38,15 @@ check() {  # check WHAT EXPECTED ACTUAL
     failures=$((failures + 1))
     printf 'FAIL %s: %s\n--- expected\n%s\n--- got\n%s\n---\n' "$name" "$1" "$2" "$3" >&2
   fi
+}
+
+check_has_lines() {  # check_has_lines WHAT FILE LINE...: each LINE is a whole line of FILE
+  local what="$1" file="$2" line missing=""
+  shift 2
+  for line in "$@"; do
+    grep -Fxq -- "$line" "$file" || missing+="$line"$'\n'
+  done
+  check "$what" "" "$missing"
 }
 
 check_usage_error() {  # check_usage_error NAME ARGS...: exit 2, one line, no kubectl call
@@ -146,6 +157,82 @@ check "exit code" 1 "$code"
 check "stderr" "Error from server (NotFound): pods \"nope\" not found
 kubectl rstwatch: cannot read pod shop/nope" "$(cat "$work/err")"
 
+# ---- diagnose ----------------------------------------------------------------------------
+web_pair="ingress-nginx/ingress-nginx-controller -> shop/web:8080"
+not_in_report="its clients are not in this report"
+if [[ ! -x "$RSTWATCH_BIN" ]]; then
+  [[ "${CI:-}" != "true" ]] || { echo "FAIL diagnose: no rstwatch binary at $RSTWATCH_BIN" >&2; failures=$((failures + 1)); }
+  echo "test_plugin: SKIP diagnose: no rstwatch binary at $RSTWATCH_BIN (build it, or set RSTWATCH_BIN)"
+else
+  run "diagnose: two ready nodes, a crash-looping and a pending agent" diagnose
+  check "exit code" 0 "$code"
+  check "stderr" "" "$(cat "$work/err")"
+  # node-a's and node-b's pairs in one report; the pair both saw is one, the fix from the mismatch
+  # with the most evidence (node-a's); counts summed (41 + 22 reuses).
+  check_has_lines "merged report" "$work/out" \
+    "$web_pair   (seen on node-a, node-b)" \
+    "  server idle timeout: 20.00 s (9 closes)   client idle timeout: unknown (0 closes)   reuse: up to 21.30 s (63 reuses)" \
+    "  fix (ingress-nginx): ingress-nginx ConfigMap: upstream-keepalive-timeout: \"15\"" \
+    "ingress-nginx/ingress-nginx-controller -> shop/cart:8080   (seen on node-a)" \
+    "shop/web -> billing/payments:9000   (seen on node-b)" \
+    "merged the diagnoses of 2 of 4 agents: node-a (2 pairs), node-b (2 pairs)" \
+    "node node-c: agent rstwatch-g5h6i not ready: pod is Running but not Ready; $not_in_report" \
+    "node <none>: agent rstwatch-j7k8l not ready: pod is Pending; $not_in_report"
+  check "pairs" 3 "$(grep -c -- ' -> ' "$work/out")"
+  check "kubectl calls" "$(sort <<EOF
+kubectl get pods -n rstwatch -l $sel -o $list_jsonpath
+kubectl exec -n rstwatch rstwatch-a1b2c -c agent -- rstwatch diagnose --from node -o json
+kubectl exec -n rstwatch rstwatch-d3e4f -c agent -- rstwatch diagnose --from node -o json
+kubectl exec -i -n rstwatch rstwatch-a1b2c -c agent -- rstwatch diagnose --merge -
+EOF
+)" "$(sort "$FAKE_KUBECTL_LOG")"
+
+  FAKE_KUBECTL_SCENARIO=diagnose-fails run "diagnose: one ready agent's exec fails" diagnose
+  check "exit code" 0 "$code"
+  check_has_lines "report without node-b" "$work/out" \
+    "$web_pair   (seen on node-a)" \
+    "merged the diagnoses of 1 of 4 agents: node-a (2 pairs)" \
+    "node node-b: agent rstwatch-d3e4f failed: rstwatch: cannot read the diagnosis: http://127.0.0.1:9740/diagnose: HTTP 503; $not_in_report" \
+    "node node-c: agent rstwatch-g5h6i not ready: pod is Running but not Ready; $not_in_report"
+
+  run "diagnose: -o json, filters and level passed on" diagnose -n shop --workload=web -o json --level workload --context prod
+  check "exit code" 0 "$code"
+  check "stderr" "" "$(cat "$work/err")"
+  check "json: pairs with shop/web at an end, their nodes, every agent" "$(cat <<'EOF'
+ingress-nginx-controller -> web ['node-a', 'node-b']
+web -> payments ['node-b']
+<none> pod is Pending
+node-a 1
+node-b 2
+node-c pod is Running but not Ready
+EOF
+)" "$(python3 -c '
+import json, sys
+report = json.load(sys.stdin)
+for p in report["pairs"]:
+    print(p["client"]["workload"], "->", p["server"]["workload"], p["nodes"])
+for n in report["nodes"]:
+    print(n["node"], n.get("pairs", n.get("error")))
+' <"$work/out" 2>&1)"
+  check "kubectl calls" "$(sort <<EOF
+kubectl --context prod get pods -n rstwatch -l $sel -o $list_jsonpath
+kubectl --context prod exec -n rstwatch rstwatch-a1b2c -c agent -- rstwatch diagnose --from node -o json --level workload
+kubectl --context prod exec -n rstwatch rstwatch-d3e4f -c agent -- rstwatch diagnose --from node -o json --level workload
+kubectl --context prod exec -i -n rstwatch rstwatch-a1b2c -c agent -- rstwatch diagnose --merge - -o json --level workload --namespace shop --workload web
+EOF
+)" "$(sort "$FAKE_KUBECTL_LOG")"
+fi
+
+FAKE_KUBECTL_SCENARIO=none-ready run "diagnose: no ready agent" diagnose
+check "exit code" 1 "$code"
+check "stderr" "kubectl rstwatch: no ready rstwatch agent in namespace rstwatch (kubectl -n rstwatch get pods -l app.kubernetes.io/name=rstwatch,app.kubernetes.io/component=agent -o wide)" "$(cat "$work/err")"
+check "stdout" "" "$(cat "$work/out")"
+check "kubectl calls" "kubectl get pods -n rstwatch -l $sel -o $list_jsonpath" "$(cat "$FAKE_KUBECTL_LOG")"
+
+run "diagnose: no agents" diagnose --agent-namespace monitoring
+check "exit code" 1 "$code"
+check "stderr" "kubectl rstwatch: no rstwatch agents in namespace monitoring (selector app.kubernetes.io/name=rstwatch,app.kubernetes.io/component=agent)" "$(cat "$work/err")"
+
 # ---- usage -------------------------------------------------------------------------------
 check_usage_error "no command"
 check_usage_error "unknown command" logs
@@ -165,6 +252,15 @@ check_usage_error "trace unknown option" trace -n shop web-0 --follow
 check_usage_error "trace --cause empty" trace -n shop web-0 --cause ''
 check_usage_error "status extra argument" status node-a
 check_usage_error "status --context without value" status --context
+check_usage_error "diagnose -o wide" diagnose -o wide
+check_usage_error "diagnose --level team" diagnose --level team
+check_usage_error "diagnose --workload without value" diagnose --workload
+check_usage_error "diagnose -n empty" diagnose -n ''
+check_usage_error "diagnose --namespace= empty" diagnose --namespace=
+check_usage_error "diagnose with a POD" diagnose web-0
+check_usage_error "diagnose --pod" diagnose --pod web-0
+run "usage: diagnose message names the flag" diagnose --workload
+check "message" "kubectl rstwatch: --workload: needs a value (see 'kubectl rstwatch help')" "$(cat "$work/err")"
 run "usage: message" trace -n shop
 check "message" "kubectl rstwatch: POD: trace needs a POD (trace -n NAMESPACE POD, or --pod NAMESPACE/NAME) (see 'kubectl rstwatch help')" "$(cat "$work/err")"
 run "usage: message names the flag" trace -n shop web-0 --port http
@@ -172,13 +268,19 @@ check "message" "kubectl rstwatch: --port: needs a number, not 'http' (see 'kube
 
 run "help" help
 check "exit code" 0 "$code"
-check "mentions both commands" "2" "$(grep -cE '^  kubectl rstwatch (trace|status)' "$work/out")"
+check "mentions every command" "3" "$(grep -cE '^  kubectl rstwatch (trace|status|diagnose)' "$work/out")"
 run "help trace" help trace
 check "exit code" 0 "$code"
 check "lists every flag of trace" "" "$(for f in -n, --pod --since --last --port --pid --comm --cause --duration --level wide yaml idle_close_race data_after_close; do grep -q -- "$f" "$work/out" || echo "missing $f"; done)"
 run "trace --help" trace --help
 check "exit code" 0 "$code"
 check "the same as help trace" "$("$plugin" help trace)" "$(cat "$work/out")"
+
+run "help diagnose" help diagnose
+check "exit code" 0 "$code"
+check "lists every flag of diagnose" "" "$(for f in "-n," --namespace --workload --level -o --agent-namespace; do grep -q -- "$f" "$work/out" || echo "missing $f"; done)"
+run "diagnose --help" diagnose --help
+check "the same as help diagnose" "$("$plugin" help diagnose)" "$(cat "$work/out")"
 
 echo "test_plugin: $passes checks passed, $failures failed"
 (( failures == 0 ))
