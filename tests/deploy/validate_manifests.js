@@ -21,6 +21,12 @@ const CAPABILITIES = ["BPF", "PERFMON"]; // docs/deploy.md explains each
 // components/memlock adds this one for kernels before 5.11 (BPF maps charged to RLIMIT_MEMLOCK).
 const MEMLOCK_CAPABILITY = "SYS_RESOURCE";
 const BOOT = "/boot"; // the only host path: CONFIG_HZ from /boot/config-$(uname -r)
+// The ClusterRole, exactly: the agent lists and watches pods and services (never a GET of one)
+// and, with --kube-events, creates Events and patches their series (never reads or deletes one).
+const RBAC_RULES = [
+  { apiGroups: [""], resources: ["pods", "services"], verbs: ["list", "watch"] },
+  { apiGroups: ["events.k8s.io"], resources: ["events"], verbs: ["create", "patch"] },
+];
 
 // ---- schemas ------------------------------------------------------------------------------
 
@@ -116,14 +122,18 @@ function checkAgent(objects, capabilities = CAPABILITIES) {
   const role = one("ClusterRole", "rstwatch");
   if (role) {
     const rules = role.rules || [];
-    const expected = { apiGroups: [""], resources: ["pods", "services"], verbs: ["get", "list", "watch"] };
-    const normalized = rules.map((r) => {
+    const normalize = (r) => {
       const n = {};
-      for (const [key, value] of Object.entries(r)) n[key] = Array.isArray(value) ? sortedSet(value) : value;
-      return n;
-    });
-    if (!same(normalized, [expected]))
-      p.push(`ClusterRole: rules must be exactly get/list/watch on pods and services, got ${JSON.stringify(rules)}`);
+      for (const key of Object.keys(r).sort()) n[key] = Array.isArray(r[key]) ? sortedSet(r[key]) : r[key];
+      return JSON.stringify(n);
+    };
+    const got = rules.map(normalize).sort();
+    const expected = RBAC_RULES.map(normalize).sort();
+    if (!same(got, expected))
+      p.push(
+        "ClusterRole: rules must be exactly list/watch on pods and services and create/patch on events.k8s.io " +
+          `events, got ${JSON.stringify(rules)}`,
+      );
   }
 
   const binding = one("ClusterRoleBinding", "rstwatch");
@@ -178,6 +188,13 @@ function checkAgent(objects, capabilities = CAPABILITIES) {
       const listen = args.indexOf("--listen");
       const listenValue = listen >= 0 ? args[listen + 1] : (args.find((a) => a.startsWith("--listen=")) || "").slice(9);
       if (args[0] !== "agent") p.push(`${where}: args must start with the agent command`);
+      // Kubernetes Events on the client pods (the ClusterRole's events rule is for this), with the
+      // node's name as their reportingInstance.
+      if (!args.includes("--kube-events")) p.push(`${where}: args must include --kube-events, got ${JSON.stringify(args)}`);
+      const nodeName = (c.env || []).filter((e) => e.name === "NODE_NAME");
+      const fieldRef = nodeName.length === 1 && nodeName[0].valueFrom && nodeName[0].valueFrom.fieldRef;
+      if (!fieldRef || fieldRef.fieldPath !== "spec.nodeName" || nodeName[0].value !== undefined)
+        p.push(`${where}: needs env NODE_NAME from fieldRef spec.nodeName, got ${JSON.stringify(nodeName)}`);
       if (listenValue !== "0.0.0.0:9740") p.push(`${where}: must run with --listen 0.0.0.0:9740, got ${JSON.stringify(args)}`);
       const port = (c.ports || []).find((x) => x.containerPort === 9740);
       if (!port || port.name !== "metrics") p.push(`${where}: needs containerPort 9740 named metrics`);
@@ -433,15 +450,43 @@ metadata: {name: broken}
     },
     "a tracefs host mount": (o) => ds(o).volumes.push({ name: "tracefs", hostPath: { path: "/sys/kernel/tracing" } }),
     "secrets readable": (o) => find(o, "ClusterRole", "rstwatch")[0].rules[0].resources.push("secrets"),
-    "pods writable": (o) => find(o, "ClusterRole", "rstwatch")[0].rules[0].verbs.push("delete"),
-    "a second RBAC rule": (o) =>
+    "pods writable": (o) => rule(o, "pods").verbs.push("delete"),
+    "pods readable one by one (get)": (o) => rule(o, "pods").verbs.push("get"),
+    "a third RBAC rule": (o) =>
       find(o, "ClusterRole", "rstwatch")[0].rules.push({ apiGroups: ["apps"], resources: ["replicasets"], verbs: ["get"] }),
+    "events deletable": (o) => rule(o, "events").verbs.push("delete"),
+    "events readable": (o) => rule(o, "events").verbs.push("list"),
+    "events not patchable": (o) => (rule(o, "events").verbs = ["create"]),
+    "events in the core group": (o) => (rule(o, "events").apiGroups = [""]),
+    "events in both groups": (o) => rule(o, "events").apiGroups.push(""),
+    "no events rule": (o) => {
+      const role = find(o, "ClusterRole", "rstwatch")[0];
+      role.rules = role.rules.filter((r) => !r.resources.includes("events"));
+    },
+    "events folded into the pods rule": (o) => {
+      const role = find(o, "ClusterRole", "rstwatch")[0];
+      role.rules = [{ apiGroups: ["", "events.k8s.io"], resources: ["pods", "services", "events"],
+                      verbs: ["list", "watch", "create", "patch"] }];
+    },
+    "no --kube-events": (o) => {
+      const args = ds(o).containers[0].args;
+      args.splice(args.indexOf("--kube-events"), 1);
+    },
+    "no NODE_NAME": (o) => {
+      const c = ds(o).containers[0];
+      c.env = c.env.filter((e) => e.name !== "NODE_NAME");
+    },
+    "NODE_NAME from the pod's name": (o) =>
+      (ds(o).containers[0].env.find((e) => e.name === "NODE_NAME").valueFrom.fieldRef.fieldPath = "metadata.name"),
     "a ServiceMonitor on another port": (o) => (find(o, "ServiceMonitor", "rstwatch")[0].spec.endpoints[0].port = "http"),
     "a Service selecting nothing of ours": (o) =>
       (find(o, "Service", "rstwatch")[0].spec.selector = { "app.kubernetes.io/name": "other" }),
   };
   function ds(objects) {
     return find(objects, "DaemonSet", "rstwatch")[0].spec.template.spec;
+  }
+  function rule(objects, resource) {
+    return find(objects, "ClusterRole", "rstwatch")[0].rules.find((r) => r.resources.includes(resource));
   }
   if (checkAgent(baseObjects).length) return p; // reported by the real checks already
   for (const [what, mutate] of Object.entries(mutations)) {
