@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Deployment checks: the kustomizations build with kubectl, every object validates against the
-# Kubernetes and prometheus-operator schemas offline (tests/deploy/validate_manifests.js), and
-# the kubectl plugin behaves (tests/deploy/test_plugin.sh, fake kubectl).
+# Kubernetes and prometheus-operator schemas offline (tests/deploy/validate_manifests.js), the
+# Event validator used by the kernel tests rejects broken Events (validate_event.js --self-test),
+# and the kubectl plugin behaves (tests/deploy/test_plugin.sh, fake kubectl).
 # Installs the npm packages from package-lock.json when node_modules is missing.
 # Without kubectl: fails when CI=true, else skips (exit 0) with a message; node/npm likewise.
 set -euo pipefail
@@ -28,6 +29,7 @@ fi
 
 status=0
 node validate_manifests.js || status=1
+node validate_event.js --self-test || status=1
 "$here/test_plugin.sh" || status=1
 if (( status )); then
   echo "deploy tests: FAILED"
