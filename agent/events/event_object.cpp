@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <ctime>
 
 namespace rstwatch {
@@ -54,7 +55,9 @@ nlohmann::json event_object(const EventFields& f) {
 }
 
 nlohmann::json series_patch(uint64_t count, int64_t last_observed_unix_ns) {
-    return {{"series", {{"count", count}, {"lastObservedTime", micro_time(last_observed_unix_ns)}}}};
+    constexpr uint64_t kMaxCount = 2147483647;  // the API's series.count is an int32
+    return {{"series",
+             {{"count", std::min(count, kMaxCount)}, {"lastObservedTime", micro_time(last_observed_unix_ns)}}}};
 }
 
 std::string event_name(const std::string& object_name, int64_t unix_ns) {
