@@ -172,10 +172,18 @@ class RunbookCommands(AgentTestCase):
         self.assertRegex(out, r"(?m)^http://127\.0\.0\.1:\d+ +yes +(tp_btf|fentry|kprobe)/", "%s: no status row:\n%s" % (
             what, out))
 
+    def expect_merged(self, out, what):
+        # kubectl rstwatch diagnose: the same report, merged from every node's agent (one here).
+        self.expect_diagnosis(out.replace("   (seen on node-a)", ""), what)
+        self.assertRegex(out, r"(?m)^ingress/ingress-nginx-controller -> shop/tomcat:%d   \(seen on node-a\)$" % SERVER_PORT,
+                         what)
+        self.assertRegex(out, r"(?m)^merged the diagnoses of 1 of 1 agents: node-a \(1 pairs?\)$", what)
+
     def test_every_runbook_block_runs(self):
         expectations = {
             "node=node-a   # the alert's node label": [self.expect_check_and_status],
             "kubectl rstwatch trace -n shop tomcat-0 --since 30m": [self.expect_rows],
+            "kubectl rstwatch diagnose -n ingress --workload ingress-nginx-controller": [self.expect_merged],
             "node=$(kubectl get pod -n shop tomcat-0 -o jsonpath='{.spec.nodeName}')": [self.expect_rows,
                                                                                        self.expect_diagnosis],
             "kubectl -n rstwatch get secret rstwatch-auth -o jsonpath='{.data.token}' | base64 -d > rstwatch.token": [
