@@ -186,6 +186,10 @@ class UsageErrors(unittest.TestCase):
             (["agent", "--listen", "127.0.0.1:0", "--kube-token-file", t], "--kube-token-file: --kube-token-file/--kube-ca-file need --kube-api"),
             (["agent", "--listen", "0.0.0.0:0", "--kube", "off"], "--listen: refusing to serve"),
             (["agent", "--listen", "nonsense", "--kube", "off"], "--listen"),
+            (["agent", "--kube", "off", "--kube-events"], "--kube-events: cannot be used with --kube off"),
+            (["agent", "--listen", "127.0.0.1:0", "--kube-events"],
+             "--kube-events: needs Kubernetes attribution: run in a cluster or pass --kube-api"),
+            (["agent", "--node-name", "node-a"], "--node-name: needs --kube-events"),
         ]
 
     def test_usage_errors_are_one_line_exit_2_nothing_attached(self):
