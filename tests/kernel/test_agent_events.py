@@ -162,6 +162,10 @@ class TestAgentEvents(AgentTestCase):
         self.assertEqual([r for r in requests if r["status"] >= 300], [], "refused writes")
         self.assertTrue(any(r["method"] == "PATCH" and r["content_type"] == "application/merge-patch+json"
                             for r in requests), requests)
+        # As posted and as stored: both valid against the Kubernetes schema.
+        posted = [json.loads(r["body"]) for r in requests if r["method"] == "POST"]
+        self.assertEqual(len(posted), 2, requests)
+        self.assertEqual(validate_events(posted), "")
         self.assertEqual(validate_events(self.kube.events()), "")
         used = {(u["apiGroup"], u["resource"], u["verb"]) for u in self.kube.rbac_usage()}
         self.assertEqual(used, rule_set(rules), "the ClusterRole must grant exactly what the agent uses")

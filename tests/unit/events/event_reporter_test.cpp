@@ -133,3 +133,54 @@ TEST_F(EventReporterTest, AHungApiTimesOutAndStopIsPrompt) {
     EXPECT_LT(std::chrono::steady_clock::now() - stopping, 3s);
     kube.control({{"op", "release_hangs"}});
 }
+
+TEST_F(EventReporterTest, ATakenNameIsRenamedAndAnExpiredEventRecreatedWithEveryOccurrence) {
+    kube.control({{"op", "fail_next"}, {"status", 409}, {"count", 1}, {"verb", "create"}});
+    auto r = reporter();
+    r->start();
+    r->incident(kClient, kPair, race());
+    ASSERT_TRUE(wait_for_count(1)) << events().dump();
+    EXPECT_EQ(writes(*r, "create", "conflict"), 1u);
+    const std::string first = events()[0]["metadata"]["name"];
+    // The API server's --event-ttl deletes it: the next patch is a 404, then a create with all.
+    kube.control({{"op", "clear_events"}});
+    for (int i = 0; i < 4; ++i) r->incident(kClient, kPair, race());
+    ASSERT_TRUE(wait_for_count(5)) << events().dump();
+    EXPECT_EQ(writes(*r, "patch", "not_found"), 1u);
+    EXPECT_EQ(writes(*r, "create", "ok"), 2u);
+    EXPECT_NE(events()[0]["metadata"]["name"], first);
+}
+
+// A storm of incidents over many client pods: the API sees at most the node's budget of writes,
+// and once the storm is over every pod's Event holds every one of its incidents.
+TEST_F(EventReporterTest, AStormIsWithinTheNodeBudgetAndEveryCountArrives) {
+    EventLimits limits = fast();
+    limits.node_burst = 4;
+    limits.node_writes_per_minute = 120;
+    auto r = reporter(limits);
+    r->start();
+    constexpr int kPods = 12;
+    constexpr int kPerPod = 500;
+    const auto started = std::chrono::steady_clock::now();
+    for (int i = 0; i < kPods * kPerPod; ++i) {
+        PairKey pair = kPair;
+        pair.client.pod = "ingress-" + std::to_string(i % kPods);
+        r->incident(PodRef{"ingress-nginx", pair.client.pod, ""}, pair, race());
+    }
+    std::this_thread::sleep_for(1500ms);
+    const double elapsed_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+    const size_t early = kube.control({{"op", "event_requests"}}).size();
+    EXPECT_LE(static_cast<double>(early), limits.node_burst + elapsed_s * limits.node_writes_per_minute / 60 + 1);
+    auto deadline = std::chrono::steady_clock::now() + 30s;
+    uint64_t held = 0;
+    while (std::chrono::steady_clock::now() < deadline) {
+        held = 0;
+        auto list = events();
+        for (const auto& e : list) held += e.contains("series") ? e["series"]["count"].get<uint64_t>() : 1;
+        if (list.size() == kPods && held == kPods * kPerPod) break;
+        std::this_thread::sleep_for(200ms);
+    }
+    EXPECT_EQ(events().size(), static_cast<size_t>(kPods));
+    EXPECT_EQ(held, static_cast<uint64_t>(kPods * kPerPod));
+    EXPECT_EQ(r->stats().policy.dropped, 0u);
+}
