@@ -140,7 +140,8 @@ class NsStream:
 
 
 class FakeApiServer:
-    """tests/lib/fake_kube.py over https in the node namespace, pods added through /_control."""
+    """tests/lib/fake_kube.py over https in the node namespace, pods added through /_control; it
+    enforces deploy/base's ClusterRole for the agent's service account, as a cluster would."""
 
     def __init__(self, cluster, tmp):
         self.ns = cluster.node_ns
@@ -148,7 +149,7 @@ class FakeApiServer:
         self.cert, self.key, self.ca_pem = make_cert(tmp, self.host)
         cmd = [IP, "netns", "exec", self.ns, sys.executable, os.path.join(ROOT, "tests", "lib", "fake_kube.py"),
                "--host", self.host, "--port", "0", "--token", KUBE_TOKEN, "--tls-cert", self.cert, "--tls-key",
-               self.key, "--exit-on-stdin-eof"]
+               self.key, "--rbac", os.path.join(ROOT, "deploy", "base", "clusterrole.yaml"), "--exit-on-stdin-eof"]
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      text=True)
         line = self.proc.stdout.readline()
@@ -167,6 +168,10 @@ class FakeApiServer:
     def add_pod(self, builder, **args):
         return self.control("add_pod", builder=builder, args=args)
 
+    def kube(self):
+        """What DaemonSetRun needs to play the in-cluster configuration."""
+        return (self.host, self.port, KUBE_TOKEN, self.ca_pem)
+
     def close(self):
         netns.kill_proc(self.proc, timeout=5.0)
 
@@ -184,6 +189,11 @@ class ImageTestCase(KernelTestCase):
         self.links_before = set(agentlib.rw_links())
 
     def start_container(self, cluster, pod, secrets, kube=None, components=(), **overrides):
+        # A DaemonSet always runs with the API server (and the manifest's --kube-events needs it).
+        if kube is None:
+            api = FakeApiServer(cluster, self.tmp)
+            self.addCleanup(api.close)
+            kube = api.kube()
         ds = container.rendered_daemonset(components)
         run = container.DaemonSetRun(ds, BUILD.tag, "/run/netns/" + pod.ns, secrets, kube=kube, **overrides)
         self.addCleanup(run.remove)
@@ -239,7 +249,7 @@ class DaemonSetImageTest(ImageTestCase):
         client_id = ("ingress-nginx", cli["metadata"]["name"], "ingress-nginx-controller")
 
         run = self.start_container(cluster, agent_pod, {"rstwatch-auth": {"token": TOKEN + "\n"}},
-                                   kube=(api.host, api.port, KUBE_TOKEN, api.ca_pem))
+                                   kube=api.kube(), node_name="node-a")
         # What the manifest says, as run: read from the rendered DaemonSet, not restated here.
         self.assertEqual(BUILD.image_user(), "65532:65532")
         self.assertIn("--auth-token-file", run.args)
@@ -299,6 +309,20 @@ class DaemonSetImageTest(ImageTestCase):
         while time.monotonic() < deadline and streamed(stream.incidents()) != want_streamed:
             time.sleep(0.3)
         self.assertEqual(streamed(stream.incidents()), want_streamed, "/incidents with the token")
+
+        # The manifest's --kube-events: the reset as an Event on the client's pod, from this node,
+        # written over https under the ClusterRole of deploy/base (the fake refuses anything else).
+        def reset_events():
+            return [e for e in api.control("events") if e.get("reason") == "StaleKeepaliveReset"]
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not reset_events():
+            time.sleep(0.5)
+        events = reset_events()
+        self.assertEqual(len(events), 1, api.control("events"))
+        self.assertEqual((events[0]["regarding"]["name"], events[0]["regarding"]["uid"]),
+                         (cli["metadata"]["name"], cli["metadata"]["uid"]))
+        self.assertEqual((events[0]["reportingController"], events[0]["reportingInstance"]), ("rstwatch", "node-a"))
+        self.assertEqual([u for u in api.control("rbac_usage") if u["forbidden"]], [])
 
         # `rstwatch status` inside the container (kubectl rstwatch status runs exactly this).
         r = run.exec(["rstwatch", "status", "-o", "json"])

@@ -206,13 +206,14 @@ class DaemonSetRun:
     Overrides for the bad-path tests: caps_add (list), allow_privilege_escalation (bool),
     seccomp ("runtime-default" | "podman-default" | a profile path), user ("UID:GID") and
     entrypoint (list, JSON form: replaces the image's), extra_volumes [(host path, container
-    path)] mounted read-only.
+    path)] mounted read-only. node_name: what the downward API's spec.nodeName gives the pod.
     """
 
     def __init__(self, daemonset, image, netns_path, secrets, kube=None, name=None, caps_add=None,
                  allow_privilege_escalation=None, seccomp="runtime-default", user=None, entrypoint=None,
-                 extra_volumes=()):
+                 extra_volumes=(), node_name="image-test-node"):
         self.ds = daemonset
+        self.node_name = node_name
         self.image = image
         self.netns_path = netns_path
         self.secrets = secrets
@@ -254,8 +255,22 @@ class DaemonSetRun:
             port = next(p["containerPort"] for p in c["ports"] if p.get("name") == port)
         return get["path"], int(port), get.get("scheme", "HTTP")
 
+    # The downward API fields the kubelet fills in, as this test's pod would get them.
+    def _field(self, path):
+        if path == "spec.nodeName":
+            return self.node_name
+        raise ContainerError("env fieldRef %r: not modelled by this test (add it)" % path)
+
     def env(self):
-        return {e["name"]: e["value"] for e in self.container().get("env", [])}
+        env = {}
+        for e in self.container().get("env", []):
+            if "value" in e:
+                env[e["name"]] = e["value"]
+            elif "fieldRef" in e.get("valueFrom", {}):
+                env[e["name"]] = self._field(e["valueFrom"]["fieldRef"]["fieldPath"])
+            else:
+                raise ContainerError("env %s: %r not modelled by this test" % (e["name"], e.get("valueFrom")))
+        return env
 
     def _volume_args(self):
         spec, c = self.pod_spec(), self.container()
