@@ -3,7 +3,7 @@
 # Kubernetes and prometheus-operator schemas offline (tests/deploy/validate_manifests.js), the
 # Event validator used by the kernel tests rejects broken Events (validate_event.js --self-test),
 # and the kubectl plugin behaves (tests/deploy/test_plugin.sh, fake kubectl).
-# Installs the npm packages from package-lock.json when node_modules is missing.
+# Installs the npm packages from package-lock.json when node_modules lacks one (npm_packages.sh).
 # Without kubectl: fails when CI=true, else skips (exit 0) with a message; node/npm likewise.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -22,10 +22,7 @@ if (( ${#missing[@]} )); then
   exit 0
 fi
 
-if [[ ! -d node_modules/kubernetes-models || ! -d node_modules/@kubernetes-models/prometheus-operator || ! -d node_modules/yaml ]]; then
-  echo "deploy tests: installing npm packages (npm ci)"
-  npm ci --no-audit --no-fund --loglevel=error
-fi
+"$here/npm_packages.sh"
 
 status=0
 node validate_manifests.js || status=1

@@ -47,6 +47,8 @@ def rule_set(rules):
 
 def validate_events(events):
     """Problems found by the Kubernetes schema (kubernetes-models), one per line; "" if none."""
+    # This test may run before the deploy tests that would otherwise install kubernetes-models.
+    subprocess.run([os.path.join(REPO, "tests", "deploy", "npm_packages.sh")], check=True, timeout=600)
     proc = subprocess.run(["node", os.path.join(REPO, "tests", "deploy", "validate_event.js"), "-"],
                           input=json.dumps(events), capture_output=True, text=True, timeout=60)
     return "" if proc.returncode == 0 else (proc.stdout + proc.stderr).strip() or "exit %d" % proc.returncode
