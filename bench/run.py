@@ -54,6 +54,9 @@ import netns  # noqa: E402
 import prom  # noqa: E402
 from nginx import Nginx  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import stats as bstats  # noqa: E402  (bench/stats.py; "bstats": run.py's names say stats for bpf_stats)
+
 BPFTOOL = agentlib.BPFTOOL
 WRK = shutil.which("wrk") or "/usr/bin/wrk"
 TCPDUMP = shutil.which("tcpdump") or "/usr/bin/tcpdump"
@@ -210,6 +213,8 @@ class Machine:
                         break
         except OSError:
             pass
+        if self.cpu == "?":  # e.g. arm64 kernels print no model name
+            self.cpu = "unknown (%s, no model name in /proc/cpuinfo)" % platform.machine()
         self.kernel = platform.release()
         self.mem_gib = 0.0
         with open("/proc/meminfo") as f:
@@ -545,15 +550,20 @@ def measure_http(args, machine, tmp, results):
         conditions = [c for c in conditions if not c.startswith("floor_")]
     if args.http_conditions:
         wanted = set(args.http_conditions.split(",")) | {"none"}  # ratios need the baseline
-        unknown = wanted - set(conditions)
+        unknown = wanted - set(conditions) - {"none_b"}
         if unknown:  # conditions depend on the floors and tools: checked here, usage exit code
             print("bench/run.py: error: --http-conditions: unknown %s (known: %s)" % (
-                ",".join(sorted(unknown)), ",".join(conditions)), file=sys.stderr)
+                ",".join(sorted(unknown)), ",".join(conditions + ["none_b"])), file=sys.stderr)
             sys.exit(2)
         conditions = [c for c in conditions if c in wanted]
+    # The A/A, always run: a second round without observer in every repetition, its ratio to
+    # none is the noise every other ratio is read against. Half-way round the rotation, as far
+    # from none as any condition gets: it sees the largest drift between rounds any ratio sees.
+    conditions.insert((len(conditions) + 1) // 2, "none_b")
     rounds = {c: [] for c in conditions}
     extra = {c: [] for c in conditions}
     baseline_bin = os.path.join(args.baseline, "rstwatch") if args.baseline else None
+    t_start = time.monotonic()
     with netns.Cluster(names=["client", "proxy", "upstream"]) as cl:
         client, proxy, upstream = cl["client"], cl["proxy"], cl["upstream"]
         up = Nginx(upstream, UPSTREAM_BLOCK.format(ip=upstream.ip, port=8081), name="upstream")
@@ -572,7 +582,8 @@ def measure_http(args, machine, tmp, results):
             for rep in range(args.reps):
                 order = conditions[rep % len(conditions):] + conditions[:rep % len(conditions)]
                 for cond in order:
-                    factory = {"none": NoObserver, "rstwatch": lambda: AgentObserver(False),
+                    factory = {"none": NoObserver, "none_b": NoObserver,
+                               "rstwatch": lambda: AgentObserver(False),
                                "rstwatch+stats": lambda: AgentObserver(True),
                                "baseline": lambda: AgentObserver(False, baseline_bin),
                                "baseline+stats": lambda: AgentObserver(True, baseline_bin),
@@ -602,7 +613,8 @@ def measure_http(args, machine, tmp, results):
     base = rounds["none"]
     res = {"conditions": {}, "plan": {k: sorted(v) if isinstance(v, set) else v
                                       for k, v in plan.items()},
-           "connections": conns, "round_seconds": args.round_seconds, "reps": args.reps}
+           "connections": conns, "round_seconds": args.round_seconds, "reps": args.reps,
+           "seconds": time.monotonic() - t_start}
     for cond in conditions:
         s = summary(rounds[cond])
         # Ratio per repetition (each condition's round vs that repetition's baseline round),
@@ -637,6 +649,7 @@ def measure_http(args, machine, tmp, results):
             calls = [i["hooks"][name]["calls"] for i in extra[cond] if name in i.get("hooks", {})]
             floors[name] = {"ns": summary(ns), "calls": summary(calls)}
     res["floors"] = floors
+    res["analysis"] = analyse_http(res)  # what the table prints, kept with the raw data
     results["http"] = res
 
 
@@ -1143,8 +1156,67 @@ def verdict(ok):
     return "n/a" if ok is None else ("PASS" if ok else "MISS")
 
 
-HOOK_TARGETS = {"write": 50.0, "state": 200.0}
+THROUGHPUT_TARGET = 0.99  # rstwatch's round / the same repetition's none round
+# The write hook against the empty program on the same tracepoint in the same run: the empty
+# program's cost (dispatch + bpf_stats' clock reads) differs between hosts, rstwatch's share does not.
+WRITE_OVER_EMPTY_NS = 20.0
+# Absolute: these run once per state change or RST, rare next to writes.
+HOOK_TARGETS = {"state": 300.0, "reset": 300.0}
 MIN_CALLS = 10000  # fewer calls than this in a round: the average is not a verdict
+
+
+def hook_kind(name):
+    return ("write" if "write" in name else "state" if "state" in name
+            else "reset" if "rst" in name else None)
+
+
+def round_ns(http, cond, prog):
+    """ns/call of program prog in each of condition cond's rounds, in repetition order (None
+    where it ran fewer than MIN_CALLS times): index i is repetition i, to pair with another."""
+    out = []
+    for info in http["conditions"].get(cond, {}).get("info", []):
+        h = info.get("hooks", {}).get(prog)
+        out.append(h["ns"] if h and h["calls"] >= MIN_CALLS else None)
+    return out
+
+
+def analyse_http(http):
+    """The http part's per-repetition pairs and their bootstrap intervals (bench/stats.py)."""
+    c = http["conditions"]
+    rps = {cond: c[cond]["values"] for cond in c}  # wrk reports every round: one per repetition
+    none = rps["none"]
+    est = bstats.estimate
+    an = {"ratios": {cond: est(bstats.paired_ratios(rps[cond], none)) for cond in c if cond != "none"}}
+    aa = an["ratios"].get("none_b")
+    an["resolves"] = bstats.half_width(aa["ci"]) if aa else None
+    an["vs"] = {other: est(bstats.paired_ratios(rps["rstwatch"], rps[other]))
+                for other in ("tcpdump", "bpftrace", "baseline") if "rstwatch" in c and other in c}
+    if "rstwatch" in c and "floor_empty" in c:
+        # What rstwatch loses beyond what an empty program on its tracepoint loses.
+        an["own_share"] = est([(f - r) / b for f, r, b in zip(rps["floor_empty"], rps["rstwatch"], none) if b])
+    empty = round_ns(http, "floor_empty+stats", "floor_empty")
+    an["empty_ns"] = est(empty)
+    an["write_over_empty"] = est(bstats.paired_differences(round_ns(http, "rstwatch+stats", "rw_write_tp"), empty))
+    if "baseline+stats" in c:
+        an["baseline_hooks"] = {
+            n: est(bstats.paired_ratios(round_ns(http, "rstwatch+stats", n), round_ns(http, "baseline+stats", n)))
+            for n in sorted(set(http.get("hooks", {})) & set(http.get("baseline_hooks", {})))}
+    return an
+
+
+def http_analysis(http):
+    return http.get("analysis") or analyse_http(http)  # synthetic or older results: computed here
+
+
+def fmt_est(e, digits, unit="", scale=1.0, sign=False):
+    """'mean [lo, hi] unit' of a bench/stats.py estimate; the mean alone when there are too few
+    repetitions for an interval."""
+    if not e or e.get("estimate") is None:
+        return ""
+    f = lambda x: ("%+.*f" if sign else "%.*f") % (digits, x * scale)  # noqa: E731
+    if e.get("ci") is None:
+        return "%s%s (n=%d, no interval)" % (f(e["estimate"]), unit, e["n"])
+    return "%s [%s, %s]%s" % (f(e["estimate"]), f(e["ci"][0]), f(e["ci"][1]), unit)
 
 
 def hook_rows(results, row):
@@ -1158,37 +1230,52 @@ def hook_rows(results, row):
     for label, hooks in sources:
         for name in sorted(hooks):
             h = hooks[name]
-            kind = "write" if "write" in name else "state" if "state" in name else None
+            kind = hook_kind(name)
             t = HOOK_TARGETS.get(kind)
             calls = h["calls"]["median"] or 0
-            target = ("<= %d ns" % t) if t else "reported"
+            if label == "keepalive load" and kind != "write" and calls < MIN_CALLS:
+                continue  # a handful of stray calls from elsewhere on the machine: noise
+            if kind == "write":
+                target = "reported (budget: <= empty program + %d ns, below)" % WRITE_OVER_EMPTY_NS
+            else:
+                target = ("<= %d ns" % t) if t else "reported"
             per_req = h.get("calls_per_request", {}).get("median")
             if per_req is not None:
                 target += ", %.2f calls/request" % per_req
             else:
                 target += ", %d calls/round" % calls
-            if label == "keepalive load" and kind != "write" and calls < MIN_CALLS:
-                continue  # a handful of stray calls from elsewhere on the machine: noise
-            ok = None
-            if t and h["ns"]["median"] is not None and calls >= MIN_CALLS:
-                ok = h["ns"]["median"] <= t
-            elif t:
+            e = bstats.estimate([ns for ns, n in zip(h["ns"].get("values", []), h["calls"].get("values", []))
+                                 if n >= MIN_CALLS])
+            if t and not e["n"]:
                 target += " (too few calls)"
-            row("kernel cost %s, %s (ns/call)" % (name, label), h["ns"], digits=1,
-                target=target, ok=ok)
+            row("kernel cost %s, %s (ns/call)" % (name, label), h["ns"], digits=1, target=target,
+                est=fmt_est(e, 1, " ns"), v=bstats.verdict(e["ci"], t, False))
 
 
 def build_table(results, machine, args, started, elapsed):
-    rows = []  # (measurement, median, min, max, ratio/target, verdict)
+    # (measurement, median, min, max, estimate [95% CI], target, A/A [95% CI], verdict); the
+    # parts that have no interval append 6-tuples without the two interval cells (render adds them).
+    rows = []
 
-    def row(name, s, unit="", digits=0, target="", ok=None):
+    def row(name, s, unit="", digits=0, target="", ok=None, est="", aa="", v=None):
         rows.append((name, fmt(s.get("median"), unit, digits), fmt(s.get("min"), unit, digits),
-                     fmt(s.get("max"), unit, digits), target, verdict(ok)))
+                     fmt(s.get("max"), unit, digits), est, target, aa, v or verdict(ok)))
 
     http = results.get("http")
+    an = http_analysis(http) if http else {}
     if http:
         c = http["conditions"]
+        ratios = an["ratios"]
+        aa = ratios.get("none_b")
+        aa_cell = fmt_est(aa, 3) or "not run"  # beside every throughput ratio: the run's noise
         row("proxy throughput, no observer (req/s)", c["none"])
+        if aa:
+            resolves = ("resolves about %.1f%%" % (100 * an["resolves"]) if an["resolves"] is not None
+                        else "too few repetitions for an interval")
+            # An A/A interval without 1 means the rounds drift with their place in the rotation.
+            row("proxy throughput, no observer again: A/A (req/s)", c["none_b"],
+                est="ratio " + fmt_est(aa, 3), target="contains 1.000; %s" % resolves,
+                v="n/a" if aa["ci"] is None else verdict(bstats.contains(aa["ci"], 1.0)))
         for cond, label in (("rstwatch", "rstwatch agent"), ("tcpdump", "tcpdump -w (proxy ns)"),
                             ("bpftrace", "naive bpftrace"),
                             ("rstwatch+stats", "rstwatch agent + bpf_stats"),
@@ -1199,54 +1286,60 @@ def build_table(results, machine, args, started, elapsed):
                                 for f, l in FLOOR_LABELS.items()):
             if cond not in c:
                 continue
-            r = c[cond]["ratio"]["median"]
+            e = ratios[cond]
+            target, v = "reported", "n/a"
             if cond == "rstwatch":
-                target, ok = "ratio %s (>= 0.99)" % fmt(r, digits=3), (r is not None and r >= 0.99)
-            else:
-                target, ok = "ratio %s" % fmt(r, digits=3), None
-            row("proxy throughput, %s (req/s)" % label, c[cond], target=target, ok=ok)
+                target = "ratio >= %.2f" % THROUGHPUT_TARGET
+                v = bstats.verdict(e["ci"], THROUGHPUT_TARGET, True)
+            row("proxy throughput, %s (req/s)" % label, c[cond], est="ratio " + fmt_est(e, 3),
+                target=target, aa=aa_cell, v=v)
         if http.get("agent_cpu_pct", {}).get("median") is not None:
             row("agent user-space CPU during the keepalive load (% of one core)", http["agent_cpu_pct"],
                 digits=2, target="reported (no records to read)")
-        rw = c["rstwatch"]["ratio"]["median"] if "rstwatch" in c else None
-        if "floor_empty" in c and rw is not None and c["floor_empty"]["ratio"]["median"]:
-            fl = c["floor_empty"]["ratio"]["median"]
+        rw = ratios.get("rstwatch", {}).get("estimate")
+        if an.get("own_share", {}).get("estimate") is not None:
             rows.append(("rstwatch vs an empty program on the write tracepoint: throughput kept",
-                         "%.3f vs %.3f" % (rw, fl), "", "",
-                         "rstwatch's own share of the cost: %.1f%% of req/s" % (100.0 * (fl - rw)), "n/a"))
-        for cond, label in (("tcpdump", "tcpdump"), ("bpftrace", "bpftrace")):
-            if cond in c and rw is not None and c[cond]["ratio"]["median"]:
-                other = c[cond]["ratio"]["median"]
-                rows.append(("rstwatch vs %s: throughput kept" % label,
-                             "%.3f vs %.3f" % (rw, other), "", "",
-                             "rstwatch keeps %.1f%% more req/s" % (100.0 * (rw / other - 1)),
-                             verdict(rw > other)))
+                         "%.3f vs %.3f" % (rw, ratios["floor_empty"]["estimate"]), "", "",
+                         fmt_est(an["own_share"], 1, "% of req/s", scale=100.0),
+                         "reported: rstwatch's own share of the cost", aa_cell, "n/a"))
+        for cond in ("tcpdump", "bpftrace"):
+            e = an["vs"].get(cond)
+            if e and e["estimate"] is not None:
+                rows.append(("rstwatch vs %s: throughput kept" % cond,
+                             "%.3f vs %.3f" % (rw, ratios[cond]["estimate"]), "", "",
+                             "ratio " + fmt_est(e, 3), "rstwatch / %s > 1.000 (same repetition)" % cond,
+                             aa_cell, bstats.verdict(e["ci"], 1.0, True)))
     hook_rows(results, row)
-    if http and http.get("baseline_hooks"):
-        for name in sorted(set(http["hooks"]) & set(http["baseline_hooks"])):
+    if http and an.get("baseline_hooks"):
+        for name, e in an["baseline_hooks"].items():
             new_ns, old_ns = http["hooks"][name]["ns"].get("median"), http["baseline_hooks"][name]["ns"].get("median")
-            calls = http["hooks"][name]["calls"].get("median") or 0
-            # A hook that ran a few hundred times a round under this load has no stable mean.
-            if new_ns is None or old_ns is None or calls < 10000:
+            # round_ns left out rounds under MIN_CALLS: a hook without pairs has no stable mean.
+            if new_ns is None or old_ns is None or not e["n"]:
                 continue
-            rows.append(("%s ns/call: this build vs baseline (keepalive load, %d calls/round)" % (name, calls),
-                         "%.1f vs %.1f" % (new_ns, old_ns), "", "", "ratio %.3f (<= 1.05: no worse)" % (
-                             new_ns / old_ns if old_ns else float("nan")),
-                         verdict(old_ns > 0 and new_ns / old_ns <= 1.05)))
-        vs = http.get("vs_baseline", {})
-        if vs.get("median") is not None:
-            row("proxy throughput with this build's agent / with the baseline's (same repetition)", vs,
-                digits=3, target=">= 0.99: no worse", ok=vs["median"] >= 0.99)
+            rows.append(("%s ns/call: this build vs baseline (keepalive load, %d calls/round)" % (
+                name, http["hooks"][name]["calls"].get("median") or 0),
+                "%.1f vs %.1f" % (new_ns, old_ns), "", "", "ratio " + fmt_est(e, 3),
+                "<= 1.05: no worse", "", bstats.verdict(e["ci"], 1.05, False)))
+        e = an["vs"].get("baseline")
+        if e and e["estimate"] is not None:
+            row("proxy throughput with this build's agent / with the baseline's (same repetition)",
+                http["vs_baseline"], digits=3, est="ratio " + fmt_est(e, 3), target=">= 0.99: no worse",
+                aa=aa_cell, v=bstats.verdict(e["ci"], 0.99, True))
     floors = (http or {}).get("floors", {})
     for name, label in (("floor_" + f, l) for f, l in FLOOR_LABELS.items()):
         if name in floors and floors[name]["ns"].get("median") is not None:
             row("kernel cost of a reference program on the write tracepoint: %s (ns/call)" % label,
-                floors[name]["ns"], digits=1, target="floor, %d calls/round" % (floors[name]["calls"]["median"] or 0))
-    write = (http or {}).get("hooks", {}).get("rw_write_tp")
-    if write and floors.get("floor_empty", {}).get("ns", {}).get("median") is not None:
-        own = write["ns"]["median"] - floors["floor_empty"]["ns"]["median"]
-        rows.append(("kernel cost rw_write_tp above the empty program (ns/call)", "%.1f" % own, "", "",
-                     "medians' difference; <= 50 ns", verdict(own <= 50)))
+                floors[name]["ns"], digits=1, est=fmt_est(bstats.estimate(round_ns(http, name + "+stats", name)), 1, " ns"),
+                target="floor, %d calls/round" % (floors[name]["calls"]["median"] or 0))
+    d = an.get("write_over_empty")
+    if d and d["n"]:
+        row("kernel cost rw_write_tp above the empty program, same repetition (ns/call)", summary(d["values"]),
+            digits=1, est=fmt_est(d, 1, " ns", sign=True),
+            target="<= +%d ns (empty program: same tracepoint, same run)" % WRITE_OVER_EMPTY_NS,
+            v=bstats.verdict(d["ci"], WRITE_OVER_EMPTY_NS, False))
+    elif http and "rstwatch+stats" in http["conditions"]:
+        rows.append(("kernel cost rw_write_tp above the empty program (ns/call)", "n/a", "", "", "",
+                     "<= +%d ns: floor_empty+stats not run" % WRITE_OVER_EMPTY_NS, "", "n/a"))
     corr = results.get("correlator")
     if corr:
         if "error" in corr:
@@ -1340,11 +1433,42 @@ def build_table(results, machine, args, started, elapsed):
     return rows
 
 
+def http_meta(http, an):
+    """Header lines of the http part: its length, the statistics, the run's noise and the empty
+    program's cost (the write hook's budget is relative to it)."""
+    conds = list(http["conditions"])
+    out = ["http part: %s, %d conditions x %d repetitions x %d s (%s)" % (
+        "%.1f min" % (http["seconds"] / 60.0) if "seconds" in http else "duration not recorded",
+        len(conds), http["reps"], http["round_seconds"], ", ".join(conds))]
+    aa = an["ratios"].get("none_b")
+    out.append("statistics: estimates are means of per-repetition pairs (a condition's round against the same "
+               "repetition's none round), 95%% percentile bootstrap over the repetitions (%d resamples, seed %d); "
+               "PASS/MISS only when the interval is wholly on one side of the target, else within noise" % (
+                   bstats.RESAMPLES, bstats.SEED))
+    if aa and an["resolves"] is not None:
+        out.append("noise: A/A (none_b / none) %s: this run resolves throughput differences of about %.1f%%" % (
+            fmt_est(aa, 3), 100 * an["resolves"]))
+    else:
+        out.append("noise: A/A %s: no resolution stated" % (
+            "not run" if not aa else "with %d repetitions (an interval needs %d)" % (aa["n"], bstats.MIN_PAIRS)))
+    e = an.get("empty_ns") or {}
+    if e.get("n"):
+        out.append("empty program on the write tracepoint (floor_empty+stats, this run): median %.1f ns/call, "
+                   "mean %s over %d rounds" % (statistics.median(e["values"]), fmt_est(e, 1, " ns"), e["n"]))
+    else:
+        out.append("empty program on the write tracepoint: not measured in this run (floor_empty+stats not run): "
+                   "the write hook's budget has no verdict")
+    return out
+
+
 def render(rows, machine, args, results, started, elapsed, markdown):
-    head = ("measurement", "median", "min", "max", "ratio / target", "verdict")
+    head = ("measurement", "median", "min", "max", "estimate [95% CI]", "target", "A/A [95% CI]", "verdict")
+    rows = [r if len(r) == len(head) else r[:4] + ("",) + r[4:5] + ("",) + r[5:] for r in rows]
     binfo = results.get("binary", {})
     meta = [
         "machine: %s" % machine.describe(),
+        # Budgets and floors differ between CPUs: a table is compared with another host's only with this.
+        "CPU model: %s" % machine.cpu,
         "load average at start: %.2f %.2f %.2f" % machine.load,
         "rstwatch: %s (%s), git %s" % (binfo.get("path"), binfo.get("mtime"), binfo.get("git")),
         "run: %s UTC, %.1f min; %s" % (started, elapsed / 60.0, "; ".join(part for key, part in (
@@ -1355,7 +1479,9 @@ def render(rows, machine, args, results, started, elapsed, markdown):
             ("latency", "latency %d races" % args.latency_reps)) if key in results) or "see below"),
     ]
     if "http" in results:
-        meta.append("cpu plan: %s" % results["http"]["plan"])
+        http = results["http"]
+        meta.append("cpu plan: %s" % http["plan"])
+        meta += http_meta(http, http_analysis(http))
     if "httpserver" in results:
         hs = results["httpserver"]
         meta.append("httpserver: %d interleaved repetitions (%d scrapes per case, %.0f s burst), this build %s%s; "
