@@ -6,11 +6,14 @@
 
 Measurements (each repeated; medians, min, max):
   http      wrk -> nginx proxy (upstream keepalive pool) -> upstream nginx, one network
-            namespace each; rounds of conditions none / rstwatch agent / rstwatch agent with
-            kernel.bpf_stats_enabled=1 / tcpdump -w in the proxy namespace / naive bpftrace,
-            interleaved (the order rotates every repetition); throughput ratio vs none.
+            namespace each; rounds of conditions none / none_b (a second none: the A/A) /
+            rstwatch agent / rstwatch agent with kernel.bpf_stats_enabled=1 / tcpdump -w in the
+            proxy namespace / naive bpftrace / reference programs, interleaved (the order
+            rotates every repetition); throughput ratio vs the same repetition's none round,
+            mean with a 95% bootstrap interval (bench/stats.py), the A/A's beside it.
   hooks     per-program run_time_ns / run_cnt of the agent's own rw_* programs (bpf_stats
-            rounds only; the sysctl is restored after every round and at exit).
+            rounds only; the sysctl is restored after every round and at exit); the write
+            hook's budget is relative to the empty program's rounds of the same repetitions.
   corr      Correlator::on_raw throughput (bench/correlator_bench, Google Benchmark), 1 core.
   storm     connection churn ending in RSTs (bench/connload storm) paced at the target
             record rate: records/s reached, records lost, agent CPU.
@@ -1510,7 +1513,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--reps", type=int, default=None,
                    help="interleaved repetitions per HTTP condition (default: 5 on <= 4 cores, "
-                        "else 7)")
+                        "else 7; the table states the throughput difference they resolve)")
     p.add_argument("--round-seconds", type=int, default=5)
     p.add_argument("--warmup-seconds", type=int, default=3)
     p.add_argument("--connections", type=int, default=None,
