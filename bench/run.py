@@ -674,12 +674,16 @@ def measure_correlator(args, machine, results):
         results["correlator"] = {"error": r.stderr[-2000:]}
         return
     data = json.loads(r.stdout)
-    per = {}
+    per, mem = {}, {}
     for b in data["benchmarks"]:
         if b.get("run_type") == "aggregate":
             continue
+        if "bytes_per_conn" in b:  # BM_BytesPerConnection: memory, no throughput
+            mem.setdefault(b["run_name"].split("/iterations")[0], []).append(b["bytes_per_conn"])
+            continue
         per.setdefault(b["run_name"], []).append(b["items_per_second"])
     results["correlator"] = {name: summary(v) for name, v in per.items()}
+    results["correlator_memory"] = {name: summary(v) for name, v in mem.items()}
 
 
 # ---------------------------------------------------------------- storm
@@ -1356,6 +1360,9 @@ def build_table(results, machine, args, started, elapsed):
             ok = s["median"] >= 2.0 if s.get("median") is not None else None
             row("correlator %s (M records/s, 1 core)" % name.replace("BM_", ""), s, digits=2,
                 target=">= 2M/s", ok=ok)
+    for name, s in sorted(results.get("correlator_memory", {}).items(), key=lambda kv: len(kv[0])):
+        row("correlator heap per remembered connection, %s connections fed (bytes)"
+            % name.split("/")[-1], s, target="reported")
     st = results.get("storm")
     if st and "records_per_s" in st:
         tgt = st["target_records_per_s"]
