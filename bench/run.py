@@ -652,8 +652,8 @@ def measure_http(args, machine, tmp, results):
             calls = [i["hooks"][name]["calls"] for i in extra[cond] if name in i.get("hooks", {})]
             floors[name] = {"ns": summary(ns), "calls": summary(calls)}
     res["floors"] = floors
+    results["http"] = res  # first: an analysis that fails leaves the raw data to latest.json
     res["analysis"] = analyse_http(res)  # what the table prints, kept with the raw data
-    results["http"] = res
 
 
 # ---------------------------------------------------------------- correlator
@@ -1635,16 +1635,17 @@ def main():
         netns.cleanup_all()
         restore_everything()
     elapsed = time.monotonic() - t0
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    # The raw data before the table: a table that fails to build must not lose the run.
+    with open(os.path.splitext(args.out)[0] + ".json", "w") as f:
+        json.dump(results, f, indent=1, default=str)
     rows = build_table(results, machine, args, started, elapsed)
     for name, err in results.get("errors", {}).items():
         rows.append(("%s: FAILED" % name, "n/a", "", "", err[:80], "MISS"))
     text = render(rows, machine, args, results, started, elapsed, markdown=False)
     sys.stdout.write("\n" + text)
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
         f.write(render(rows, machine, args, results, started, elapsed, markdown=True))
-    with open(os.path.splitext(args.out)[0] + ".json", "w") as f:
-        json.dump(results, f, indent=1, default=str)
     log("table written to %s (raw data: %s)" % (args.out, os.path.splitext(args.out)[0] + ".json"))
     return 0
 
