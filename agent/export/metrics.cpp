@@ -25,6 +25,7 @@ constexpr const char* kRecords = "rstwatch_records_total";
 constexpr const char* kTracked = "rstwatch_tracked_connections";
 constexpr const char* kAttributionSynced = "rstwatch_attribution_synced";
 constexpr const char* kBuildInfo = "rstwatch_build_info";
+constexpr const char* kIncidentLogLinesSuppressed = "rstwatch_incident_log_lines_suppressed_total";
 
 prometheus::Histogram::BucketBoundaries idle_buckets() {
     return {kIdleBucketsSeconds.begin(), kIdleBucketsSeconds.end()};
@@ -125,6 +126,14 @@ Metrics::Metrics(MetricsOptions options)
                       .Help("rstwatch version and the kernel hook used for writes; always 1.")
                       .Register(*registry_)),
       records_lost_(records_lost_family_.Add({})),
+      incident_log_lines_suppressed_(prometheus::BuildCounter()
+                                         .Name(kIncidentLogLinesSuppressed)
+                                         .Help("Incidents whose log line was left out by the agent's log rate "
+                                               "limits, so that a storm does not flood the log; a summary line says "
+                                               "how many at most every 10 s. Every incident is still counted in "
+                                               "rstwatch_incidents_total and streamed on /incidents.")
+                                         .Register(*registry_)
+                                         .Add({})),
       tracked_connections_(tracked_family_.Add({})) {
     label_order_[kIncidents] = with_pair({"cause", "observer"});
     label_order_[kResets] = with_pair({"direction"});
@@ -316,6 +325,8 @@ void Metrics::set_kube_events_state(size_t pending, uint64_t dropped_total) {
 }
 
 void Metrics::set_tracked_connections(double n) { tracked_connections_.Set(n); }
+
+void Metrics::count_incident_log_line_suppressed() { incident_log_lines_suppressed_.Increment(); }
 
 void Metrics::set_attribution_synced(const std::string& source, bool synced) {
     attribution_synced_.Add({{"source", source}}).Set(synced ? 1 : 0);

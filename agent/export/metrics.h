@@ -92,6 +92,9 @@ public:
     // (a smaller value than already exported is ignored; counters never go down).
     void set_records_lost_total(uint64_t total);
     void set_tracked_connections(double n);
+    // rstwatch_incident_log_lines_suppressed_total += 1: an incident whose log line the log
+    // limits (log_limiter.h) left out.
+    void count_incident_log_line_suppressed();
     void set_attribution_synced(const std::string& source, bool synced);
     // Kubernetes Events (--kube-events): registers the families below; before it they are absent.
     void enable_kube_events();
@@ -171,6 +174,7 @@ private:
     prometheus::Family<prometheus::Gauge>& attribution_synced_;
     prometheus::Family<prometheus::Gauge>& build_info_;
     prometheus::Counter& records_lost_;
+    prometheus::Counter& incident_log_lines_suppressed_;
     // --kube-events only (enable_kube_events).
     prometheus::Family<prometheus::Counter>* kube_event_writes_ = nullptr;
     prometheus::Gauge* kube_events_pending_ = nullptr;

@@ -29,6 +29,7 @@ LABEL_ORDER = {
     "rstwatch_tracked_connections": (),
     "rstwatch_attribution_synced": ("source",),
     "rstwatch_build_info": ("version", "write_hook"),
+    "rstwatch_incident_log_lines_suppressed_total": (),
 }
 for _h in HISTOGRAMS:
     LABEL_ORDER[_h + "_bucket"] = PAIR + ("le",)
@@ -37,7 +38,8 @@ for _h in HISTOGRAMS:
 FAMILY_TYPES = dict({"rstwatch_incidents_total": "counter", "rstwatch_resets_total": "counter",
                      "rstwatch_records_lost_total": "counter", "rstwatch_records_total": "counter",
                      "rstwatch_tracked_connections": "gauge",
-                     "rstwatch_attribution_synced": "gauge", "rstwatch_build_info": "gauge"},
+                     "rstwatch_attribution_synced": "gauge", "rstwatch_build_info": "gauge",
+                     "rstwatch_incident_log_lines_suppressed_total": "counter"},
                     **{h: "histogram" for h in HISTOGRAMS})
 WRITE_HOOKS = ("tp_btf", "fentry", "kprobe")
 

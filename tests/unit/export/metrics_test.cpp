@@ -295,6 +295,19 @@ TEST(Metrics, SelfMetrics) {
               "rstwatch_build_info{version=\"0.1.0\",write_hook=\"kprobe\"} 1\n");
 }
 
+TEST(Metrics, IncidentLogLinesSuppressedFromTheStart) {
+    Metrics m(options());
+    std::string text = m.exposition();
+    EXPECT_NE(text.find("# HELP rstwatch_incident_log_lines_suppressed_total Incidents whose log line was left out"),
+              std::string::npos);
+    EXPECT_NE(text.find("# TYPE rstwatch_incident_log_lines_suppressed_total counter\n"), std::string::npos);
+    EXPECT_EQ(join(samples(text, "rstwatch_incident_log_lines_suppressed_total")),
+              "rstwatch_incident_log_lines_suppressed_total 0\n");
+    for (int i = 0; i < 3; ++i) m.count_incident_log_line_suppressed();
+    EXPECT_EQ(join(samples(m.exposition(), "rstwatch_incident_log_lines_suppressed_total")),
+              "rstwatch_incident_log_lines_suppressed_total 3\n");
+}
+
 TEST(Metrics, ConcurrentUpdatesExpiryAndScrapes) {
     Metrics m(options());
     std::atomic<bool> done{false};
