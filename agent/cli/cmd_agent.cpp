@@ -24,6 +24,7 @@
 #include "hold_queue.h"
 #include "http_server.h"
 #include "kube_client.h"
+#include "log_limiter.h"
 #include "metrics.h"
 #include "pair.h"
 #include "privileges.h"
@@ -92,6 +93,7 @@ private:
     bool resolvable(const Endpoint& client, const Endpoint& server) const;
     void deliver(const HeldEvent& event);
     void update_self_metrics();
+    void log_suppressed_incident_lines(const std::optional<SuppressedIncidentLines>& summary);
     void update_inference();
     void report_verdict(const PairVerdict& verdict);
     std::string node_name() const;
@@ -127,6 +129,8 @@ private:
     TimeoutInference pod_inference_;
     TimeoutInference workload_inference_;
     int64_t unix_offset_ns_ = 0;
+    // Which incidents get their own log line (capture thread only); all are counted and streamed.
+    IncidentLogLimiter incident_log_;
     std::array<uint64_t, RW_REC_TYPE_MAX> records_exported_{};
 };
 
@@ -189,14 +193,18 @@ void Agent::deliver(const HeldEvent& event) {
         // Events only for client ends that are pods Kubernetes knows (not pod-map names).
         if (events_ && !pair.client.pod.empty() && cluster_->pod_exists(pair.client.namespace_, pair.client.pod))
             events_->incident(PodRef{pair.client.namespace_, pair.client.pod, ""}, pair, *incident);
-        spdlog::warn("incident {} observed by {}: client {} -> server {}{}{}: {}", to_string(incident->cause),
-                     to_string(incident->observer), describe(streamed.client, incident->client),
-                     describe(streamed.server, incident->server),
-                     incident->comm.empty() ? std::string() : fmt::format(", {} pid {}", incident->comm, incident->pid),
-                     incident->idle_before_write_ms
-                         ? fmt::format(", idle {:.1f} s before the write", *incident->idle_before_write_ms / 1000.0)
-                         : std::string(),
-                     hint_for(*incident));
+        if (incident_log_.admit(pair, incident->cause, incident->observer, monotonic_ns()))
+            spdlog::warn("incident {} observed by {}: client {} -> server {}{}{}: {}", to_string(incident->cause),
+                         to_string(incident->observer), describe(streamed.client, incident->client),
+                         describe(streamed.server, incident->server),
+                         incident->comm.empty() ? std::string()
+                                                : fmt::format(", {} pid {}", incident->comm, incident->pid),
+                         incident->idle_before_write_ms
+                             ? fmt::format(", idle {:.1f} s before the write", *incident->idle_before_write_ms / 1000.0)
+                             : std::string(),
+                         hint_for(*incident));
+        else
+            metrics_->count_incident_log_line_suppressed();
         http_->publish(streamed, unix_offset_ns_);
     } else if (const auto* observation = std::get_if<Observation>(&event)) {
         PairKey pair = name_pair(attributor_, observation->client, observation->server);
@@ -304,6 +312,11 @@ void Agent::update_self_metrics() {
         for (const auto& [key, total] : events.writes) metrics_->set_kube_event_writes_total(key.first, key.second, total);
         metrics_->set_kube_events_state(events.policy.pending, events.policy.dropped);
     }
+}
+
+// At most one line every 10 s (IncidentLogLimits), and the last one at shutdown.
+void Agent::log_suppressed_incident_lines(const std::optional<SuppressedIncidentLines>& summary) {
+    if (summary) spdlog::warn("{}", format_suppressed_incident_lines(*summary));
 }
 
 bool Agent::auth_configured() const {
@@ -418,6 +431,7 @@ CaptureHooks Agent::capture_hooks() {
     hooks.on_tick = [this, next_series_expiry = monotonic_ns() + 30'000'000'000LL](int64_t now) mutable {
         update_self_metrics();
         update_inference();
+        log_suppressed_incident_lines(incident_log_.take_summary(now));
         if (now >= next_series_expiry) {
             size_t removed =
                 metrics_->expire(Metrics::Clock::now(), [this](const Identity& who) { return endpoint_alive(who); });
@@ -497,6 +511,7 @@ int Agent::run() {
     if (!captured.ok) spdlog::error("{}", captured.error);
     // Stopped: what the buffer held is in; name and count everything still held, then detach.
     held_.flush(monotonic_ns(), true);
+    log_suppressed_incident_lines(incident_log_.flush(monotonic_ns()));
     update_self_metrics();
     bpf_.reset();
     bpf_attached_ = false;

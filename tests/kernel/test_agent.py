@@ -171,6 +171,8 @@ class TestAgent(AgentTestCase):
         for (cause, _, _, _, _), n in expected.items():
             want[cause] += n
         self.assertEqual(dict(by_cause), dict(want), "WARN lines per cause:\n" + "".join(warns))
+        # Eight incidents are far below the log limits: none left out.
+        self.assertEqual(m.value("rstwatch_incident_log_lines_suppressed_total"), 0)
 
     def _assert_buckets(self, h, values, tol=IDLE_TOL_S):
         """Each observed value lands in its bucket (values within tol of a bound: either)."""
