@@ -7,7 +7,7 @@ set -euo pipefail
 packages=(
   cmake g++ make pkg-config clang llvm bpftool libbpf-dev libelf-dev zlib1g-dev
   libspdlog-dev libcli11-dev nlohmann-json3-dev libyaml-cpp-dev libcurl4-openssl-dev
-  prometheus-cpp-dev libmicrohttpd-dev libgnutls28-dev
+  prometheus-cpp-dev libmicrohttpd-dev libgnutls28-dev libabsl-dev
 )
 if [[ "${1:-}" == "--test" ]]; then
   packages+=(libgtest-dev python3 python3-yaml iproute2 nginx-light curl openssl procps prometheus libclang-rt-14-dev libfaketime)

@@ -10,6 +10,7 @@
 #include <charconv>
 #include <cstdio>
 #include <cstring>
+#include <tuple>
 
 namespace rstwatch {
 
@@ -94,33 +95,6 @@ std::string tcp_state_name(uint8_t state) {
     }
 }
 
-size_t Correlator::TupleKeyHash::operator()(const TupleKey& k) const {
-    // Word at a time (every new connection hashes its tuple twice): load the fields as
-    // 64-bit words and mix them with multiply-xorshift rounds.
-    uint64_t w[5];
-    std::memcpy(&w[0], k.saddr, 8);
-    std::memcpy(&w[1], k.saddr + 8, 8);
-    std::memcpy(&w[2], k.daddr, 8);
-    std::memcpy(&w[3], k.daddr + 8, 8);
-    w[4] = (static_cast<uint64_t>(k.sport) << 48) | (static_cast<uint64_t>(k.dport) << 32) | k.netns;
-    uint64_t h = 0x9E3779B97F4A7C15ULL;
-    for (uint64_t word : w) {
-        h = (h ^ word) * 0xBF58476D1CE4E5B9ULL;
-        h ^= h >> 31;
-    }
-    return static_cast<size_t>(h * 0x94D049BB133111EBULL ^ (h >> 29));
-}
-
-size_t Correlator::ServerKeyHash::operator()(const ServerKey& k) const {
-    uint64_t a, b;
-    std::memcpy(&a, k.addr, 8);
-    std::memcpy(&b, k.addr + 8, 8);
-    uint64_t h = (a * 0x9E3779B97F4A7C15ULL) ^ (b + 0xBF58476D1CE4E5B9ULL) ^
-                 ((static_cast<uint64_t>(k.port) << 32) | k.netns);
-    h ^= h >> 31;
-    return static_cast<size_t>(h * 0x94D049BB133111EBULL);
-}
-
 Correlator::ServerKey Correlator::server_key(const rw_record& r, uint8_t role) {
     ServerKey key;
     const uint8_t* addr = role == RW_ROLE_SERVER ? r.saddr : r.daddr;
@@ -136,7 +110,7 @@ void Correlator::learn_tls_server(const rw_record& r, uint8_t role) {
 }
 
 bool Correlator::speaks_tls(const rw_record& r, uint8_t role, uint16_t flags) const {
-    return has(flags, RW_F_TLS_ALERT_SENT) || tls_servers_.count(server_key(r, role)) != 0;
+    return has(flags, RW_F_TLS_ALERT_SENT) || tls_servers_.contains(server_key(r, role));
 }
 
 Correlator::Correlator(CorrelatorOptions options) : options_(std::move(options)) {}
@@ -205,7 +179,11 @@ void Correlator::compact_order() {
     // Rebuilt from what is remembered, oldest first: drops forgotten and duplicate keys.
     order_.clear();
     for (const auto& [key, mem] : conns_) order_.emplace_back(key, mem.last_seen_ns);
-    std::sort(order_.begin(), order_.end(), [](const auto& a, const auto& b) { return a.second < b.second; });
+    // Ties broken by key: the map's iteration order depends on its per-process hash seed.
+    std::sort(order_.begin(), order_.end(), [](const auto& a, const auto& b) {
+        return std::tie(a.second, a.first.sock_id, a.first.start_ns) <
+               std::tie(b.second, b.first.sock_id, b.first.start_ns);
+    });
 }
 
 Correlator::Resolved Correlator::resolve(const rw_record& r) {
@@ -252,6 +230,8 @@ Correlator::Resolved Correlator::resolve(const rw_record& r) {
         }
     } else if (res.role != RW_ROLE_UNKNOWN) {
         if (make_room()) t = by_tuple_.find(tuple);  // the evicted one may have owned it
+        // conns_'s only insert: it may move every ConnMemory, so mem is taken after it (t is
+        // into by_tuple_, which it leaves alone).
         auto [it, inserted] = conns_.try_emplace(key);
         mem = &it->second;
         mem->role = res.role;

@@ -5,10 +5,12 @@
 #include <deque>
 #include <functional>
 #include <string>
-#include <unordered_map>
-#include <unordered_set>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
+#include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
 #include "incident.h"
 #include "rstwatch.h"
 
@@ -74,16 +76,15 @@ public:
     size_t remembered_connections() const;
 
 private:
+    // The maps are absl's open-addressing tables (absl::Hash through AbslHashValue): a node map
+    // per connection was 42% of the RST-churn mix's time.
     struct ConnKey {
         uint64_t sock_id;
         uint64_t start_ns;
         bool operator==(const ConnKey&) const = default;
-    };
-    struct ConnKeyHash {
-        // Not noexcept: libstdc++ then stores each node's hash, so walking a bucket compares
-        // stored hashes instead of rehashing (and dividing) for every node.
-        size_t operator()(const ConnKey& k) const {
-            return std::hash<uint64_t>{}(k.sock_id * 0x9E3779B97F4A7C15ULL ^ k.start_ns);
+        template <typename H>
+        friend H AbslHashValue(H h, const ConnKey& k) {
+            return H::combine(std::move(h), k.sock_id, k.start_ns);
         }
     };
     // (local ip:port, remote ip:port, netns): ties a timewait socket's records
@@ -95,10 +96,14 @@ private:
         uint16_t dport = 0;
         uint32_t netns = 0;
         bool operator==(const TupleKey&) const = default;
+        // Hashed as its 40 bytes in one call (every new connection hashes its tuple twice).
+        template <typename H>
+        friend H AbslHashValue(H h, const TupleKey& k) {
+            return H::combine_contiguous(std::move(h), reinterpret_cast<const unsigned char*>(&k), sizeof(k));
+        }
     };
-    struct TupleKeyHash {
-        size_t operator()(const TupleKey& k) const;  // not noexcept: see ConnKeyHash
-    };
+    static_assert(std::has_unique_object_representations_v<TupleKey>,
+                  "TupleKey is hashed as bytes: it must have no padding");
     struct ConnMemory {
         uint64_t last_seen_ns = 0;
         bool incident_client = false;  // an incident was already reported for this observer
@@ -111,7 +116,8 @@ private:
         TupleKey tuple;
     };
     // What a record resolves to: its remembered connection (null when the role is
-    // unknown) and the role/flags to classify with.
+    // unknown; valid until the next insert into conns_, i.e. the next resolve()) and the
+    // role/flags to classify with.
     struct Resolved {
         ConnMemory* mem = nullptr;
         uint8_t role = RW_ROLE_UNKNOWN;
@@ -125,9 +131,10 @@ private:
         uint16_t port = 0;
         uint32_t netns = 0;
         bool operator==(const ServerKey&) const = default;
-    };
-    struct ServerKeyHash {
-        size_t operator()(const ServerKey& k) const;
+        template <typename H>
+        friend H AbslHashValue(H h, const ServerKey& k) {
+            return H::combine(H::combine_contiguous(std::move(h), k.addr, RW_ADDR_LEN), k.port, k.netns);
+        }
     };
     static constexpr size_t kMaxTlsServers = 1u << 16;
     // Hard bound on remembered connections (on_raw is fed untrusted input); at the bound the
@@ -144,19 +151,22 @@ private:
     bool speaks_tls(const rw_record& record, uint8_t role, uint16_t flags) const;
     void emit_observation(const rw_record& record, const Resolved& conn, ObservationKind kind,
                           double idle_s, CorrelatorOutput& out);
-    void forget(std::unordered_map<ConnKey, ConnMemory, ConnKeyHash>::iterator it);
+    // flat_hash_map keeps its values in its slot array: an insert may move every ConnMemory
+    // (rehash); an erase moves none. A ConnMemory* or iterator must not be held across an
+    // insert into the same map (resolve() takes its pointer after its only insert).
+    using ConnMap = absl::flat_hash_map<ConnKey, ConnMemory>;
+    void forget(ConnMap::iterator it);
     bool make_room();  // true when it forgot a connection
     void compact_order();
 
     CorrelatorOptions options_;
     CorrelatorStats stats_;
-    using ConnMap = std::unordered_map<ConnKey, ConnMemory, ConnKeyHash>;
     ConnMap conns_;
-    std::unordered_map<TupleKey, ConnKey, TupleKeyHash> by_tuple_;
+    absl::flat_hash_map<TupleKey, ConnKey> by_tuple_;
     // Remembered connections in insertion order with the last_seen_ns they had when queued;
     // may hold keys already forgotten (skipped when met).
     std::deque<std::pair<ConnKey, uint64_t>> order_;
-    std::unordered_set<ServerKey, ServerKeyHash> tls_servers_;
+    absl::flat_hash_set<ServerKey> tls_servers_;
 };
 
 // Formats an IPv6-or-v4-mapped 16-byte address as text (v4-mapped as dotted quad).

@@ -1457,6 +1457,70 @@ TEST(CorrelatorRobustness, RememberedConnectionsAreBounded) {
     EXPECT_EQ(h.out.observations.size(), n);
 }
 
+TEST(CorrelatorRobustness, RememberedStateSurvivesTheMapsGrowingAndEvicting) {
+    // The maps move their entries when they grow (open addressing): a connection's remembered
+    // state must survive hundreds of thousands of other connections arriving between its
+    // records, through every growth and then eviction at the cap. (Under the ASan build a
+    // pointer into a map held across an insert is a heap-use-after-free here.)
+    Sock a = proxy_socket(T0);
+    for (int k = 1; k <= 6; ++k) exchange(a, T0 + k * 2 * kSec);  // idle reuses, answered
+    a.write(T0 + 14 * kSec, 300).rst_received(T0 + 14 * kSec + kMs);
+    ASSERT_EQ(count_type(a.records, RW_REC_IDLE_WRITE), 7u);
+
+    // A server connection (another 4-tuple) that ends in TIME_WAIT; its timewait socket's RST
+    // without a snapshot is tied to it by the 4-tuple alone.
+    const uint64_t tu = T0 + 15 * kSec;
+    Sock u = upstream_socket(tu);
+    serve(u, tu + 10 * kMs);
+    u.own_close(tu + 2 * kSec).our_fin_acked(tu + 2 * kSec + 100'000).peer_fin(tu + 2 * kSec + 200'000);
+    u.timewait_rst_sent(tu + 2 * kSec + 300'000, 0xffff8880'cccc0000ULL, RW_RST_REASON_NONE,
+                        /*with_snapshot=*/false);
+
+    Correlator c(test_options());
+    CorrelatorOutput out, noise;
+    rw_record other = proxy_socket().write(T0 + 3 * kSec, 300).records.at(0);
+    size_t others = 0;
+    // `n` new client connections (distinct 4-tuples), just before `ts`.
+    auto churn = [&](size_t n, uint64_t ts) {
+        for (size_t i = 0; i < n; ++i, ++others) {
+            other.sock_id = 0x1'0000'0000ULL + others;
+            other.conn.start_ns = other.ts_ns = ts - n + i;
+            set_addr(other.saddr, "10.99." + std::to_string(others >> 16 & 0xff) + ".1");
+            other.sport = static_cast<uint16_t>(others);
+            c.on_record(other, noise);
+            noise.clear();
+        }
+    };
+    auto feed = [&](const rw_record& r) { c.on_record(r, out); };
+
+    for (const rw_record& r : a.records) {
+        churn(30'000, r.ts_ns);
+        feed(r);
+    }
+    churn(30'000, tu);
+    for (size_t i = 0; i + 1 < u.records.size(); ++i) feed(u.records[i]);
+    churn(30'000, u.records.back().ts_ns);
+    feed(u.records.back());  // the timewait RST: role and own close come from memory
+    // Late duplicates after more growth and eviction are still recognised.
+    churn(30'000, u.records.back().ts_ns + kMs);
+    feed(a.records.at(6));  // the last idle write
+    for (const rw_record& r : a.records)
+        if (r.type == RW_REC_RST_RECEIVED) feed(r);
+    feed(u.records.back());
+
+    EXPECT_LT(c.remembered_connections(), others);  // the cap was reached: evictions happened
+    EXPECT_EQ(c.stats().unknown_history, 0u);
+    size_t reuses = 0;
+    for (const Observation& o : out.observations) reuses += o.kind == ObservationKind::reuse_idle;
+    EXPECT_EQ(reuses, 7u);
+    ASSERT_EQ(out.incidents.size(), 2u);
+    EXPECT_EQ(out.incidents[0].cause, Cause::idle_close_race);
+    EXPECT_EQ(out.incidents[0].client, (Endpoint{kProxyIp, kProxyPort}));
+    EXPECT_EQ(out.incidents[1].cause, Cause::data_after_close);
+    EXPECT_EQ(out.incidents[1].observer, Observer::server);
+    EXPECT_EQ(out.incidents[1].state, "TIME_WAIT");
+}
+
 // ---------------------------------------------------------------- addresses
 
 TEST(CorrelatorAddresses, Ipv6Connection) {
