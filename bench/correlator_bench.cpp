@@ -11,8 +11,12 @@
 //   Incidents      stale keepalive races: peer FIN, write in CLOSE_WAIT, RST received
 //   Mixed          60% IdleKeepalive, 30% RstChurn, 10% Incidents lifecycles, interleaved
 // Arg: number of concurrently open connections the records are spread over.
+//
+// Memory (BM_BytesPerConnection/N): heap bytes the correlator holds per remembered connection
+// after N distinct connections (counter bytes_per_conn; N above the cap churns through it).
 #include <arpa/inet.h>
 #include <benchmark/benchmark.h>
+#include <malloc.h>
 #include <sys/socket.h>
 
 #include <cstring>
@@ -307,6 +311,44 @@ void run_mix(benchmark::State& state, Mix mix) {
     state.counters["resets_per_pass"] = static_cast<double>(resets) / p;
 }
 
+// Heap bytes in use (mallinfo2: small chunks plus mmap()ed blocks, where large tables go).
+// Allocated minus freed bytes, not RSS: memory malloc keeps after a free is not counted.
+size_t heap_in_use() {
+    const struct mallinfo2 m = mallinfo2();
+    return m.uordblks + m.hblkhd;
+}
+
+// Feeds `state.range(0)` distinct client connections (one idle-write record each) and divides
+// the heap bytes the correlator then holds (its maps, their slack and the eviction queue: all
+// it allocated) by the connections it remembers.
+void BM_BytesPerConnection(benchmark::State& state) {
+    const size_t n = static_cast<size_t>(state.range(0));
+    CorrelatorOptions options;
+    options.idle_threshold_ns = close_threshold_ns(1.0);
+    End c = make_end(0, RW_ROLE_CLIENT, 0x0af40101, 20000, 0x0af40201, 8080, 1000 * kSec);
+    arm_write(c, 1001 * kSec, 2 * kSec, false);
+    rw_record r = write_rec(c, RW_REC_IDLE_WRITE, 1001 * kSec, RW_TCP_ESTABLISHED, 2 * kSec);
+    double bytes_per_conn = 0, remembered = 0;
+    for (auto _ : state) {
+        CorrelatorOutput out;
+        const size_t before = heap_in_use();
+        Correlator correlator(options);
+        for (size_t i = 0; i < n; ++i) {
+            r.sock_id = 0xffff888000000000ULL + i * 0x1000;
+            r.conn.start_ns = 1000 * kSec + i;
+            r.ts_ns = r.conn.armed_write_ns = 1001 * kSec + i;
+            v4(r.saddr, 0x0af40100 + static_cast<uint32_t>(i >> 16));  // distinct 4-tuples
+            r.sport = static_cast<uint16_t>(i);
+            correlator.on_record(r, out);
+            out.clear();
+        }
+        remembered = static_cast<double>(correlator.remembered_connections());
+        bytes_per_conn = static_cast<double>(heap_in_use() - before) / remembered;
+    }
+    state.counters["bytes_per_conn"] = bytes_per_conn;
+    state.counters["remembered"] = remembered;
+}
+
 void BM_IdleKeepalive(benchmark::State& s) { run_mix(s, Mix::idle_keepalive); }
 void BM_RstChurn(benchmark::State& s) { run_mix(s, Mix::rst_churn); }
 void BM_Incidents(benchmark::State& s) { run_mix(s, Mix::incidents); }
@@ -318,5 +360,7 @@ BENCHMARK(BM_IdleKeepalive)->Arg(1000)->Arg(50000)->Unit(benchmark::kMillisecond
 BENCHMARK(BM_RstChurn)->Arg(1000)->Arg(50000)->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_Incidents)->Arg(1000)->Arg(50000)->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_Mixed)->Arg(1000)->Arg(50000)->Unit(benchmark::kMillisecond);
+// 100k connections (the memory budget's), and 1M churned through the cap of 131,072.
+BENCHMARK(BM_BytesPerConnection)->Arg(100000)->Arg(1000000)->Iterations(1)->Unit(benchmark::kMillisecond);
 
 BENCHMARK_MAIN();
