@@ -202,6 +202,11 @@ Correlator::Resolved Correlator::resolve(const rw_record& r) {
 
     ConnKey key{r.sock_id, start};
     ConnMemory* mem = nullptr;
+    // At scale every lookup below is a cache miss (the tables are megabytes): start the
+    // independent ones together, make_room()'s first candidate included (RST churn: +30%).
+    conns_.prefetch(key);
+    by_tuple_.prefetch(tuple);
+    if (conns_.size() >= kMaxRemembered && !order_.empty()) conns_.prefetch(order_.front().first);
     if (start != 0) {
         auto it = conns_.find(key);
         if (it != conns_.end()) mem = &it->second;
