@@ -20,7 +20,9 @@ namespace rstwatch {
 CorrelatorOptions correlator_options_for(const LoaderOptions& loader, const KernelFeatures& features);
 
 struct CaptureLoopOptions {
-    int poll_timeout_ms = 100;
+    // Also the longest a record submitted without a wakeup waits to be read (the kernel side
+    // wakes us at most once per CPU per 10 ms).
+    int poll_timeout_ms = 10;
     // How often the correlator forgets finished connections (and on_second hooks run).
     int64_t tick_ns = 1'000'000'000LL;
     std::optional<int64_t> deadline_ns;  // CLOCK_MONOTONIC; none: until stop

@@ -148,7 +148,13 @@ int BpfSession::on_ring_record(void* ctx, void* data, size_t size) {
     return 0;
 }
 
-int BpfSession::poll(int timeout_ms) { return ring_buffer__poll(ring_.get(), timeout_ms); }
+int BpfSession::poll(int timeout_ms) {
+    const int woken = ring_buffer__poll(ring_.get(), timeout_ms);
+    if (woken < 0) return woken;
+    // Records submitted without a wakeup (bpf/rstwatch.bpf.c: submit_flags) are read here.
+    const int unannounced = ring_buffer__consume(ring_.get());
+    return unannounced < 0 ? unannounced : woken + unannounced;
+}
 
 uint64_t BpfSession::counter(uint32_t index) const {
     int cpus = libbpf_num_possible_cpus();

@@ -30,7 +30,8 @@ using RecordSink = std::function<void(const void* data, size_t size)>;
 class RecordSource {
 public:
     virtual ~RecordSource() = default;
-    // Waits up to timeout_ms for records and hands them to the sink; returns the count or -errno.
+    // Waits up to timeout_ms for a wakeup, then hands every record in the buffer to the sink
+    // (also those the kernel side submitted without waking us); returns the count or -errno.
     virtual int poll(int timeout_ms) = 0;
     // Records dropped so far because the buffer was full.
     virtual uint64_t lost_records() const = 0;

@@ -186,7 +186,7 @@ class TestFaults(AgentTestCase):
         for i, (step, offset) in enumerate((("+0", 0.0), ("+1d", day), ("-1d", -day))):
             with open(step_file, "w") as f:
                 f.write(step + "\n")
-            time.sleep(0.3)  # the agent re-reads its wall-clock offset every poll (100 ms)
+            time.sleep(0.3)  # the agent re-reads its wall-clock offset every poll (10 ms)
             port = 8096 + i
             _, exp = scenarios.idle_close_rst(cli, srv, host=c["server"].ip4, port=port)
             expected.update(expected_from([exp], ids, port))

@@ -141,7 +141,8 @@ TEST(CaptureLoop, DeadlineStopsThenDrainsTheBuffer) {
     CaptureResult result = h.run(source);
     EXPECT_TRUE(result.ok);
     // Two polls reach the deadline, the third delivers what the buffer still holds (timeout 0).
-    EXPECT_EQ(source.timeouts, (std::vector<int>{100, 100, 0}));
+    const int timeout_ms = CaptureLoopOptions{}.poll_timeout_ms;
+    EXPECT_EQ(source.timeouts, (std::vector<int>{timeout_ms, timeout_ms, 0}));
     EXPECT_EQ(h.records_seen, 3u);
     EXPECT_EQ(ticks, 2);  // one per second of fake time
 }
