@@ -1457,6 +1457,29 @@ TEST(CorrelatorRobustness, RememberedConnectionsAreBounded) {
     EXPECT_EQ(h.out.observations.size(), n);
 }
 
+// Memory at the cap: churning far past it, the remembered connections stay at the cap and
+// their table never grows past the size that holds the cap (no doubling into half-empty slots).
+TEST(CorrelatorRobustness, AtTheCapTheTableKeepsItsSizeUnderChurn) {
+    Harness h;
+    rw_record r = proxy_socket().write(T0 + 3 * kSec, 300).records.at(0);
+    const size_t cap = Correlator::max_remembered();
+    size_t capacity_at_cap = 0;
+    for (size_t i = 0; i < 4 * cap; ++i) {
+        r.sock_id = 0x1000 + i;
+        r.conn.start_ns = T0 - i;
+        r.ts_ns = T0 + i;
+        r.sport = static_cast<uint16_t>(i);
+        r.netns = static_cast<uint32_t>(i >> 16);  // distinct 4-tuples
+        h.c.on_record(r, h.out);
+        h.out.clear();
+        if (i + 1 == cap) capacity_at_cap = h.c.remembered_capacity();
+    }
+    EXPECT_EQ(h.c.remembered_connections(), cap);
+    EXPECT_EQ(h.c.remembered_capacity(), capacity_at_cap);
+    // Filled as absl fills a table before it doubles (7/8), not left half empty.
+    EXPECT_GE(static_cast<double>(cap) / static_cast<double>(h.c.remembered_capacity()), 0.7);
+}
+
 TEST(CorrelatorRobustness, RememberedStateSurvivesTheMapsGrowingAndEvicting) {
     // The maps move their entries when they grow (open addressing): a connection's remembered
     // state must survive hundreds of thousands of other connections arriving between its
