@@ -403,6 +403,13 @@ void Correlator::on_record(const rw_record& r, CorrelatorOutput& out) {
     // The armed write was a TLS stack's close_notify (after the peer's FIN, an answer to the
     // peer's; after idle, our own idle close), not a request: its reset loses nothing.
     const bool tls_close_notify = armed && r.conn.armed_tls != 0;
+    // A client's TLS close_notify answering the server's, written before the server's FIN was
+    // processed (the write hook looks only at writes after idle or after the FIN): armed at the
+    // FIN from the socket's counters, one alert record unacknowledged, no idle before it. No
+    // request is that small over TLS, and a stale-keepalive request follows an idle gap.
+    const bool close_notify_crossing_fin =
+        role == RW_ROLE_CLIENT && armed && has(flags, RW_F_ARMED_INFERRED) && !write_in_close_wait &&
+        r.conn.armed_idle_ns < RW_IDLE_CLOSE_FLOOR_MS * 1'000'000ULL && is_tls_alert_size(r.unacked_bytes);
     if (r.conn.start_ns != 0 && r.conn.armed_tls != 0 && is_known_role(role)) learn_tls_server(r, role);
     const bool idle = r.idle_ns >= options_.idle_threshold_ns;
     const double idle_s = static_cast<double>(r.idle_ns) / 1e9;
@@ -422,7 +429,7 @@ void Correlator::on_record(const rw_record& r, CorrelatorOutput& out) {
         break;  // decided later by the peer's answer (RST, ack, or nothing)
 
     case RW_REC_PEER_FIN:
-        if (role == RW_ROLE_CLIENT && armed_unanswered && !tls_close_notify) {
+        if (role == RW_ROLE_CLIENT && armed_unanswered && !tls_close_notify && !close_notify_crossing_fin) {
             emit_incident(r, conn, Cause::idle_close_race, out);
         } else if (idle && !armed_unanswered && conn.mem != nullptr &&
                    !conn.mem->observed_peer_fin) {
@@ -473,7 +480,7 @@ void Correlator::on_record(const rw_record& r, CorrelatorOutput& out) {
         if (role == RW_ROLE_CLIENT) {
             // Our close_notify (all that is unacknowledged, answered or not) reset by a TLS
             // server that closed with it unread: a teardown.
-            if (tls_close_notify ||
+            if (tls_close_notify || close_notify_crossing_fin ||
                 ((!armed || has(flags, RW_F_ARMED_INFERRED)) && is_tls_alert_size(r.unacked_bytes) &&
                  speaks_tls(r, role, flags)))
                 count_tls_close_notify(conn);
@@ -546,8 +553,12 @@ void Correlator::on_record(const rw_record& r, CorrelatorOutput& out) {
                 ++stats_.idle_resets;  // we aborted a connection with nothing in flight
         } else if (role == RW_ROLE_CLIENT) {
             // Our own abort (SO_LINGER 0, or close() with the peer's last bytes unread, e.g. a
-            // TLS upstream's close_notify): an incident only if it cut a request short.
-            if (request_in_flight(r, role))
+            // TLS upstream's close_notify): an incident only if it cut a request short. Our own
+            // close_notify unacknowledged and the server's unread (one alert record each) is a
+            // TLS teardown that crossed, no request.
+            if (is_tls_alert_size(r.unacked_bytes) && is_tls_alert_size(r.unread_bytes))
+                count_tls_close_notify(conn);
+            else if (request_in_flight(r, role))
                 emit_incident(r, conn, Cause::reset_other, out);
             else
                 ++stats_.idle_resets;

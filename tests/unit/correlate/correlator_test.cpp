@@ -815,6 +815,45 @@ TEST(CorrelatorClient, ATlsServersCloseNotifyIsNoAnswerToTheRacingRequest) {
     EXPECT_EQ(h.out.incidents.size(), 2u);
 }
 
+TEST(CorrelatorClient, ACloseNotifyCrossingTheServersFinIsATeardownEvenFromAnUnknownServer) {
+    // Seen with curl against the agent's own https port (ASan builds, a loaded machine): the
+    // server's close_notify arrives, the client's TLS stack answers at once, and only then is the
+    // server's FIN processed. No write record (busy write), armed at the FIN from the counters
+    // with no idle before it; the closed server resets. First teardown: the server is not known
+    // to speak TLS yet.
+    Sock s = proxy_socket();
+    exchange(s, T0 + 10 * kMs);
+    s.receive(T0 + 20 * kMs, 24);   // the server's close_notify
+    s.write(T0 + 20 * kMs, 24, 4242, "curl", /*tls=*/0x15);
+    s.peer_fin(T0 + 21 * kMs);
+    s.rst_received(T0 + 22 * kMs);
+    Harness h;
+    h.feed(s.records);
+    EXPECT_TRUE(h.out.incidents.empty());
+    EXPECT_EQ(h.c.stats().tls_close_notify, 1u);
+
+    // ... or the client closes with the server's close_notify unread and its own unacknowledged:
+    // its kernel aborts (TCP_ABORT_ON_CLOSE), a teardown too.
+    Sock aborts = proxy_socket(T0 + 2, 0xffff8880'aaab0004ULL);
+    exchange(aborts, T0 + 10 * kMs);
+    aborts.receive(T0 + 20 * kMs, 24, /*app_reads=*/false);
+    aborts.write(T0 + 20 * kMs, 24, 4242, "curl", /*tls=*/0x15);
+    aborts.abort_close(T0 + 21 * kMs, 7);
+    h.feed(aborts.records);
+    EXPECT_TRUE(h.out.incidents.empty());
+    EXPECT_EQ(h.c.stats().tls_close_notify, 2u);
+
+    // A request after idle that crosses the FIN stays the race, whatever its size.
+    Sock race = proxy_socket(T0 + 1, 0xffff8880'aaab0003ULL);
+    exchange(race, T0 + 10 * kMs);
+    race.write(T0 + 300 * kMs, 27);  // "GET / HTTP/1.1\r\nHost: a\r\n\r\n": alert-sized, after idle
+    race.peer_fin(T0 + 300 * kMs + 100'000);
+    race.rst_received(T0 + 300 * kMs + 200'000);
+    h.feed(race.records);
+    ASSERT_EQ(h.out.incidents.size(), 1u);
+    EXPECT_EQ(h.out.incidents[0].cause, Cause::idle_close_race);
+}
+
 TEST(CorrelatorClient, AReadCloseNotifyOfAKnownTlsServerIsNoAnswer) {
     // Seen with nginx ssl and Node's https pool: the TLS stack reads the server's close_notify
     // that crossed our request, then the server's RST (it closed with the request unread).
