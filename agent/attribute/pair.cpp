@@ -1,6 +1,16 @@
 #include "pair.h"
 
+#include <tuple>
+
 namespace rstwatch {
+
+bool PairKeyLess::operator()(const PairKey& a, const PairKey& b) const {
+    auto key = [](const PairKey& p) {
+        return std::tie(p.client.namespace_, p.client.pod, p.client.workload, p.server.namespace_, p.server.pod,
+                        p.server.workload, p.server_port);
+    };
+    return key(a) < key(b);
+}
 
 PairKey name_pair(const Attributor& attributor, const Endpoint& client, const Endpoint& server) {
     auto identify = [&](const Endpoint& end) {

@@ -15,6 +15,12 @@ struct PairKey {
     bool operator==(const PairKey&) const = default;
 };
 
+// Orders pairs (maps keyed by pair: the inference's, the merge of several nodes' verdicts, the
+// incident log limiter's problems).
+struct PairKeyLess {
+    bool operator()(const PairKey& a, const PairKey& b) const;
+};
+
 enum class PairLabelMode {
     pod,       // one series per pod pair
     workload,  // client_pod/server_pod are "": one series per workload pair

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <map>
+#include <tuple>
 #include <vector>
 
 namespace rstwatch {
@@ -20,23 +21,13 @@ std::string pair_name(const PairKey& pair) {
     return fmt::format("{} -> {}:{}", end_name(pair.client), end_name(pair.server), pair.server_port);
 }
 
-// Every field, unambiguously: two problems share a key only when they are the same.
-std::string problem_key(const PairKey& pair, Cause cause, Observer observer) {
-    std::string key;
-    for (const Identity* end : {&pair.client, &pair.server}) {
-        for (const std::string* part : {&end->namespace_, &end->pod, &end->workload}) {
-            key += *part;
-            key += '\0';
-        }
-    }
-    key += std::to_string(pair.server_port);
-    key += '\0';
-    key += static_cast<char>('0' + static_cast<int>(cause));
-    key += static_cast<char>('0' + static_cast<int>(observer));
-    return key;
-}
-
 }  // namespace
+
+bool IncidentLogLimiter::ProblemKeyLess::operator()(const ProblemKey& a, const ProblemKey& b) const {
+    if (PairKeyLess{}(a.pair, b.pair)) return true;
+    if (PairKeyLess{}(b.pair, a.pair)) return false;
+    return std::tie(a.cause, a.observer) < std::tie(b.cause, b.observer);
+}
 
 bool IncidentLogLimiter::TokenBucket::take(double capacity, double per_second, int64_t now_ns) {
     if (now_ns > at_ns) {
@@ -53,7 +44,7 @@ IncidentLogLimiter::IncidentLogLimiter(IncidentLogLimits limits)
 
 bool IncidentLogLimiter::admit(const PairKey& pair, Cause cause, Observer observer, int64_t now_ns) {
     Problem* problem = nullptr;
-    const std::string key = problem_key(pair, cause, observer);
+    const ProblemKey key{pair, cause, observer};
     if (auto it = problems_.find(key); it != problems_.end()) {
         problem = &it->second;
     } else if (problems_.size() < limits_.max_problems) {

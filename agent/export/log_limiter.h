@@ -20,7 +20,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
-#include <unordered_map>
+#include <map>
 
 #include "incident.h"
 #include "pair.h"
@@ -75,6 +75,15 @@ private:
         int64_t at_ns = 0;
         bool take(double capacity, double per_second, int64_t now_ns);
     };
+    // One series of rstwatch_incidents_total at pod level: pair, cause and observing side.
+    struct ProblemKey {
+        PairKey pair;
+        Cause cause;
+        Observer observer;
+    };
+    struct ProblemKeyLess {
+        bool operator()(const ProblemKey& a, const ProblemKey& b) const;
+    };
     struct Problem {
         std::string pair_name;  // for the summary
         bool logged = false;    // has had a line since it was first seen (or seen again after being forgotten)
@@ -88,7 +97,7 @@ private:
     IncidentLogLimits limits_;
     TokenBucket shared_;
     TokenBucket first_lines_;
-    std::unordered_map<std::string, Problem> problems_;  // by pair, cause and observer
+    std::map<ProblemKey, Problem, ProblemKeyLess> problems_;
     SuppressedIncidentLines pending_;
     int64_t pending_since_ns_ = 0;
     std::optional<int64_t> last_summary_ns_;

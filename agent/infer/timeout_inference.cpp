@@ -99,14 +99,6 @@ KeepaliveFix recommend_fix(const std::string& comm, const Identity& client, doub
     return fix;
 }
 
-bool PairKeyLess::operator()(const PairKey& a, const PairKey& b) const {
-    auto key = [](const PairKey& p) {
-        return std::tie(p.client.namespace_, p.client.pod, p.client.workload, p.server.namespace_, p.server.pod,
-                        p.server.workload, p.server_port);
-    };
-    return key(a) < key(b);
-}
-
 TimeoutInference::TimeoutInference(InferenceOptions options) : options_(options) {}
 
 void TimeoutInference::push(std::deque<double>& samples, double value) {

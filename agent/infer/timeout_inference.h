@@ -72,11 +72,6 @@ std::optional<TimeoutEstimate> robust_timeout(std::vector<double> samples);
 KeepaliveFix recommend_fix(const std::string& comm, const Identity& client, double server_timeout_s,
                            double recommended_fraction);
 
-// Orders pairs (maps keyed by pair: the inference's, the merge of several nodes' verdicts).
-struct PairKeyLess {
-    bool operator()(const PairKey& a, const PairKey& b) const;
-};
-
 class TimeoutInference {
 public:
     explicit TimeoutInference(InferenceOptions options = {});
