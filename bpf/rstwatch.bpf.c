@@ -12,6 +12,7 @@
 #include <bpf/bpf_tracing.h>
 
 #include "rstwatch.h"
+#include "ringbuf_wakeup.h"
 
 #define AF_INET 2
 #define AF_INET6 10
@@ -36,12 +37,8 @@ struct {
 	__uint(max_entries, 1 << 22); /* resized by the loader */
 } events SEC(".maps");
 
-/* Waking the agent costs the producer an irq_work (12.5 us per received RST on an AMD EPYC
- * guest in a reset storm, with the ring buffer's default wakeup; 0.27 us without). So a
- * record wakes the agent only if this CPU has not woken it for wakeup_interval_ns: the first
- * record after a quiet spell is delivered at once, storms cost at most one wakeup per CPU per
- * interval, and the agent reads records left without a wakeup at its poll timeout
- * (RecordSource::poll). */
+/* A record wakes the agent at most once per CPU per interval (bpf/ringbuf_wakeup.h); the
+ * agent reads records left without a wakeup at its poll timeout (RecordSource::poll). */
 const volatile __u64 wakeup_interval_ns = 10000000;
 
 struct {
@@ -53,15 +50,7 @@ struct {
 
 static __always_inline __u64 submit_flags(__u64 now_ns)
 {
-	__u32 zero = 0;
-	__u64 *last = bpf_map_lookup_elem(&last_wakeup_ns, &zero);
-
-	if (!last)
-		return 0;
-	if (now_ns - *last < wakeup_interval_ns)
-		return BPF_RB_NO_WAKEUP;
-	*last = now_ns;
-	return BPF_RB_FORCE_WAKEUP;
+	return rw_submit_flags(&last_wakeup_ns, wakeup_interval_ns, now_ns);
 }
 
 /* Per-socket state in socket local storage (Linux >= 5.11, BTF-typed programs): found from
