@@ -11,6 +11,14 @@
 //   connload hold --port P --ports K --count N
 //       opens N connections spread over K listening ports (P..P+K-1), one byte each way,
 //       prints {"ready":N}, holds them until stdin is closed or a line arrives, closes all.
+//   connload pool --port P --ports K --count N --rate CONN_PER_S --seconds MAX
+//       a pool of N idle connections whose peer dies (a reset storm): opens N connections
+//       over K ports, prints {"ready":N}, waits for a line on stdin (the caller starts its
+//       measurement), then aborts them one after the other (client SO_LINGER 0: one RST
+//       sent, one received) paced at CONN_PER_S, for at most MAX seconds. Aborting a
+//       connection costs far less than making one, so one thread can reset at rates that
+//       `storm` (which makes every connection it resets) cannot reach on a small machine.
+//       Opening is bounded by --open-seconds (default 300; for hold: --seconds).
 //
 // Every mode is bounded (count and/or seconds). Progress: one JSON line per second on
 // stdout ({"t":s,"connections":n}); a final {"done":...} summary line. Exit 0 on success.
@@ -102,14 +110,14 @@ static void raise_nofile(long want) {
 
 int main(int argc, char** argv) {
 	if (argc < 2) {
-		fprintf(stderr, "usage: connload storm|churn|hold [--host H] [--port P] [--ports K] "
-				"[--rate R] [--seconds S] [--count N] [--rst-every K]\n");
+		fprintf(stderr, "usage: connload storm|churn|hold|pool [--host H] [--port P] [--ports K] "
+				"[--rate R] [--seconds S] [--open-seconds S] [--count N] [--rst-every K]\n");
 		return 2;
 	}
 	const char* mode = argv[1];
 	const char* host = "127.0.0.1";
 	int port = 18080, ports = 1, rst_every = 0;
-	double rate = 0, seconds = 10;
+	double rate = 0, seconds = 10, open_seconds = -1;
 	long count = 0;
 	for (int i = 2; i + 1 < argc; i += 2) {
 		const char *k = argv[i], *v = argv[i + 1];
@@ -118,6 +126,7 @@ int main(int argc, char** argv) {
 		else if (!strcmp(k, "--ports")) ports = atoi(v);
 		else if (!strcmp(k, "--rate")) rate = atof(v);
 		else if (!strcmp(k, "--seconds")) seconds = atof(v);
+		else if (!strcmp(k, "--open-seconds")) open_seconds = atof(v);
 		else if (!strcmp(k, "--count")) count = atol(v);
 		else if (!strcmp(k, "--rst-every")) rst_every = atoi(v);
 		else {
@@ -127,7 +136,8 @@ int main(int argc, char** argv) {
 	}
 	setvbuf(stdout, NULL, _IOLBF, 0);
 
-	if (!strcmp(mode, "hold")) {
+	const int pool = !strcmp(mode, "pool");
+	if (!strcmp(mode, "hold") || pool) {
 		if (count <= 0 || ports <= 0) return 2;
 		raise_nofile(2 * count + ports + 64);
 		int* ls = calloc(ports, sizeof(int));
@@ -137,14 +147,15 @@ int main(int argc, char** argv) {
 		double t0 = now_s(), next = t0 + 1;
 		char b = 'x';
 		long n = 0, errors = 0;
-		while (n < count && now_s() - t0 < seconds) {
+		if (open_seconds < 0) open_seconds = pool ? 300 : seconds;
+		while (n < count && now_s() - t0 < open_seconds) {
 			int c, s;
 			if (pair(host, port + (int)(n % ports), ls[n % ports], &c, &s) < 0) {
 				if (++errors > 1000) die("connect/accept (too many errors)");
 				continue;
 			}
-			if (write(c, &b, 1) != 1 || read(s, &b, 1) != 1 || write(s, &b, 1) != 1 ||
-			    read(c, &b, 1) != 1)
+			if (!pool && (write(c, &b, 1) != 1 || read(s, &b, 1) != 1 || write(s, &b, 1) != 1 ||
+				      read(c, &b, 1) != 1))
 				die("exchange");
 			fds[2 * n] = c;
 			fds[2 * n + 1] = s;
@@ -160,6 +171,39 @@ int main(int argc, char** argv) {
 		poll(&p, 1, -1); // the caller bounds this (it closes stdin or kills us)
 		(void)!read(0, line, sizeof line);
 		double t1 = now_s();
+		if (pool) {
+			long resets = 0;
+			double deadline = t1 + seconds, next_report = t1 + 1;
+			for (long i = 0; i < n; i++) {
+				double t = now_s();
+				if (t >= deadline) break;
+				if (t >= next_report) {
+					printf("{\"t\":%.3f,\"resets\":%ld}\n", t - t1, resets);
+					next_report += 1;
+				}
+				// Paced in small bursts (2 ms): many of these run at once, each at a
+				// fraction of the rate, and a sleep per connection would cost more than
+				// the reset.
+				double due = t1 + i / rate;
+				if (rate > 0 && due > t + 0.002) {
+					double d = due - t;
+					struct timespec ts = {.tv_sec = (time_t)d, .tv_nsec = (long)((d - (time_t)d) * 1e9)};
+					nanosleep(&ts, NULL);
+				}
+				linger0(fds[2 * i]);
+				close(fds[2 * i]); // RST sent by the client, received by the server socket
+				close(fds[2 * i + 1]);
+				fds[2 * i] = fds[2 * i + 1] = -1;
+				resets++;
+			}
+			double el = now_s() - t1;
+			for (long i = 0; i < 2 * n; i++)
+				if (fds[i] >= 0) close(fds[i]); // left over at the deadline: closed quietly
+			printf("{\"done\":\"pool\",\"connections\":%ld,\"resets\":%ld,\"seconds\":%.3f,"
+			       "\"rate\":%.1f,\"errors\":%ld}\n",
+			       n, resets, el, el > 0 ? resets / el : 0.0, errors);
+			return 0;
+		}
 		for (long i = 0; i < 2 * n; i++) close(fds[i]);
 		printf("{\"done\":\"hold\",\"connections\":%ld,\"close_seconds\":%.3f}\n", n, now_s() - t1);
 		return 0;

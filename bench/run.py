@@ -15,8 +15,10 @@ Measurements (each repeated; medians, min, max):
             rounds only; the sysctl is restored after every round and at exit); the write
             hook's budget is relative to the empty program's rounds of the same repetitions.
   corr      Correlator::on_raw throughput (bench/correlator_bench, Google Benchmark), 1 core.
-  storm     connection churn ending in RSTs (bench/connload storm) paced at the target
-            record rate: records/s reached, records lost, agent CPU.
+  storm     a reset storm: a pool of idle connections opened, then reset at the target record
+            rate (bench/connload pool; --storm-generator churn: connections made and reset at
+            that rate): records/s reached, records lost, agent CPU; per-hook cost against
+            reference programs on the same tracepoints in rounds of their own.
   memory    agent RSS and BPF map memory with N connections held open, then a churn of
             >= 1M connections (RSS sampled every 10 s, slope reported).
   latency   a scripted write-after-FIN race: client sees EOF/ECONNRESET -> incident line in
@@ -66,7 +68,7 @@ TCPDUMP = shutil.which("tcpdump") or "/usr/bin/tcpdump"
 BPFTRACE = shutil.which("bpftrace") or "/usr/bin/bpftrace"
 STATS_SYSCTL = "/proc/sys/kernel/bpf_stats_enabled"
 
-STATE = {"tmp": None, "stats_orig": None}
+STATE = {"tmp": None, "stats_orig": None, "cgroups": []}
 
 
 def log(msg):
@@ -97,12 +99,83 @@ def restore_everything():
     if STATE["tmp"]:
         shutil.rmtree(STATE["tmp"], ignore_errors=True)
         STATE["tmp"] = None
+    while STATE["cgroups"]:
+        PodCpu.remove(STATE["cgroups"].pop())
 
 
 def _on_term(signum, frame):
     # netns's handler (installed after this one) kills our processes and namespaces first,
     # then calls this, then dies with the signal.
     restore_everything()
+
+
+class PodCpu:
+    """CPU cgroups standing for two Kubernetes pods: the node's workload (`load`, requesting
+    every core) and the observer (the agent's pod, requesting `observer_millicores`). When the
+    CPUs are saturated the kernel shares them by these weights, as it does between pods (the
+    kubelet's cpu.shares = request x 1024 / 1000, or cpu.weight on cgroup v2); idle CPU is
+    anyone's. Without them every process weighs the same, and a load of many processes starves a
+    one-process agent far below what its pod's request would guarantee on a node. Created under
+    this process's own cgroup, removed at the end (also on failure: restore_everything)."""
+
+    V1 = "/sys/fs/cgroup/cpu"
+
+    def __init__(self, observer_millicores, cores):
+        self.dirs = {}
+        self.shares = {"load": 1024 * cores, "observer": max(2, observer_millicores * 1024 // 1000)}
+        v2 = os.path.exists("/sys/fs/cgroup/cgroup.controllers")
+        base = "/sys/fs/cgroup" if v2 else self.V1
+        with open("/proc/self/cgroup") as f:  # this process's own cgroup: "ID:cpu:/path" or "0::/path"
+            for line in f:
+                _, controllers, path = line.rstrip("\n").split(":", 2)
+                if (v2 and controllers == "") or (not v2 and "cpu" in controllers.split(",")):
+                    base = os.path.join(base, path.lstrip("/"))
+        if not os.path.isdir(base):
+            self.error = "no cpu cgroup controller"
+            return
+        self.error = None
+        for name, shares in self.shares.items():
+            path = os.path.join(base, "rstwatch-bench-%s-%d" % (name, os.getpid()))
+            try:
+                os.mkdir(path)
+                STATE["cgroups"].append(path)
+                if v2:  # the kubelet's conversion of shares to weight
+                    write_sysctl(os.path.join(path, "cpu.weight"), 1 + ((shares - 2) * 9999) // 262142)
+                else:
+                    write_sysctl(os.path.join(path, "cpu.shares"), shares)
+            except OSError as e:
+                self.error = "%s: %s" % (path, e)
+                return
+            self.dirs[name] = path
+
+    def move(self, pid, name):
+        if not self.error and pid:
+            try:
+                write_sysctl(os.path.join(self.dirs[name], "cgroup.procs"), pid)
+            except OSError:
+                pass  # the process is gone
+
+    @staticmethod
+    def remove(path):
+        """Moves what is left back to the parent, then removes the cgroup."""
+        try:
+            with open(os.path.join(path, "cgroup.procs")) as f:
+                pids = f.read().split()
+            for pid in pids:
+                try:
+                    write_sysctl(os.path.join(os.path.dirname(path), "cgroup.procs"), pid)
+                except OSError:
+                    pass
+            os.rmdir(path)
+        except OSError:
+            pass
+
+    def describe(self):
+        if self.error:
+            return "no pod CPU shares (%s): every process weighs the same" % self.error
+        return ("load and observer in CPU cgroups of their own, shares %d (every core requested) and "
+                "%d (a request of %dm)" % (self.shares["load"], self.shares["observer"],
+                                         self.shares["observer"] * 1000 // 1024))
 
 
 def set_stats(on):
@@ -420,14 +493,16 @@ FLOOR_LABELS = {
     "empty": "empty program",
     "lookup": "socket-storage lookup only",
     "cast": "typed socket and its state only",
-    "sndtime": "state and last-send age, rstwatch's early return",
+    "sndtime": "state and last-send age through bpf_skc_to_tcp_sock",
+    "rdonly": "state and last-send age through bpf_rdonly_cast (no call), rstwatch's early return",
 }
 
 
 class FloorObserver:
-    """bench/hookfloor: one reference program on the write tracepoint (FLOOR_LABELS: nothing,
-    or a part of what a write hook does), measured with bpf_stats like the agent: what any
-    program on that hook pays before its own work, and what each step adds."""
+    """bench/hookfloor: reference programs (FLOOR_LABELS: nothing, or a part of what a hook
+    does; `program` is one name or several, comma-separated), measured with bpf_stats like the
+    agent: what any program on that hook pays before its own work, and what each step adds.
+    Hooks are reported under the programs' full names (the kernel keeps 15 characters)."""
 
     def __init__(self, binary, program, stats=True):
         self.binary = binary
@@ -435,30 +510,40 @@ class FloorObserver:
         self.stats = stats
         self.name = program
         self.proc = None
-        self.prog_id = None
+        self.names = {}  # prog id -> program name
         self.before = {}
+
+    @property
+    def pid(self):
+        return self.proc.pid if self.proc else None
 
     def start(self):
         obj = os.path.join(os.path.dirname(self.binary), "hookfloor.bpf.o")
         self.proc = subprocess.Popen([self.binary, obj, self.program], stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True)
         netns._register_proc(self.proc)  # ended by PID on failure or Ctrl-C too
-        line = self.proc.stdout.readline().strip()
-        if not line.isdigit():
+        line = self.proc.stdout.readline().split()
+        try:
+            self.names = {int(i): n for n, i in (tok.rsplit(":", 1) for tok in line)}
+        except ValueError:
+            self.names = {}
+        if not self.names:
             err = self.proc.stderr.read() if self.proc.poll() is not None else ""
             netns.kill_proc(self.proc)
             raise RuntimeError("hookfloor %s did not attach: %s" % (self.program, err.strip()))
-        self.prog_id = int(line)
+
+    def snapshot(self):
+        return {i: (self.names[i],) + v[1:] for i, v in prog_stats(set(self.names)).items()}
 
     def load_started(self):
         if self.stats:
             set_stats(True)
-            self.before = prog_stats({self.prog_id})
+            self.before = self.snapshot()
 
     def load_finished(self):
         if not self.stats:
             return {}
-        after = prog_stats({self.prog_id})
+        after = self.snapshot()
         set_stats(False)
         return {"hooks": hook_delta(self.before, after)}
 
@@ -715,7 +800,7 @@ def drain_records(ag, timeout=10.0):
         time.sleep(0.5)
 
 
-def measure_storm(args, machine, results):
+def measure_storm_churn(args, machine, results):
     # 2 records per connection (RST sent + RST received); re-aimed after every repetition
     # from the records per connection actually seen.
     per_conn = 2.0
@@ -778,6 +863,221 @@ def measure_storm(args, machine, results):
         n: {"ns": summary([h[n]["ns"] for h in storm_hooks if n in h]),
             "calls": summary([h[n]["calls"] for h in storm_hooks if n in h])} for n in names}
     results["storm"]["seconds"] = args.storm_seconds
+
+
+# Reference programs on the state and reset tracepoints (bench/hookfloor.bpf.c), one set per
+# storm round: doing nothing, and doing only what rstwatch cannot avoid there (per-socket
+# state created and found; a record of its size handed over with its wakeup rule).
+STORM_FLOORS = {
+    "floor_empty": "floor_state_empty,floor_rst_recv_empty,floor_rst_sent_empty",
+    "floor_record": "floor_state_storage,floor_rst_recv_record,floor_rst_sent_record",
+}
+# rstwatch's hook -> (the empty program on its tracepoint, the unavoidable-part reference).
+STORM_REFERENCES = {
+    "rw_state": ("floor_state_empty", "floor_state_storage"),
+    "rw_rst_received": ("floor_rst_recv_empty", "floor_rst_recv_record"),
+    "rw_rst_sent": ("floor_rst_sent_empty", "floor_rst_sent_record"),
+}
+POOL_CONNS_PER_PORT = 50000  # under the namespace's 55,536 ephemeral ports per destination
+
+
+def pool_round(args, pod, round_no, kind, cpu):
+    """One pool reset storm (connload pool) with one observer: the agent (kind "rstwatch"),
+    the --baseline build's agent ("baseline") or a set of reference programs (STORM_FLOORS). bpf_stats on for the whole round; hooks are
+    reported per phase: opening the pool (every connection made: per-socket state created)
+    and resetting it at the asked rate (one RST sent and one received per connection)."""
+    conns = int(args.storm_rate / 2.0 * args.storm_seconds)
+    ports = conns // POOL_CONNS_PER_PORT + 1
+    ag = obs = None
+    if kind in ("rstwatch", "baseline"):
+        binary = os.path.join(args.baseline, "rstwatch") if kind == "baseline" else None
+        ag = agentlib.Agent(idle_threshold=None, name="agent-storm", binary=binary).start()
+        cpu.move(ag.proc.pid, "observer")
+        progs, _, _ = bpf_ids_held_by(ag.proc.pid)
+        snap, pid = (lambda: prog_stats(progs)), ag.proc.pid
+    else:
+        obs = FloorObserver(args.hookfloor, STORM_FLOORS[kind])
+        obs.start()
+        cpu.move(obs.pid, "observer")
+        snap, pid = obs.snapshot, obs.pid
+    procs = []
+    try:
+        set_stats(True)
+        s0 = snap()
+        slab0 = kernel_unreclaimable_kib()
+        # One process holds at most what its descriptor limit allows (2 per connection; no
+        # CAP_SYS_RESOURCE to raise the hard limit here): the pool is spread over several,
+        # each with its own listening ports below the namespace's ephemeral range, each
+        # resetting its share at its share of the rate, all at once.
+        hard = nofile_hard()
+        per = max(1000, (hard - 200) // 2) if hard != -1 else conns
+        port, sinks, readers, left = 2000 + 200 * round_no, [], [], conns
+        while left > 0:
+            n = min(per, left)
+            ports = n // POOL_CONNS_PER_PORT + 1
+            p = pod.popen(connload_cmd(args, "pool", "--port", port, "--ports", ports, "--count", n,
+                                       "--rate", args.storm_rate / 2.0 * n / conns,
+                                       "--seconds", 3 * args.storm_seconds, "--open-seconds", 180),
+                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            procs.append(p)
+            cpu.move(p.pid, "load")
+            sink = []
+            sinks.append(sink)
+            readers.append(threading.Thread(target=read_json_lines, args=(p, sink), daemon=True))
+            readers[-1].start()
+            port += ports
+            left -= n
+        t_open = time.monotonic()
+        while not all(any("ready" in o for _, o in sink) for sink in sinks):
+            dead = [p for p in procs if p.poll() is not None]
+            if dead or time.monotonic() - t_open > 200:
+                raise RuntimeError("connload pool did not open its pool: %s" % (
+                    dead[0].stderr.read().strip() if dead else "timeout"))
+            time.sleep(0.1)
+        open_seconds = time.monotonic() - t_open
+        s1 = snap()
+        slab1 = kernel_unreclaimable_kib()
+        if ag:
+            rec0, lost0 = drain_records(ag, 5)
+        cpu0, t0 = proc_stat_cpu(pid), time.monotonic()
+        for p in procs:
+            p.stdin.write("go\n")
+            p.stdin.flush()
+        for p in procs:
+            p.wait(timeout=3 * args.storm_seconds + 120)
+        t1, cpu1 = time.monotonic(), proc_stat_cpu(pid)
+        s2 = snap()
+        set_stats(False)
+        for r in readers:
+            r.join(timeout=10)
+        done = [[o for _, o in sink if o.get("done") == "pool"] for sink in sinks]
+        if not all(done):
+            raise RuntimeError("connload pool failed: %s" % "; ".join(
+                p.stderr.read().strip() for p, d in zip(procs, done) if not d))
+        resets = sum(d[-1]["resets"] for d in done)
+        reset_seconds = max(d[-1]["seconds"] for d in done)
+        row = {"connections": sum(d[-1]["connections"] for d in done), "resets": resets,
+               "reset_seconds": reset_seconds, "conn_per_s": resets / reset_seconds if reset_seconds else 0.0,
+               "processes": len(procs), "open_seconds": open_seconds,
+               # both ends of every connection are local: 2 sockets each
+               "slab_bytes_per_socket": 1024.0 * (slab1 - slab0) / (2 * max(1, conns)),
+               "cpu_pct": 100.0 * (cpu1 - cpu0) / (t1 - t0)}
+        if ag:
+            rec1, lost1 = drain_records(ag)
+            cpu2, t2 = proc_stat_cpu(pid), time.monotonic()
+            records = rec1 - rec0
+            row.update(records=records, records_per_s=records / reset_seconds, lost=lost1 - lost0,
+                       records_per_conn=records / max(1, resets),
+                       cpu_pct_incl_drain=100.0 * (cpu2 - cpu0) / (t2 - t0),
+                       cpu_us_per_record=1e6 * (cpu2 - cpu0) / max(1, records),
+                       rss_mib=proc_status_kib(pid, "VmRSS") / 1024.0)
+        return row, hook_delta(s0, s1), hook_delta(s1, s2)
+    finally:
+        set_stats(False)
+        for p in procs:
+            netns.kill_proc(p)
+        if ag:
+            ag.stop()
+        if obs:
+            obs.stop()
+
+
+def kernel_unreclaimable_kib():
+    """SUnreclaim of /proc/meminfo: slab memory the kernel cannot reclaim (sockets, and the BPF
+    socket storage allocated with them)."""
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("SUnreclaim:"):
+                return int(line.split()[1])
+    return 0
+
+
+def hook_summaries(per_round):
+    names = sorted({n for h in per_round for n in h})
+    return {n: {"ns": summary([h[n]["ns"] if n in h else None for h in per_round]),
+                "calls": summary([h[n]["calls"] if n in h else None for h in per_round])} for n in names}
+
+
+def measure_storm_pool(args, machine, results):
+    kinds = (["rstwatch"] + (["baseline"] if args.baseline else []) +
+             (list(STORM_FLOORS) if args.hookfloor else []))
+    rows, baseline_rows = [], []
+    phases = {k: {"open": [], "reset": []} for k in kinds}
+    slab = {k: [] for k in kinds}  # kernel slab bytes per socket after opening, per repetition
+    with netns.Cluster(names=["storm"]) as cl:
+        pod = cl["storm"]
+        # This namespace's own setting: listening ports (2000-9999) stay out of the ephemeral range.
+        pod.run(["sysctl", "-q", "-w", "net.ipv4.ip_local_port_range=10000 65535"])
+        cpu = PodCpu(args.storm_agent_cpu, machine.cores)
+        log("storm: %s" % cpu.describe())
+        round_no = 0
+        for rep in range(args.storm_reps):
+            order = kinds[rep % len(kinds):] + kinds[:rep % len(kinds)]
+            for kind in order:
+                row, opened, reset = pool_round(args, pod, round_no, kind, cpu)
+                round_no += 1
+                phases[kind]["open"].append(opened)
+                phases[kind]["reset"].append(reset)
+                slab[kind].append(row["slab_bytes_per_socket"])
+                if kind == "rstwatch":
+                    rows.append(row)
+                elif kind == "baseline":
+                    baseline_rows.append(row)
+                log("storm rep %d/%d %-12s %s" % (rep + 1, args.storm_reps, kind,
+                                                  {k: round(v, 2) for k, v in row.items()}))
+    st = {k: summary([r.get(k) for r in rows]) for k in rows[0]} if rows else {}
+    st.update(generator="pool", seconds=args.storm_seconds, cpu_shares=cpu.describe(), target_records_per_s=args.storm_rate,
+              connections=rows[0]["connections"] if rows else 0,
+              hooks=hook_summaries(phases["rstwatch"]["reset"]),
+              open_hooks=hook_summaries(phases["rstwatch"]["open"]),
+              floors={k: {"open": hook_summaries(v["open"]), "reset": hook_summaries(v["reset"])}
+                      for k, v in phases.items() if k in STORM_FLOORS},
+              phases=phases, slab_bytes_per_socket=slab)
+    if "floor_empty" in slab:
+        # What per-socket state costs the kernel: the agent's rounds (and the storage-only
+        # reference's) against the empty programs', same repetition.
+        st["storage_bytes_per_socket"] = {
+            k: bstats.estimate(bstats.paired_differences(slab[k], slab["floor_empty"]))
+            for k in ("rstwatch", "floor_record") if k in slab}
+    if baseline_rows:
+        st["baseline"] = {"build": args.baseline,
+                          "rows": {k: summary([r.get(k) for r in baseline_rows]) for k in baseline_rows[0]},
+                          "hooks": hook_summaries(phases["baseline"]["reset"]),
+                          "open_hooks": hook_summaries(phases["baseline"]["open"])}
+    results["storm"] = st
+
+
+def storm_references(st):
+    """rstwatch's state and reset hooks against the reference programs of the same repetition
+    (paired by repetition: rounds of one repetition ran back to back), per phase: {phase: {hook:
+    {"empty": (ref name, estimate of the difference), "part": (...)}}}."""
+    phases = st.get("phases")
+    if not phases or "rstwatch" not in phases:
+        return {}
+    def ns(kind, phase, prog):
+        return [h[prog]["ns"] if prog in h and h[prog]["calls"] >= MIN_CALLS else None
+                for h in phases.get(kind, {}).get(phase, [])]
+    out = {}
+    for phase in ("open", "reset"):
+        for hook, (empty, part) in STORM_REFERENCES.items():
+            mine = ns("rstwatch", phase, hook)
+            if not any(x is not None for x in mine):
+                continue
+            out.setdefault(phase, {})[hook] = {
+                "empty": (empty, bstats.estimate(bstats.paired_differences(mine, ns("floor_empty", phase, empty)))),
+                "part": (part, bstats.estimate(bstats.paired_differences(mine, ns("floor_record", phase, part))))}
+            if "baseline" in phases:
+                out[phase][hook]["baseline"] = ("the baseline's " + hook, bstats.estimate(
+                    bstats.paired_differences(mine, ns("baseline", phase, hook))))
+    return out
+
+
+def measure_storm(args, machine, results):
+    if args.storm_generator == "churn":
+        measure_storm_churn(args, machine, results)
+        results["storm"]["generator"] = "churn"
+    else:
+        measure_storm_pool(args, machine, results)
 
 
 # ---------------------------------------------------------------- memory
@@ -1173,6 +1473,8 @@ MIN_CALLS = 10000  # fewer calls than this in a round: the average is not a verd
 
 
 def hook_kind(name):
+    if name.startswith("floor_"):
+        return None  # a reference program: reported, no budget of its own
     return ("write" if "write" in name else "state" if "state" in name
             else "reset" if "rst" in name else None)
 
@@ -1232,8 +1534,20 @@ def hook_rows(results, row):
     sources = []
     if results.get("http", {}).get("hooks"):
         sources.append(("keepalive load", results["http"]["hooks"]))
-    if results.get("storm", {}).get("hooks"):
-        sources.append(("RST churn", results["storm"]["hooks"]))
+    st = results.get("storm", {})
+    if st.get("generator", "churn") == "pool":
+        if st.get("hooks"):
+            sources.append(("pool reset", st["hooks"]))
+        if st.get("open_hooks"):
+            sources.append(("pool opening", st["open_hooks"]))
+        for kind in STORM_FLOORS:
+            for phase, label in (("reset", "pool reset"), ("open", "pool opening")):
+                hooks = st.get("floors", {}).get(kind, {}).get(phase)
+                if hooks:
+                    sources.append((label, {n: h for n, h in hooks.items() if n in
+                                            STORM_FLOORS[kind].split(",")}))
+    elif st.get("hooks"):
+        sources.append(("RST churn", st["hooks"]))
     for label, hooks in sources:
         for name in sorted(hooks):
             h = hooks[name]
@@ -1367,10 +1681,40 @@ def build_table(results, machine, args, started, elapsed):
     if st and "records_per_s" in st:
         tgt = st["target_records_per_s"]
         ok_rate = st["records_per_s"]["median"] >= 0.95 * tgt
-        row("storm: records/s reached (%ds, RST churn)" % st["seconds"], st["records_per_s"],
+        if st.get("generator") == "pool":
+            what = "%d s, a pool of %d idle connections reset" % (st["seconds"], st["connections"])
+        else:
+            what = "%d s, RST churn" % st["seconds"]
+        row("storm: records/s reached (%s)" % what, st["records_per_s"],
             target="%d/s asked" % tgt, ok=ok_rate)
         row("storm: records lost", st["lost"], digits=0, target="0", ok=st["lost"]["max"] == 0)
-        row("storm: agent CPU (% of one core)", st["cpu_pct"], digits=1, target="reported")
+        row("storm: agent CPU (% of one core)", st["cpu_pct"], digits=1,
+            target="within one core" if st.get("generator") == "pool" else "reported",
+            ok=(st["cpu_pct"]["max"] < 100) if st.get("generator") == "pool" else None)
+        if st.get("cpu_us_per_record"):
+            row("storm: agent CPU per record, incl. draining (us)", st["cpu_us_per_record"], digits=2,
+                target="reported")
+        for kind, label in (("rstwatch", "rstwatch's per-socket state"),
+                            ("floor_record", "the reference's storage of the same size")):
+            e = st.get("storage_bytes_per_socket", {}).get(kind)
+            if e and e["n"]:
+                row("kernel memory per tracked socket, %s (bytes, slab over the empty programs')" % label,
+                    {"median": e["estimate"], "min": min(e["values"]), "max": max(e["values"])},
+                    target="reported", est=fmt_est(e, 0, " B"))
+        base = st.get("baseline", {}).get("rows")
+        if base:
+            for key, label, digits in (("records_per_s", "records/s reached", 0), ("lost", "records lost", 0),
+                                       ("cpu_us_per_record", "agent CPU per record, incl. draining (us)", 2)):
+                if key in base:
+                    row("storm, baseline build: %s" % label, base[key], digits=digits, target="reported")
+        for phase, refs in sorted(storm_references(st).items(), reverse=True):
+            for hook, r in sorted(refs.items()):
+                for ref, e in [r["empty"], r["part"]] + ([r["baseline"]] if "baseline" in r else []):
+                    if e["n"]:
+                        row("kernel cost %s minus %s, pool %s (ns/call)" % (
+                            hook, ref, "reset" if phase == "reset" else "opening"),
+                            {"median": e["estimate"], "min": min(e["values"]), "max": max(e["values"])},
+                            digits=1, target="reported", est=fmt_est(e, 1, " ns", sign=True))
         row("storm: agent RSS (MiB)", st["rss_mib"], digits=1, target="<= 64 MiB",
             ok=st["rss_mib"]["max"] <= 64)
     mem = results.get("memory")
@@ -1484,10 +1828,12 @@ def render(rows, machine, args, results, started, elapsed, markdown):
         "run: %s UTC, %.1f min; %s" % (started, elapsed / 60.0, "; ".join(part for key, part in (
             ("http", "%d interleaved repetitions of %d s per condition (wrk -c%d)" % (
                 args.reps, args.round_seconds, args.connections)),
-            ("storm", "storm %d x %d s" % (args.storm_reps, args.storm_seconds)),
+            ("storm", "storm (%s) %d x %d s" % (results.get("storm", {}).get("generator", "churn"), args.storm_reps, args.storm_seconds)),
             ("memory", "churn %.1f min" % args.churn_minutes),
             ("latency", "latency %d races" % args.latency_reps)) if key in results) or "see below"),
     ]
+    if results.get("storm", {}).get("cpu_shares"):
+        meta.append("storm: %s" % results["storm"]["cpu_shares"])
     if "http" in results:
         http = results["http"]
         meta.append("cpu plan: %s" % http["plan"])
@@ -1528,7 +1874,15 @@ def main():
     p.add_argument("--skip-bpftrace", action="store_true")
     p.add_argument("--corr-reps", type=int, default=5)
     p.add_argument("--storm-rate", type=int, default=100000, help="records/s asked")
-    p.add_argument("--storm-seconds", type=int, default=8)
+    p.add_argument("--storm-seconds", type=int, default=5,
+                   help="seconds of the reset phase (pool) or of the churn")
+    p.add_argument("--storm-agent-cpu", type=int, default=250, metavar="MILLICORES",
+                   help="pool storm: the agent's CPU share under contention, as a pod's CPU request "
+                        "(the load requests every core)")
+    p.add_argument("--storm-generator", choices=("pool", "churn"), default="pool",
+                   help="pool: a pool of idle connections opened first, then reset at the asked rate "
+                        "(the reset storm of a dying backend); churn: connections made and reset at the "
+                        "asked rate (connect, accept, SO_LINGER 0)")
     p.add_argument("--storm-reps", type=int, default=3)
     p.add_argument("--hold", type=int, default=100000, help="connections held open")
     p.add_argument("--churn-total", type=int, default=1000000)
@@ -1539,8 +1893,8 @@ def main():
     p.add_argument("--only", default="http,correlator,storm,memory,latency,httpserver",
                    help="comma-separated subset of http,correlator,storm,memory,latency,httpserver")
     p.add_argument("--baseline", default=None, metavar="BUILD_DIR",
-                   help="http part: also run another tree's build (its rstwatch agent), interleaved, "
-                        "for hook ns/call and throughput side by side")
+                   help="http and storm parts: also run another tree's build (its rstwatch agent), "
+                        "interleaved, for hook ns/call, throughput and storm figures side by side")
     p.add_argument("--httpserver-baseline", default=None, metavar="BUILD_DIR",
                    help="another tree's build (rstwatch, bench/httpserver_bench) to compare the HTTP "
                         "server with, interleaved")
@@ -1551,9 +1905,9 @@ def main():
     p.add_argument("--connload", default=None)
     p.add_argument("--correlator-bench", default=None)
     p.add_argument("--hookfloor", default=None)
-    p.add_argument("--floors", default="empty,cast,sndtime,lookup",
+    p.add_argument("--floors", default="empty,cast,sndtime,rdonly,lookup",
                    help="reference programs of bench/hookfloor.bpf.c measured with bpf_stats in the "
-                        "http part (of empty,cast,sndtime,lookup)")
+                        "http part (of empty,cast,sndtime,rdonly,lookup)")
     p.add_argument("--http-conditions", default=None,
                    help="comma-separated subset of the http part's conditions (none is always run)")
     p.add_argument("--out", default=os.path.join(REPO, "bench", "results", "latest.md"))

@@ -68,6 +68,36 @@ def synthetic(write_ns=57.0, conditions=CONDITIONS, reps=7, seed=1, storm=True):
     return results
 
 
+def pool_storm(rst_received_ns=960.0, reps=3, seed=2):
+    """A pool reset storm as measure_storm_pool leaves it: per repetition one round with the
+    agent and one with each set of reference programs, hooks per phase."""
+    rng = random.Random(seed)
+    cost = {"rw_state": (380.0, 150.0), "rw_rst_received": (None, rst_received_ns), "rw_rst_sent": (None, 790.0),
+            "floor_state_empty": (60.0, 55.0), "floor_state_storage": (300.0, 90.0),
+            "floor_rst_recv_empty": (None, 50.0), "floor_rst_recv_record": (None, 400.0),
+            "floor_rst_sent_empty": (None, 45.0), "floor_rst_sent_record": (None, 380.0)}
+    progs = {"rstwatch": ["rw_state", "rw_rst_received", "rw_rst_sent"]}
+    progs.update({k: v.split(",") for k, v in run.STORM_FLOORS.items()})
+
+    def hooks(names, phase):
+        out = {}
+        for n in names:
+            mu = cost[n][0 if phase == "open" else 1]
+            if mu is not None:
+                out[n] = {"ns": mu + rng.gauss(0, 5), "calls": 500000}
+        return out
+    phases = {k: {p: [hooks(v, p) for _ in range(reps)] for p in ("open", "reset")} for k, v in progs.items()}
+    rows = [{"records_per_s": 100500.0 + rng.gauss(0, 500), "lost": 0, "cpu_pct": 30.0, "rss_mib": 50.0,
+             "cpu_us_per_record": 2.5, "connections": 250000} for _ in range(reps)]
+    st = {k: run.summary([r[k] for r in rows]) for k in rows[0]}
+    st.update(generator="pool", seconds=5, target_records_per_s=100000, connections=250000,
+              hooks=run.hook_summaries(phases["rstwatch"]["reset"]),
+              open_hooks=run.hook_summaries(phases["rstwatch"]["open"]),
+              floors={k: {p: run.hook_summaries(v[p]) for p in v} for k, v in phases.items() if k != "rstwatch"},
+              phases=phases)
+    return st
+
+
 def table(results, markdown=True):
     rows = run.build_table(results, MACHINE, ARGS, "2026-12-06 20:00", 600)
     return run.render(rows, MACHINE, ARGS, results, "2026-12-06 20:00", 600, markdown=markdown)
@@ -144,6 +174,48 @@ class Table(unittest.TestCase):
         self.assertEqual(cells(text, "proxy throughput, rstwatch agent (req/s)")[7], "n/a")
         self.assertIn("no interval", cells(text, "proxy throughput, rstwatch agent (req/s)")[4])
         self.assertIn("an interval needs 3", text)
+
+    def test_pool_storm_hooks_beside_their_reference_programs(self):
+        results = synthetic(storm=False)
+        results["storm"] = pool_storm()
+        text = table(results)
+        rate = cells(text, "storm: records/s reached (5 s, a pool of 250000 idle connections reset)")
+        self.assertEqual(rate[7], "PASS")
+        self.assertEqual(cells(text, "storm: agent CPU (% of one core)")[7], "PASS")
+        self.assertEqual(cells(text, "kernel cost rw_rst_received, pool reset")[7], "MISS")
+        self.assertEqual(cells(text, "kernel cost rw_state, pool reset")[7], "PASS")
+        self.assertEqual(cells(text, "kernel cost rw_state, pool opening")[7], "MISS")
+        # Reference programs are reported, never judged against a hook's budget.
+        self.assertEqual(cells(text, "kernel cost floor_rst_recv_record, pool reset")[7], "n/a")
+        self.assertEqual(cells(text, "kernel cost floor_state_storage, pool opening")[7], "n/a")
+        over_record = cells(text, "kernel cost rw_rst_received minus floor_rst_recv_record, pool reset")
+        self.assertRegex(over_record[4], r"^\+5\d\d\.\d \[\+5\d\d\.\d, \+5\d\d\.\d\] ns$")
+        over_empty = cells(text, "kernel cost rw_rst_received minus floor_rst_recv_empty, pool reset")
+        self.assertRegex(over_empty[4], r"^\+9\d\d\.\d")
+        self.assertRegex(cells(text, "kernel cost rw_state minus floor_state_storage, pool opening")[4], r"^\+[6-9]\d\.\d")
+        self.assertIn("storm (pool)", text)
+        widths = {line.count(" | ") for line in text.splitlines() if line.startswith("| ")}
+        self.assertEqual(widths, {7})
+
+    def test_pool_storm_against_a_baseline_build(self):
+        results = synthetic(storm=False)
+        st = pool_storm()
+        base = pool_storm(rst_received_ns=1200.0, seed=3)
+        st["phases"]["baseline"] = base["phases"]["rstwatch"]
+        st["baseline"] = {"build": "/other/build", "rows": {k: base[k] for k in ("records_per_s", "lost",
+                                                                                   "cpu_us_per_record")}}
+        results["storm"] = st
+        text = table(results)
+        cell = cells(text, "kernel cost rw_rst_received minus the baseline's rw_rst_received, pool reset")[4]
+        self.assertRegex(cell, r"^-2\d\d\.\d \[-2\d\d\.\d, -2\d\d\.\d\] ns$")
+        self.assertEqual(cells(text, "storm, baseline build: records lost")[1], "0")
+
+    def test_pool_storm_below_the_rate_asked_is_a_miss(self):
+        results = synthetic(storm=False)
+        st = pool_storm()
+        st["records_per_s"] = run.summary([54000.0, 55000.0, 56000.0])
+        results["storm"] = st
+        self.assertEqual(cells(table(results), "storm: records/s reached")[7], "MISS")
 
     def test_the_table_is_reproducible(self):
         self.assertEqual(table(synthetic(seed=4)), table(synthetic(seed=4)))
