@@ -57,6 +57,12 @@ static __always_inline __u64 submit_flags(__u64 now_ns)
  * the socket itself, freed with it. Otherwise (kprobe writes, older kernels) in `conns`. */
 const volatile bool use_sk_storage = false;
 
+/* The state, reset and destroy hooks read the socket through bpf_skc_to_tcp_sock()'s typed
+ * pointer with plain loads (Linux >= 5.9); the loader clears this where that helper is
+ * missing, and they fall back to probe reads (a helper call per field: a reset record reads
+ * ~25 fields). */
+const volatile bool typed_reads = true;
+
 struct {
 	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
@@ -111,33 +117,45 @@ static __always_inline void v4_mapped(__u8 *out, __u32 addr_be)
 	__builtin_memcpy(out + 12, &addr_be, 4);
 }
 
+/* Reads a field through a BTF-typed pointer (a plain load) where the program has one
+ * (tp_btf, fentry), else with a probe read (kprobe), which is a helper call each: a reset
+ * record reads ~25 fields. `direct` is a compile-time constant or typed_reads (read-only data the
+ * verifier knows, so it checks only the path taken). Programs with BTF-typed
+ * arguments reach tcp_sock fields through bpf_skc_to_tcp_sock()'s typed pointer `tp`; probe
+ * reads take `tp` as the socket itself. SKC/INET/ICSK name the embedded structs from `tp`. */
+#define RW_READ(direct, ptr, field) ((direct) ? (ptr)->field : BPF_CORE_READ(ptr, field))
+#define SKC(field) inet_conn.icsk_inet.sk.__sk_common.field
+#define INET(field) inet_conn.icsk_inet.field
+#define ICSK(field) inet_conn.field
+
 /* Addresses and ports of any socket kind (full, timewait, request). For a full socket the
  * local port comes from inet_sport: moving to CLOSE releases the port (skc_num = 0) before
- * the state-change tracepoint fires. */
-static __always_inline void read_tuple(const struct sock *sk, bool full, struct rw_tuple *t, __u8 *family)
+ * the state-change tracepoint fires. Only `sk`'s sock_common is read unless `full` (then
+ * `tp` is the full socket's typed view). */
+static __always_inline void read_tuple(const struct sock *sk, const struct tcp_sock *tp, const bool direct,
+				       bool full, struct rw_tuple *t, __u8 *family)
 {
 	const struct sock_common *skc = &sk->__sk_common;
-	__u16 fam = BPF_CORE_READ(skc, skc_family);
+	__u16 fam = RW_READ(direct, skc, skc_family);
 
 	*family = fam;
 	if (fam == AF_INET) {
-		v4_mapped(t->saddr, BPF_CORE_READ(skc, skc_rcv_saddr));
-		v4_mapped(t->daddr, BPF_CORE_READ(skc, skc_daddr));
+		v4_mapped(t->saddr, RW_READ(direct, skc, skc_rcv_saddr));
+		v4_mapped(t->daddr, RW_READ(direct, skc, skc_daddr));
+	} else if (direct) {
+		__builtin_memcpy(t->saddr, skc->skc_v6_rcv_saddr.in6_u.u6_addr8, RW_ADDR_LEN);
+		__builtin_memcpy(t->daddr, skc->skc_v6_daddr.in6_u.u6_addr8, RW_ADDR_LEN);
 	} else {
 		BPF_CORE_READ_INTO(&t->saddr, skc, skc_v6_rcv_saddr.in6_u.u6_addr8);
 		BPF_CORE_READ_INTO(&t->daddr, skc, skc_v6_daddr.in6_u.u6_addr8);
 	}
 	if (full)
-		t->sport = bpf_ntohs(BPF_CORE_READ((const struct inet_sock *)sk, inet_sport));
+		t->sport = bpf_ntohs(RW_READ(direct, tp, INET(inet_sport)));
 	else
-		t->sport = BPF_CORE_READ(skc, skc_num);
-	t->dport = bpf_ntohs(BPF_CORE_READ(skc, skc_dport));
-	t->netns = BPF_CORE_READ(skc, skc_net.net, ns.inum);
+		t->sport = RW_READ(direct, skc, skc_num);
+	t->dport = bpf_ntohs(RW_READ(direct, skc, skc_dport));
+	t->netns = direct ? skc->skc_net.net->ns.inum : BPF_CORE_READ(skc, skc_net.net, ns.inum);
 }
-
-/* Reads a field through a BTF-typed pointer (a plain load) where the program has one
- * (tp_btf, fentry), else with a probe read (kprobe). `direct` is a compile-time constant. */
-#define RW_READ(direct, ptr, field) ((direct) ? (ptr)->field : BPF_CORE_READ(ptr, field))
 
 /* Data bytes received: tcp_sock.bytes_received also counts the peer's FIN (one sequence
  * number), which is no response byte. */
@@ -157,11 +175,10 @@ static __always_inline __u32 idle_since(__u32 last_send, __u32 last_recv)
 
 /* Data our application never read: received bytes not copied to the application, the peer's
  * FIN (one sequence number, SOCK_DONE) not counted. */
-static __always_inline __s32 unread_data(const struct sock *sk)
+static __always_inline __s32 unread_data(const struct tcp_sock *tp, const bool direct)
 {
-	const struct tcp_sock *tp = (const void *)sk;
-	__s32 unread = (__s32)(BPF_CORE_READ(tp, rcv_nxt) - BPF_CORE_READ(tp, copied_seq));
-	unsigned long sk_flags = BPF_CORE_READ(sk, __sk_common.skc_flags);
+	__s32 unread = (__s32)(RW_READ(direct, tp, rcv_nxt) - RW_READ(direct, tp, copied_seq));
+	unsigned long sk_flags = RW_READ(direct, tp, SKC(skc_flags));
 
 	if (unread > 0 && (sk_flags & (1UL << bpf_core_enum_value(enum sock_flags, SOCK_DONE))))
 		unread--;
@@ -176,23 +193,21 @@ static __always_inline bool tls_alert_sized(__s64 bytes)
 
 /* The peer's last data is one TLS alert record our application has not read yet: a TLS
  * server's close_notify ahead of its FIN (or RST). */
-static __always_inline bool tls_alert_unread(const struct sock *sk)
+static __always_inline bool tls_alert_unread(const struct tcp_sock *tp, const bool direct)
 {
-	return tls_alert_sized(unread_data(sk));
+	return tls_alert_sized(unread_data(tp, direct));
 }
 
 /* Idle age in jiffies: since the connection last sent or received data. A TLS alert not yet read does not end the idle period (the close is not
  * traffic): then it runs from our last send, which for a client is its last request (the
  * response time included). */
-static __always_inline __u32 idle_jiffies(const struct sock *sk)
+static __always_inline __u32 idle_jiffies(const struct tcp_sock *tp, const bool direct)
 {
-	const struct tcp_sock *tp = (const void *)sk;
-	const struct inet_connection_sock *icsk = (const void *)sk;
-	__u32 last_send = BPF_CORE_READ(tp, lsndtime);
+	__u32 last_send = RW_READ(direct, tp, lsndtime);
 
-	if (tls_alert_unread(sk))
+	if (tls_alert_unread(tp, direct))
 		return (__u32)bpf_jiffies64() - last_send;
-	return idle_since(last_send, BPF_CORE_READ(icsk, icsk_ack.lrcvtime));
+	return idle_since(last_send, RW_READ(direct, tp, ICSK(icsk_ack.lrcvtime)));
 }
 
 static __always_inline struct rw_conn_snapshot *conn_of(const struct sock *sk)
@@ -207,13 +222,11 @@ static __always_inline struct rw_conn_snapshot *conn_of(const struct sock *sk)
 /* Requests the connection has carried, from the kernel's own counters (no per-write
  * bookkeeping): a client's data segments sent, a server's data segments received, i.e. one
  * per request while requests fit one segment. Retransmissions are not requests. */
-static __always_inline __u32 requests_of(const struct sock *sk, __u8 role)
+static __always_inline __u32 requests_of(const struct tcp_sock *tp, const bool direct, __u8 role)
 {
-	const struct tcp_sock *tp = (const void *)sk;
-
 	if (role == RW_ROLE_SERVER)
-		return BPF_CORE_READ(tp, data_segs_in);
-	return BPF_CORE_READ(tp, data_segs_out) - BPF_CORE_READ(tp, total_retrans);
+		return RW_READ(direct, tp, data_segs_in);
+	return RW_READ(direct, tp, data_segs_out) - RW_READ(direct, tp, total_retrans);
 }
 
 /* Payload bytes of a received segment (SYN and FIN not counted), from its TCP header and
@@ -232,10 +245,12 @@ static __always_inline __u32 segment_payload(const struct sk_buff *skb)
 	return payload > 0 ? (__u32)payload : 0;
 }
 
-/* Emits one record for a socket. `full` = sk is a full TCP socket (not timewait/request).
- * For state changes, old_state/new_state are the transition (the socket still holds the
- * old state while the tracepoint runs); otherwise both are 0 and the state is read. */
-static __always_inline void emit(const struct sock *sk, bool full, __u8 type, __u8 old_state, __u8 new_state,
+/* Emits one record for a socket. `full` = sk is a full TCP socket (not timewait/request),
+ * with `tp` its typed view (see RW_READ). For state changes, old_state/new_state are the
+ * transition (the socket still holds the old state while the tracepoint runs); otherwise
+ * both are 0 and the state is read. */
+static __always_inline void emit(const struct sock *sk, const struct tcp_sock *tp, const bool direct, bool full,
+				 __u8 type, __u8 old_state, __u8 new_state,
 				 const struct rw_conn_snapshot *snap, __u16 extra_flags, __u32 rst_reason,
 				 __u32 segment_bytes)
 {
@@ -253,26 +268,23 @@ static __always_inline void emit(const struct sock *sk, bool full, __u8 type, __
 	r->old_state = old_state;
 	r->rst_reason = rst_reason;
 	r->segment_bytes = segment_bytes;
-	r->state = new_state ? new_state : BPF_CORE_READ(sk, __sk_common.skc_state);
-	read_tuple(sk, full, &tuple, &r->family);
+	r->state = new_state ? new_state : RW_READ(direct, sk, __sk_common.skc_state);
+	read_tuple(sk, tp, direct, full, &tuple, &r->family);
 	__builtin_memcpy(r->saddr, tuple.saddr, RW_ADDR_LEN);
 	__builtin_memcpy(r->daddr, tuple.daddr, RW_ADDR_LEN);
 	r->sport = tuple.sport;
 	r->dport = tuple.dport;
 	r->netns = tuple.netns;
 	if (full) {
-		const struct tcp_sock *tp = (const void *)sk;
-
-		r->idle_ns = (__u64)idle_jiffies(sk) * jiffy_ns;
-		r->bytes_received = data_received(BPF_CORE_READ(tp, bytes_received), snap);
-		r->bytes_acked = BPF_CORE_READ(tp, bytes_acked);
-		r->snd_una = BPF_CORE_READ(tp, snd_una);
-		__s32 unread = unread_data(sk);
+		r->idle_ns = (__u64)idle_jiffies(tp, direct) * jiffy_ns;
+		r->bytes_received = data_received(RW_READ(direct, tp, bytes_received), snap);
+		r->bytes_acked = RW_READ(direct, tp, bytes_acked);
+		r->snd_una = RW_READ(direct, tp, snd_una);
+		__s32 unread = unread_data(tp, direct);
 
 		r->unread_bytes = unread > 0 ? unread : 0;
-		r->send_after_recv = (__s32)(BPF_CORE_READ(tp, lsndtime) -
-					     BPF_CORE_READ((const struct inet_connection_sock *)sk, icsk_ack.lrcvtime));
-		r->unacked_bytes = BPF_CORE_READ(tp, write_seq) - r->snd_una;
+		r->send_after_recv = (__s32)(RW_READ(direct, tp, lsndtime) - RW_READ(direct, tp, ICSK(icsk_ack.lrcvtime)));
+		r->unacked_bytes = RW_READ(direct, tp, write_seq) - r->snd_una;
 	}
 	if (type == RW_REC_IDLE_WRITE || type == RW_REC_CLOSE_WAIT_WRITE) {
 		__u64 pid_tgid = bpf_get_current_pid_tgid();
@@ -285,7 +297,7 @@ static __always_inline void emit(const struct sock *sk, bool full, __u8 type, __
 		__builtin_memcpy(&r->conn, snap, sizeof(r->conn));
 	/* A write record comes before its own segment is sent: count the request it carries. */
 	if (full && snap)
-		r->conn.requests = requests_of(sk, snap->role) +
+		r->conn.requests = requests_of(tp, direct, snap->role) +
 				   (type == RW_REC_IDLE_WRITE || type == RW_REC_CLOSE_WAIT_WRITE);
 	r->conn.flags |= extra_flags;
 	bpf_ringbuf_submit(r, submit_flags(r->ts_ns));
@@ -351,7 +363,7 @@ static __always_inline void arm_write(const struct sock *sk, const struct tcp_so
 				      __u8 state, const bool direct)
 {
 	const bool in_close_wait = state == RW_TCP_CLOSE_WAIT;
-	__u32 idle = idle_jiffies(sk); /* the slow path: the write was after idle, or after FIN */
+	__u32 idle = idle_jiffies(tp, direct); /* the slow path: the write was after idle, or after FIN */
 	struct rw_conn_snapshot *st;
 	__u64 received, pid_tgid;
 
@@ -394,7 +406,7 @@ static __always_inline void arm_write(const struct sock *sk, const struct tcp_so
 	st->writer_pid = pid_tgid >> 32;
 	st->writer_tid = (__u32)pid_tgid;
 	bpf_get_current_comm(st->writer_comm, sizeof(st->writer_comm));
-	emit(sk, true, in_close_wait ? RW_REC_CLOSE_WAIT_WRITE : RW_REC_IDLE_WRITE, 0, 0, st, 0,
+	emit(sk, tp, direct, true, in_close_wait ? RW_REC_CLOSE_WAIT_WRITE : RW_REC_IDLE_WRITE, 0, 0, st, 0,
 	     RW_RST_REASON_NONE, 0);
 }
 
@@ -509,13 +521,11 @@ static __always_inline void track_new(const struct sock *sk, __u8 role)
  * since the write hook stops before the socket's state on busy writes. A write after the
  * peer's FIN stays armed (the answer that matters is the RST or the ACK). Call after
  * RW_F_PEER_FIN is up to date. */
-static __always_inline void settle_armed(const struct sock *sk, struct rw_conn_snapshot *st)
+static __always_inline void settle_armed(const struct tcp_sock *tp, const bool direct, struct rw_conn_snapshot *st)
 {
-	const struct tcp_sock *tp = (const void *)sk;
-
 	if ((st->flags & (RW_F_ARMED | RW_F_WRITE_IN_CLOSE_WAIT)) != RW_F_ARMED)
 		return;
-	__u64 answer = data_received(BPF_CORE_READ(tp, bytes_received), st) - st->armed_bytes_received;
+	__u64 answer = data_received(RW_READ(direct, tp, bytes_received), st) - st->armed_bytes_received;
 
 	/* One alert-sized record may be a TLS server's close_notify, read or not: the request
 	 * still waits, and the agent decides with what it knows of the server (no HTTP answer
@@ -532,37 +542,46 @@ static __always_inline void settle_armed(const struct sock *sk, struct rw_conn_s
  * `at_fin`: the peer's FIN crossed our data, which alone tells the peer closed without having
  * the request. At a RST the request must also have followed an idle gap of at least
  * RW_IDLE_CLOSE_FLOOR_MS (a reset right after a response is an abort, not an idle close). */
-static __always_inline bool infer_waiting_request(const struct sock *sk, struct rw_conn_snapshot *st,
-						  const bool at_fin)
+static __always_inline bool infer_waiting_request(const struct tcp_sock *tp, const bool direct,
+						  struct rw_conn_snapshot *st, const bool at_fin)
 {
-	const struct tcp_sock *tp = (const void *)sk;
 	__u32 last_send, unacked;
 	__s32 gap;
 
 	if (st->role != RW_ROLE_CLIENT || (st->flags & RW_F_ARMED))
 		return false;
-	last_send = BPF_CORE_READ(tp, lsndtime);
-	gap = (__s32)(last_send - BPF_CORE_READ((const struct inet_connection_sock *)sk, icsk_ack.lrcvtime));
-	unacked = BPF_CORE_READ(tp, write_seq) - BPF_CORE_READ(tp, snd_una);
+	last_send = RW_READ(direct, tp, lsndtime);
+	gap = (__s32)(last_send - RW_READ(direct, tp, ICSK(icsk_ack.lrcvtime)));
+	unacked = RW_READ(direct, tp, write_seq) - RW_READ(direct, tp, snd_una);
 	if (at_fin ? (unacked == 0 && gap <= 0)
 		   : (gap <= 0 || (__u64)gap * jiffy_ns < RW_IDLE_CLOSE_FLOOR_MS * 1000000ULL))
 		return false;
 	st->flags = (st->flags & ~RW_F_WRITE_IN_CLOSE_WAIT) | RW_F_ARMED | RW_F_ARMED_INFERRED;
 	/* After an unread TLS alert the gap runs from the alert, not from the last response: the
 	 * idle before the request is unknown (0). */
-	st->armed_idle_ns = gap > 0 && !tls_alert_unread(sk) ? (__u64)gap * jiffy_ns : 0;
+	st->armed_idle_ns = gap > 0 && !tls_alert_unread(tp, direct) ? (__u64)gap * jiffy_ns : 0;
 	st->armed_write_ns = bpf_ktime_get_ns() - (__u64)((__u32)bpf_jiffies64() - last_send) * jiffy_ns;
-	st->armed_bytes_received = data_received(BPF_CORE_READ(tp, bytes_received), st);
-	st->armed_write_seq = BPF_CORE_READ(tp, snd_una);
+	st->armed_bytes_received = data_received(RW_READ(direct, tp, bytes_received), st);
+	st->armed_write_seq = RW_READ(direct, tp, snd_una);
 	st->armed_state = RW_TCP_ESTABLISHED;
 	st->armed_tls = 0;
 	return true;
+}
+
+/* The state, reset and destroy hooks' view of a full TCP socket (see typed_reads): typed by
+ * bpf_skc_to_tcp_sock (NULL if it is no full TCP socket), or the socket itself for probe reads. */
+static __always_inline const struct tcp_sock *tcp_view(const struct sock *sk)
+{
+	if (typed_reads)
+		return bpf_skc_to_tcp_sock((void *)sk);
+	return (const void *)sk;
 }
 
 SEC("tp_btf/inet_sock_set_state")
 int BPF_PROG(rw_state, const struct sock *sk, int old_state, int new_state)
 {
 	const bool peer_fin = old_state == RW_TCP_ESTABLISHED && new_state == RW_TCP_CLOSE_WAIT;
+	const struct tcp_sock *tp;
 	struct rw_conn_snapshot *st;
 	__u32 idle;
 	bool idle_long;
@@ -580,18 +599,21 @@ int BPF_PROG(rw_state, const struct sock *sk, int old_state, int new_state)
 	st = conn_of(sk);
 	if (!st)
 		return 0;
+	tp = tcp_view(sk);
+	if (!tp)
+		return 0;
 	if (peer_fin)
 		st->flags |= RW_F_PEER_FIN; /* before settling: bytes_received now counts the FIN */
-	settle_armed(sk, st);
+	settle_armed(tp, typed_reads, st);
 
 	if (peer_fin) {
 		/* The peer's FIN was processed. If it crossed a request we wrote within the idle
 		 * threshold (no write record), the socket's counters still tell: that is the race. */
 		st->peer_fin_ns = bpf_ktime_get_ns();
-		infer_waiting_request(sk, st, true);
-		idle = idle_jiffies(sk);
+		infer_waiting_request(tp, typed_reads, st, true);
+		idle = idle_jiffies(tp, typed_reads);
 		if ((st->flags & RW_F_ARMED) || idle >= close_idle_threshold_jiffies)
-			emit(sk, true, RW_REC_PEER_FIN, old_state, new_state, st, 0, RW_RST_REASON_NONE, 0);
+			emit(sk, tp, typed_reads, true, RW_REC_PEER_FIN, old_state, new_state, st, 0, RW_RST_REASON_NONE, 0);
 		return 0;
 	}
 	if ((old_state == RW_TCP_ESTABLISHED && new_state == RW_TCP_FIN_WAIT1) ||
@@ -599,13 +621,13 @@ int BPF_PROG(rw_state, const struct sock *sk, int old_state, int new_state)
 		/* Our application closed (or shut down writing). */
 		st->flags |= RW_F_APP_CLOSED;
 		st->app_close_ns = bpf_ktime_get_ns();
-		idle = old_state == RW_TCP_ESTABLISHED ? idle_jiffies(sk) : 0;
+		idle = old_state == RW_TCP_ESTABLISHED ? idle_jiffies(tp, typed_reads) : 0;
 		idle_long = idle >= close_idle_threshold_jiffies;
 		st->idle_closed = idle_long;
 		if ((__u64)idle * jiffy_ns >= RW_IDLE_CLOSE_FLOOR_MS * 1000000ULL)
 			st->flags |= RW_F_CLOSED_WHILE_IDLE;
 		if ((st->flags & RW_F_ARMED) || idle_long)
-			emit(sk, true, RW_REC_OWN_CLOSE, old_state, new_state, st, 0, RW_RST_REASON_NONE, 0);
+			emit(sk, tp, typed_reads, true, RW_REC_OWN_CLOSE, old_state, new_state, st, 0, RW_RST_REASON_NONE, 0);
 		return 0;
 	}
 	if (new_state != RW_TCP_CLOSE)
@@ -619,7 +641,7 @@ int BPF_PROG(rw_state, const struct sock *sk, int old_state, int new_state)
 		st->app_close_ns = bpf_ktime_get_ns();
 	}
 	if (st->flags & RW_F_ARMED)
-		emit(sk, true, RW_REC_CLOSED, old_state, new_state, st, 0, RW_RST_REASON_NONE, 0);
+		emit(sk, tp, typed_reads, true, RW_REC_CLOSED, old_state, new_state, st, 0, RW_RST_REASON_NONE, 0);
 	/* Closed after our own close of an idle connection (entering TIME_WAIT, or aborted on
 	 * late data): keep the history under the 4-tuple, so the RST that the timewait socket
 	 * sends for a request that raced the close, or that follows the socket's destruction,
@@ -631,8 +653,8 @@ int BPF_PROG(rw_state, const struct sock *sk, int old_state, int new_state)
 		struct rw_tuple tuple = {};
 		__u8 family;
 
-		read_tuple(sk, true, &tuple, &family);
-		st->requests = requests_of(sk, st->role); /* records from the 4-tuple have no socket */
+		read_tuple(sk, tp, typed_reads, true, &tuple, &family);
+		st->requests = requests_of(tp, typed_reads, st->role); /* records from the 4-tuple have no socket */
 		bpf_map_update_elem(&closed_conns, &tuple, st, BPF_ANY);
 	}
 	return 0;
@@ -642,13 +664,15 @@ SEC("tp_btf/tcp_destroy_sock")
 int BPF_PROG(rw_destroy, const struct sock *sk)
 {
 	struct rw_conn_snapshot *st = conn_of(sk);
+	const struct tcp_sock *tp;
 	__u64 key = (__u64)sk;
 
 	/* A server socket our application closed (or shut down writing), destroyed with a request
 	 * it never read and no RST to show for it: the request arrived after its FIN and the
 	 * peer's FIN followed (half-closed servers such as Tomcat's keepalive timeout). */
-	if (st && st->role == RW_ROLE_SERVER && (st->flags & RW_F_APP_CLOSED) && unread_data(sk) > 0)
-		emit(sk, true, RW_REC_UNREAD_AT_DESTROY, 0, 0, st, 0, RW_RST_REASON_NONE, 0);
+	if (st && st->role == RW_ROLE_SERVER && (st->flags & RW_F_APP_CLOSED) &&
+	    (tp = tcp_view(sk)) && unread_data(tp, typed_reads) > 0)
+		emit(sk, tp, typed_reads, true, RW_REC_UNREAD_AT_DESTROY, 0, 0, st, 0, RW_RST_REASON_NONE, 0);
 	/* Socket storage goes with the socket (freed by the kernel at destruct): only count it. */
 	if (use_sk_storage) {
 		if (st)
@@ -665,15 +689,19 @@ int BPF_PROG(rw_destroy, const struct sock *sk)
 SEC("tp_btf/tcp_receive_reset")
 int BPF_PROG(rw_rst_received, const struct sock *sk)
 {
-	struct rw_conn_snapshot *st = conn_of(sk);
+	const struct tcp_sock *tp = tcp_view(sk);
+	struct rw_conn_snapshot *st;
 
+	if (!tp)
+		return 0; /* the tracepoint's socket is a full TCP socket */
+	st = conn_of(sk);
 	if (st) {
 		st->flags |= RW_F_RST_RECEIVED;
 		/* A request written within the idle threshold that the peer answers with RST (it
 		 * closed with the request unread): found from the socket's counters. */
-		if (BPF_CORE_READ(sk, __sk_common.skc_state) == RW_TCP_ESTABLISHED) {
-			settle_armed(sk, st);
-			infer_waiting_request(sk, st, false);
+		if (sk->__sk_common.skc_state == RW_TCP_ESTABLISHED) {
+			settle_armed(tp, typed_reads, st);
+			infer_waiting_request(tp, typed_reads, st, false);
 		} else if (st->role == RW_ROLE_SERVER && (st->flags & RW_F_APP_CLOSED)) {
 			/* Data after our close: the kernel resets the socket (this tracepoint), tears
 			 * it down, then sends the RST that tells it. Keep the history for that RST
@@ -681,12 +709,12 @@ int BPF_PROG(rw_rst_received, const struct sock *sk)
 			struct rw_tuple tuple = {};
 			__u8 family;
 
-			read_tuple(sk, true, &tuple, &family);
-			st->requests = requests_of(sk, st->role);
+			read_tuple(sk, tp, typed_reads, true, &tuple, &family);
+			st->requests = requests_of(tp, typed_reads, st->role);
 			bpf_map_update_elem(&closed_conns, &tuple, st, BPF_ANY);
 		}
 	}
-	emit(sk, true, RW_REC_RST_RECEIVED, 0, 0, st, 0, RW_RST_REASON_NONE, 0);
+	emit(sk, tp, typed_reads, true, RW_REC_RST_RECEIVED, 0, 0, st, 0, RW_RST_REASON_NONE, 0);
 	return 0;
 }
 
@@ -740,6 +768,7 @@ static __always_inline void emit_no_socket(const struct sk_buff *skb, __u32 reas
 static __always_inline void on_send_reset(const struct sock *sk, const struct sk_buff *skb, __u32 reason)
 {
 	struct rw_conn_snapshot *st = NULL;
+	const struct tcp_sock *tp;
 	__u8 state;
 
 	if (!sk) {
@@ -747,20 +776,23 @@ static __always_inline void on_send_reset(const struct sock *sk, const struct sk
 			emit_no_socket(skb, reason);
 		return;
 	}
-	state = BPF_CORE_READ(sk, __sk_common.skc_state);
+	state = sk->__sk_common.skc_state;
 	if (state == RW_TCP_TIME_WAIT) {
 		struct rw_tuple tuple = {};
 		__u8 family;
 
-		read_tuple(sk, false, &tuple, &family);
-		emit(sk, false, RW_REC_RST_SENT, 0, 0, bpf_map_lookup_elem(&closed_conns, &tuple),
+		read_tuple(sk, NULL, typed_reads, false, &tuple, &family);
+		emit(sk, NULL, typed_reads, false, RW_REC_RST_SENT, 0, 0, bpf_map_lookup_elem(&closed_conns, &tuple),
 		     RW_F_FROM_TIMEWAIT, reason, skb ? segment_payload(skb) : 0);
 		return;
 	}
 	if (state == RW_TCP_NEW_SYN_RECV) {
-		emit(sk, false, RW_REC_RST_SENT, 0, 0, NULL, 0, reason, 0);
+		emit(sk, NULL, typed_reads, false, RW_REC_RST_SENT, 0, 0, NULL, 0, reason, 0);
 		return;
 	}
+	tp = tcp_view(sk);
+	if (!tp)
+		return;
 	st = conn_of(sk);
 	if (!st) {
 		/* Data after our close on an orphaned socket: the kernel destroys the socket
@@ -768,12 +800,13 @@ static __always_inline void on_send_reset(const struct sock *sk, const struct sk
 		struct rw_tuple tuple = {};
 		__u8 family;
 
-		read_tuple(sk, true, &tuple, &family);
+		read_tuple(sk, tp, typed_reads, true, &tuple, &family);
 		st = bpf_map_lookup_elem(&closed_conns, &tuple);
 	}
 	/* With an skb the RST answers a segment that arrived (before 6.10 the only sign of
 	 * data after our close on a full socket); without, it is an active reset. */
-	emit(sk, true, RW_REC_RST_SENT, 0, 0, st, skb ? RW_F_REPLY_RST : 0, reason, skb ? segment_payload(skb) : 0);
+	emit(sk, tp, typed_reads, true, RW_REC_RST_SENT, 0, 0, st, skb ? RW_F_REPLY_RST : 0, reason,
+	     skb ? segment_payload(skb) : 0);
 }
 
 /* Linux >= 6.10: the reason is the third argument (numbers differ between versions:

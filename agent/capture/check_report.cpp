@@ -139,6 +139,10 @@ CheckReport format_check_report(const CheckProbes& probes) {
     }
     out.push_back(row("chosen", "write hook " + name(*probes.chosen)));
     out.push_back(row("", state_store(probes)));
+    out.push_back(row("", f.typed_socket_reads ? "socket fields read with plain loads (bpf_skc_to_tcp_sock)"
+                          : f.probe_reads_forced
+                              ? "socket fields read with probe reads (RSTWATCH_BPF_PROBE_READS=1)"
+                              : "socket fields read with probe reads (no bpf_skc_to_tcp_sock: Linux < 5.9)"));
     out.push_back(row("", "idle times in jiffies of " + jiffy_text(f.hz) + " (HZ " + std::to_string(f.hz) + ")"));
     out.push_back("result: rstwatch can run here (write hook " + name(*probes.chosen) + ")");
     return report;

@@ -9,6 +9,7 @@
 #include <zlib.h>
 
 #include <chrono>
+#include <cstdlib>
 #include <cmath>
 #include <fstream>
 #include <memory>
@@ -40,6 +41,17 @@ int tracepoint_arity(const btf* b, const char* tracepoint) {
     t = btf__type_by_id(b, t->type);  // function prototype
     if (!t || !btf_is_func_proto(t)) return -1;
     return btf_vlen(t) - 1;
+}
+
+// Does the kernel know BPF helper `name` (an enumerator of enum bpf_func_id)?
+bool has_helper(const btf* b, std::string_view name) {
+    int id = btf__find_by_name_kind(b, "bpf_func_id", BTF_KIND_ENUM);
+    if (id <= 0) return false;
+    const btf_type* t = btf__type_by_id(b, id);
+    const struct btf_enum* values = btf_enum(t);
+    for (int i = 0; i < btf_vlen(t); ++i)
+        if (name == btf__name_by_offset(b, values[i].name_off)) return true;
+    return false;
 }
 
 std::map<uint32_t, std::string> reset_reason_names(const btf* b) {
@@ -156,6 +168,13 @@ KernelFeatures probe_kernel_features() {
         f.write.tp_btf = has_typedef(b, "btf_trace_tcp_sendmsg_locked");
         f.write.fentry = btf__find_by_name_kind(b, "tcp_sendmsg", BTF_KIND_FUNC) > 0;
         f.tcp_fin_function = btf__find_by_name_kind(b, "tcp_fin", BTF_KIND_FUNC) > 0;
+        f.typed_socket_reads = has_helper(b, "BPF_FUNC_skc_to_tcp_sock");
+        // The path of kernels before 5.9, on demand: to test it, or if a kernel's verifier
+        // refused the typed reads.
+        if (const char* forced = std::getenv("RSTWATCH_BPF_PROBE_READS"); forced && std::string(forced) == "1") {
+            f.probe_reads_forced = f.typed_socket_reads;
+            f.typed_socket_reads = false;
+        }
         f.state_tracepoint = has_typedef(b, "btf_trace_inet_sock_set_state");
         f.reset_tracepoints =
             has_typedef(b, "btf_trace_tcp_receive_reset") && has_typedef(b, "btf_trace_tcp_send_reset");

@@ -24,6 +24,8 @@ struct KernelFeatures {
     bool reset_tracepoints = false;    // tcp:tcp_receive_reset and tcp:tcp_send_reset
     bool destroy_tracepoint = false;   // tcp:tcp_destroy_sock
     bool tcp_fin_function = false;     // tcp_fin in BTF (optional FIN hook where fentry/kprobe work)
+    bool typed_socket_reads = false;   // bpf_skc_to_tcp_sock (Linux >= 5.9): hooks read sockets with plain loads
+    bool probe_reads_forced = false;   // RSTWATCH_BPF_PROBE_READS=1: probe reads although the helper is there
     uint32_t hz = 0;                   // kernel CONFIG_HZ (jiffy length)
     std::string hz_source;
     std::map<uint32_t, std::string> rst_reason_names;  // enum sk_rst_reason, prefix stripped

@@ -77,6 +77,7 @@ std::unique_ptr<BpfSession> BpfSession::open(const LoaderOptions& options, const
         skel->rodata->close_idle_threshold_jiffies = std::max<uint32_t>(1, session->idle_threshold_jiffies_ / 2);
         skel->rodata->jiffy_ns = jiffy_ns;
         skel->rodata->use_sk_storage = socket_storage;
+        skel->rodata->typed_reads = features.typed_socket_reads;
         bpf_map__set_max_entries(skel->maps.events, round_up_pow2(options.ringbuf_bytes));
         // With socket storage the hash stays unused: keep it at one entry (it is preallocated).
         bpf_map__set_max_entries(skel->maps.conns, socket_storage ? 1 : options.max_connections);

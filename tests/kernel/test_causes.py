@@ -30,8 +30,10 @@ class CausesTestCase(KernelTestCase):
         client = self.make_actor(c["client"], comm="rwcli")
         return c, server, client, (self.start_tracer() if tracer else None)
 
+    tracer_env = None  # None: this process's environment
+
     def start_tracer(self, extra=(), name="tracer"):
-        t = Tracer(["--idle-threshold", str(THRESHOLD_S)] + list(extra), name=name)
+        t = Tracer(["--idle-threshold", str(THRESHOLD_S)] + list(extra), name=name, env=self.tracer_env)
         t.start()
         self.addCleanup(t.kill)
         return t
@@ -248,6 +250,44 @@ class TestCauses(CausesTestCase):
                                  [mine], "--%s" % name)
             self.assertEqual(incidents_for(got[name], ips=c.ips(), ports=other.ports), [],
                              "--%s kept the other scenario" % name)
+
+
+class TestCausesWithProbeReads(CausesTestCase):
+    """The hooks' fallback for kernels without bpf_skc_to_tcp_sock (Linux < 5.9): every socket
+    field a probe read. Forced here with RSTWATCH_BPF_PROBE_READS=1 (no such kernel runs on
+    these machines): the verifier must accept that path and it must classify as the typed one."""
+
+    tracer_env = dict(os.environ, RSTWATCH_BPF_PROBE_READS="1")
+
+    def test_check_names_the_probe_reads(self):
+        import subprocess
+        from netns import rstwatch_bin
+        out = subprocess.run([rstwatch_bin(), "check"], env=self.tracer_env, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True, timeout=60).stdout
+        self.assertIn("socket fields read with probe reads (RSTWATCH_BPF_PROBE_READS=1)", out)
+        plain = subprocess.run([rstwatch_bin(), "check"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True, timeout=60).stdout
+        self.assertIn("socket fields read with plain loads (bpf_skc_to_tcp_sock)", plain)
+
+    def test_idle_close_race_rst_and_abort_on_close(self):
+        c, server, client, tracer = self.setup_pair()
+        conn, expected = scenarios.idle_close_rst(client, server, host=c["server"].ip4)
+        self.assertTraced(tracer, expected, [conn])
+
+    def test_write_after_fin_immediate_data_after_close(self):
+        c, server, client, tracer = self.setup_pair()
+        conn, expected, _ = scenarios.write_after_fin(client, server, host=c["server"].ip4, client_delay_s=0)
+        self.assertTraced(tracer, expected, [conn])
+
+    def test_reset_other_linger0(self):
+        c, server, client, tracer = self.setup_pair()
+        conn, expected = scenarios.reset_linger0(client, server, host=c["server"].ip4, exchanges=20)
+        self.assertTraced(tracer, expected, [conn])
+
+    def test_ipv6_idle_close_race(self):
+        c, server, client, tracer = self.setup_pair()
+        conn, expected = scenarios.idle_close_rst(client, server, family="inet6", host=c["server"].ip6)
+        self.assertTraced(tracer, expected, [conn])
 
 
 if __name__ == "__main__":

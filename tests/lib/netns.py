@@ -602,15 +602,16 @@ class Tracer(ManagedProcess):
 
     READY_TIMEOUT = 20.0
 
-    def __init__(self, args=(), binary=None, name="tracer"):
+    def __init__(self, args=(), binary=None, name="tracer", env=None):
         super().__init__(name)
         self.binary = binary or rstwatch_bin()
         self.args = list(args)
+        self.env = env  # None: this process's environment
         self._ready = threading.Event()
 
     def start(self):
         cmd = [self.binary, "trace", "-o", "json"] + self.args
-        self._spawn(cmd, (self._read_json_stdout, self._read_stderr))
+        self._spawn(cmd, (self._read_json_stdout, self._read_stderr), env=self.env)
         deadline = time.monotonic() + self.READY_TIMEOUT
         while not self._ready.wait(0.05):
             if self.proc.poll() is not None or time.monotonic() > deadline:

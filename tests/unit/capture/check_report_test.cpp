@@ -26,6 +26,7 @@ rstwatch::KernelFeatures healthy() {
     f.write = {true, true, false};
     f.send_reset_has_reason = true;
     f.state_tracepoint = f.reset_tracepoints = f.destroy_tracepoint = true;
+    f.typed_socket_reads = true;
     f.hz = 250;
     f.hz_source = "/proc/config.gz";
     return f;
@@ -89,8 +90,18 @@ TEST(CheckReport, HealthyHostExplainsEachRefusalAndWhatWasChosen) {
               "chosen         write hook tp_btf/tcp_sendmsg_locked\n"
               "               per-socket state: socket storage (one entry per TCP socket, freed with it; "
               "--max-connections unused)\n"
+              "               socket fields read with plain loads (bpf_skc_to_tcp_sock)\n"
               "               idle times in jiffies of 4 ms (HZ 250)\n"
               "result: rstwatch can run here (write hook tp_btf/tcp_sendmsg_locked)\n");
+}
+
+TEST(CheckReport, KernelsWithoutTheTypedSocketHelperReadWithProbeReads) {
+    auto probes = ci_host();
+    probes.features.typed_socket_reads = false;
+    const auto report = rstwatch::format_check_report(probes);
+    EXPECT_TRUE(report.can_run);
+    EXPECT_NE(text(report).find("socket fields read with probe reads (no bpf_skc_to_tcp_sock: Linux < 5.9)"),
+              std::string::npos);
 }
 
 TEST(CheckReport, RowsAreOneAlignedBlock) {
