@@ -424,18 +424,30 @@ static __noinline int arm_write_probe(const struct sock *sk, const struct msghdr
 	return 0;
 }
 
+/* Types a pointer without a call: the verifier turns it into a register move (Linux >= 6.2).
+ * Weak: resolved to nothing on older kernels, where no program that calls it is loaded. */
+extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym __weak;
+
 /* The write hook: runs for every application write. An ordinary write (sent within the idle
  * threshold, peer's FIN not seen) returns after reading the socket's state and last-send
  * time, before any map or storage lookup: the idle age since the last send or receive is at
  * most the age of the last send. `direct`: the program has BTF-typed arguments (tp_btf,
- * fentry). */
-static __always_inline void on_write(const struct sock *sk, const struct msghdr *msg, const bool direct)
+ * fentry). `rdonly`: its socket is always a full TCP socket and its kernel has
+ * bpf_rdonly_cast, which types the socket without bpf_skc_to_tcp_sock()'s call: on CPUs whose
+ * returns go through mitigation thunks that call cost as much as the rest of this early
+ * return (bench/hookfloor.bpf.c's floor_rdonly against floor_sndtime). */
+static __always_inline void on_write(const struct sock *sk, const struct msghdr *msg, const bool direct,
+				     const bool rdonly)
 {
 	const struct tcp_sock *tp;
 	__u32 last_send;
 	__u8 state;
 
-	if (direct) {
+	if (rdonly) {
+		tp = bpf_rdonly_cast(sk, bpf_core_type_id_kernel(struct tcp_sock));
+		state = tp->inet_conn.icsk_inet.sk.__sk_common.skc_state;
+		last_send = tp->lsndtime;
+	} else if (direct) {
 		tp = bpf_skc_to_tcp_sock((void *)sk);
 		if (!tp)
 			return;
@@ -453,26 +465,27 @@ static __always_inline void on_write(const struct sock *sk, const struct msghdr 
 		arm_write_probe(sk, msg, state);
 }
 
-/* Preferred: the send-loop tracepoint (Linux >= 6.16). */
+/* Preferred: the send-loop tracepoint (Linux >= 6.16, so bpf_rdonly_cast is there; its socket
+ * is a locked full TCP socket). */
 SEC("tp_btf/tcp_sendmsg_locked")
 int BPF_PROG(rw_write_tp, const struct sock *sk, const struct msghdr *msg, const struct sk_buff *skb,
 	     int size_goal)
 {
-	on_write(sk, msg, true);
+	on_write(sk, msg, true, true);
 	return 0;
 }
 
 SEC("fentry/tcp_sendmsg")
 int BPF_PROG(rw_write_fentry, struct sock *sk, struct msghdr *msg)
 {
-	on_write(sk, msg, true);
+	on_write(sk, msg, true, false);
 	return 0;
 }
 
 SEC("kprobe/tcp_sendmsg")
 int BPF_KPROBE(rw_write_kprobe, struct sock *sk, struct msghdr *msg)
 {
-	on_write(sk, msg, false);
+	on_write(sk, msg, false, false);
 	return 0;
 }
 
