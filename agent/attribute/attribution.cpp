@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <charconv>
 #include <cstdio>
 #include <cstring>
 #include <sstream>
@@ -61,8 +62,17 @@ bool IpAddr::is_v4() const {
 
 std::string IpAddr::str() const {
     char buf[INET6_ADDRSTRLEN];
-    const char* out = is_v4() ? inet_ntop(AF_INET, bytes.data() + 12, buf, sizeof buf)
-                              : inet_ntop(AF_INET6, bytes.data(), buf, sizeof buf);
+    if (is_v4()) {
+        // Every reset names both ends: to_chars, not inet_ntop's sprintf (a tenth of the
+        // agent's time in a reset storm without Kubernetes).
+        char* p = buf;
+        for (size_t i = 12; i < 16; ++i) {
+            if (i > 12) *p++ = '.';
+            p = std::to_chars(p, buf + sizeof buf, bytes[i]).ptr;
+        }
+        return std::string(buf, p);
+    }
+    const char* out = inet_ntop(AF_INET6, bytes.data(), buf, sizeof buf);
     return out ? std::string(out) : std::string();
 }
 

@@ -134,6 +134,7 @@ public:
 
 private:
     struct Series {
+        prometheus::Labels labels;  // the pair's labels, built once
         Identity client;  // as labeled (pod "" in workload mode)
         Identity server;
         std::array<prometheus::Counter*, kCauseCount * 2> incidents{};
@@ -149,7 +150,7 @@ private:
         std::optional<Clock::time_point> dead_since;
     };
 
-    Series& series_locked(const PairKey& pair, prometheus::Labels& labels);
+    Series& series_locked(const PairKey& pair);
     prometheus::Histogram& histogram_locked(prometheus::Family<prometheus::Histogram>& family,
                                             prometheus::Histogram*& slot,
                                             const prometheus::Labels& labels);
@@ -183,7 +184,7 @@ private:
     prometheus::Gauge* build_info_series_ = nullptr;  // guarded by mutex_
 
     mutable std::mutex mutex_;
-    std::map<prometheus::Labels, Series> series_;  // key: the PAIR labels
+    std::map<PairKey, Series, PairKeyLess> series_;  // key: the pair as labeled (pods "" in workload mode)
 };
 
 }  // namespace rstwatch

@@ -77,6 +77,9 @@ TEST(IpAddr, ParsesAndPrints) {
     EXPECT_EQ(ip("::").str(), "::");
     EXPECT_FALSE(ip("::1").is_v4());
     EXPECT_TRUE(ip("0.0.0.0").is_v4());
+    EXPECT_EQ(ip("0.0.0.0").str(), "0.0.0.0");  // IPv4 is formatted by hand (to_chars)
+    EXPECT_EQ(ip("255.255.255.255").str(), "255.255.255.255");
+    EXPECT_EQ(ip("1.20.100.9").str(), "1.20.100.9");
 }
 
 TEST(IpAddr, RejectsGarbage) {
