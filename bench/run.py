@@ -883,11 +883,11 @@ POOL_CONNS_PER_PORT = 50000  # under the namespace's 55,536 ephemeral ports per 
 
 def pool_round(args, pod, round_no, kind, cpu):
     """One pool reset storm (connload pool) with one observer: the agent (kind "rstwatch"),
-    the --baseline build's agent ("baseline") or a set of reference programs (STORM_FLOORS). bpf_stats on for the whole round; hooks are
-    reported per phase: opening the pool (every connection made: per-socket state created)
-    and resetting it at the asked rate (one RST sent and one received per connection)."""
+    the --baseline build's agent ("baseline") or a set of reference programs (STORM_FLOORS).
+    bpf_stats on for the whole round; hooks are reported per phase: opening the pool (every
+    connection made: per-socket state created) and resetting it at the asked rate (one RST
+    sent and one received per connection)."""
     conns = int(args.storm_rate / 2.0 * args.storm_seconds)
-    ports = conns // POOL_CONNS_PER_PORT + 1
     ag = obs = None
     if kind in ("rstwatch", "baseline"):
         binary = os.path.join(args.baseline, "rstwatch") if kind == "baseline" else None
@@ -911,7 +911,9 @@ def pool_round(args, pod, round_no, kind, cpu):
         # resetting its share at its share of the rate, all at once.
         hard = nofile_hard()
         per = max(1000, (hard - 200) // 2) if hard != -1 else conns
-        port, sinks, readers, left = 2000 + 200 * round_no, [], [], conns
+        # Listening ports 2000-9999, below the namespace's ephemeral range; a round's ports are
+        # used again 40 rounds later, long closed by then.
+        port, sinks, readers, left = 2000 + 200 * (round_no % 40), [], [], conns
         while left > 0:
             n = min(per, left)
             ports = n // POOL_CONNS_PER_PORT + 1
