@@ -167,3 +167,43 @@ int floor_rst_sent_record(__u64 *ctx)
 {
 	return floor_record((void *)ctx[0], RW_REC_RST_SENT);
 }
+
+/* Where a reset hook's cost goes beyond the record (rstwatch's rw_rst_received against
+ * floor_rst_recv_record): its per-socket state found (the first program after the socket's
+ * idle period to touch that storage pays its cache misses: without it, the state hook pays
+ * them at the reset's CLOSE that follows), and then the socket fields a reset record holds. */
+SEC("tp_btf/tcp_receive_reset")
+int floor_rst_recv_lookup(__u64 *ctx)
+{
+	struct rw_conn_snapshot *st = bpf_sk_storage_get(&floor_conn_storage, (struct sock *)ctx[0], 0, 0);
+
+	if (st)
+		st->flags |= RW_F_RST_RECEIVED;
+	return 0;
+}
+
+/* The lookup, then every socket field rstwatch's reset record reads for a server socket in
+ * ESTABLISHED (the storm's receiving end), through the same typed view; no record. */
+SEC("tp_btf/tcp_receive_reset")
+int floor_rst_recv_reads(__u64 *ctx)
+{
+	const struct sock *sk = (void *)ctx[0];
+	const struct tcp_sock *tp = bpf_skc_to_tcp_sock((void *)sk);
+	const struct sock_common *skc = &sk->__sk_common;
+	struct rw_conn_snapshot *st;
+	__u64 sum;
+
+	if (!tp)
+		return 0;
+	st = bpf_sk_storage_get(&floor_conn_storage, (struct sock *)sk, 0, 0);
+	if (st)
+		st->flags |= RW_F_RST_RECEIVED;
+	sum = skc->skc_state + skc->skc_family + skc->skc_rcv_saddr + skc->skc_daddr + skc->skc_dport +
+	      tp->inet_conn.icsk_inet.inet_sport + skc->skc_net.net->ns.inum;
+	sum += tp->lsndtime + tp->inet_conn.icsk_ack.lrcvtime + bpf_jiffies64();
+	sum += tp->rcv_nxt - tp->copied_seq + tp->inet_conn.icsk_inet.sk.__sk_common.skc_flags;
+	sum += tp->bytes_received + tp->bytes_acked + tp->snd_una + tp->write_seq + tp->data_segs_in;
+	if (st)
+		st->armed_write_seq = (__u32)sum;
+	return (int)(sum & 1);
+}

@@ -867,17 +867,25 @@ def measure_storm_churn(args, machine, results):
 
 # Reference programs on the state and reset tracepoints (bench/hookfloor.bpf.c), one set per
 # storm round: doing nothing, and doing only what rstwatch cannot avoid there (per-socket
-# state created and found; a record of its size handed over with its wakeup rule).
+# state created and found; a record of its size handed over with its wakeup rule). The last
+# two split the receiving reset hook's cost beyond the record: its per-socket state found,
+# and that plus the socket fields a record holds (no record).
 STORM_FLOORS = {
     "floor_empty": "floor_state_empty,floor_rst_recv_empty,floor_rst_sent_empty",
     "floor_record": "floor_state_storage,floor_rst_recv_record,floor_rst_sent_record",
+    "floor_lookup": "floor_state_storage,floor_rst_recv_lookup,floor_rst_sent_record",
+    "floor_reads": "floor_state_storage,floor_rst_recv_reads,floor_rst_sent_record",
 }
-# rstwatch's hook -> (the empty program on its tracepoint, the unavoidable-part reference).
+# rstwatch's hook -> its references: (set, program on the same tracepoint), the empty program first.
 STORM_REFERENCES = {
-    "rw_state": ("floor_state_empty", "floor_state_storage"),
-    "rw_rst_received": ("floor_rst_recv_empty", "floor_rst_recv_record"),
-    "rw_rst_sent": ("floor_rst_sent_empty", "floor_rst_sent_record"),
+    "rw_state": (("floor_empty", "floor_state_empty"), ("floor_record", "floor_state_storage")),
+    "rw_rst_received": (("floor_empty", "floor_rst_recv_empty"), ("floor_record", "floor_rst_recv_record"),
+                        ("floor_lookup", "floor_rst_recv_lookup"), ("floor_reads", "floor_rst_recv_reads")),
+    "rw_rst_sent": (("floor_empty", "floor_rst_sent_empty"), ("floor_record", "floor_rst_sent_record")),
 }
+# The tracepoints every set has a program on: their sum per connection compares sets whose
+# programs move a cost between tracepoints (the first to touch an idle socket's state pays).
+STORM_TRACEPOINT_PREFIXES = ("rw_state", "rw_rst_", "floor_state_", "floor_rst_")
 POOL_CONNS_PER_PORT = 50000  # under the namespace's 55,536 ephemeral ports per destination
 
 
@@ -1006,6 +1014,7 @@ def measure_storm_pool(args, machine, results):
     rows, baseline_rows = [], []
     phases = {k: {"open": [], "reset": []} for k in kinds}
     slab = {k: [] for k in kinds}  # kernel slab bytes per socket after opening, per repetition
+    counted = {k: {"open": [], "reset": []} for k in kinds}  # connections opened / reset, per repetition
     with netns.Cluster(names=["storm"]) as cl:
         pod = cl["storm"]
         # This namespace's own setting: listening ports (2000-9999) stay out of the ephemeral range.
@@ -1021,6 +1030,8 @@ def measure_storm_pool(args, machine, results):
                 phases[kind]["open"].append(opened)
                 phases[kind]["reset"].append(reset)
                 slab[kind].append(row["slab_bytes_per_socket"])
+                counted[kind]["open"].append(row["connections"])
+                counted[kind]["reset"].append(row["resets"])
                 if kind == "rstwatch":
                     rows.append(row)
                 elif kind == "baseline":
@@ -1034,7 +1045,7 @@ def measure_storm_pool(args, machine, results):
               open_hooks=hook_summaries(phases["rstwatch"]["open"]),
               floors={k: {"open": hook_summaries(v["open"]), "reset": hook_summaries(v["reset"])}
                       for k, v in phases.items() if k in STORM_FLOORS},
-              phases=phases, slab_bytes_per_socket=slab)
+              phases=phases, slab_bytes_per_socket=slab, connections_by_kind=counted)
     if "floor_empty" in slab:
         # What per-socket state costs the kernel: the agent's rounds (and the storage-only
         # reference's) against the empty programs', same repetition.
@@ -1052,7 +1063,7 @@ def measure_storm_pool(args, machine, results):
 def storm_references(st):
     """rstwatch's state and reset hooks against the reference programs of the same repetition
     (paired by repetition: rounds of one repetition ran back to back), per phase: {phase: {hook:
-    {"empty": (ref name, estimate of the difference), "part": (...)}}}."""
+    [(reference program, estimate of the difference), ...]}}, the baseline build's hook last."""
     phases = st.get("phases")
     if not phases or "rstwatch" not in phases:
         return {}
@@ -1061,16 +1072,35 @@ def storm_references(st):
                 for h in phases.get(kind, {}).get(phase, [])]
     out = {}
     for phase in ("open", "reset"):
-        for hook, (empty, part) in STORM_REFERENCES.items():
+        for hook, refs in STORM_REFERENCES.items():
             mine = ns("rstwatch", phase, hook)
             if not any(x is not None for x in mine):
                 continue
-            out.setdefault(phase, {})[hook] = {
-                "empty": (empty, bstats.estimate(bstats.paired_differences(mine, ns("floor_empty", phase, empty)))),
-                "part": (part, bstats.estimate(bstats.paired_differences(mine, ns("floor_record", phase, part))))}
+            out.setdefault(phase, {})[hook] = [
+                (prog, bstats.estimate(bstats.paired_differences(mine, ns(kind, phase, prog))))
+                for kind, prog in refs if kind in phases]
             if "baseline" in phases:
-                out[phase][hook]["baseline"] = ("the baseline's " + hook, bstats.estimate(
-                    bstats.paired_differences(mine, ns("baseline", phase, hook))))
+                out[phase][hook].append(("the baseline's " + hook, bstats.estimate(
+                    bstats.paired_differences(mine, ns("baseline", phase, hook)))))
+    return out
+
+
+def storm_per_connection(st):
+    """What the state and reset tracepoints' programs cost together per connection, per set
+    and phase (sum of ns x calls over the round, divided by the connections opened or reset):
+    {phase: {kind: [ns per connection, per repetition]}}. Rounds whose programs did not run
+    give None."""
+    out = {}
+    for kind, by_phase in st.get("phases", {}).items():
+        for phase, rounds in by_phase.items():
+            conns = st.get("connections_by_kind", {}).get(kind, {}).get(phase, [])
+            vals = []
+            for i, hooks in enumerate(rounds):
+                n = conns[i] if i < len(conns) else 0
+                total = sum(h["ns"] * h["calls"] for name, h in hooks.items()
+                            if name.startswith(STORM_TRACEPOINT_PREFIXES))
+                vals.append(total / n if n and total else None)
+            out.setdefault(phase, {})[kind] = vals
     return out
 
 
@@ -1542,12 +1572,19 @@ def hook_rows(results, row):
             sources.append(("pool reset", st["hooks"]))
         if st.get("open_hooks"):
             sources.append(("pool opening", st["open_hooks"]))
+        shown = set()
         for kind in STORM_FLOORS:
+            progs = STORM_FLOORS[kind].split(",")
             for phase, label in (("reset", "pool reset"), ("open", "pool opening")):
                 hooks = st.get("floors", {}).get(kind, {}).get(phase)
                 if hooks:
-                    sources.append((label, {n: h for n, h in hooks.items() if n in
-                                            STORM_FLOORS[kind].split(",")}))
+                    # A program of an earlier set again: named with its set (its neighbours
+                    # change what it pays).
+                    for again in (False, True):
+                        part = {n: h for n, h in hooks.items() if n in progs and ((n, phase) in shown) == again}
+                        if part:
+                            sources.append((label + (" with %s's programs" % kind if again else ""), part))
+            shown.update((n, p) for n in progs for p in ("reset", "open"))
     elif st.get("hooks"):
         sources.append(("RST churn", st["hooks"]))
     for label, hooks in sources:
@@ -1711,12 +1748,35 @@ def build_table(results, machine, args, started, elapsed):
                     row("storm, baseline build: %s" % label, base[key], digits=digits, target="reported")
         for phase, refs in sorted(storm_references(st).items(), reverse=True):
             for hook, r in sorted(refs.items()):
-                for ref, e in [r["empty"], r["part"]] + ([r["baseline"]] if "baseline" in r else []):
+                for ref, e in r:
                     if e["n"]:
                         row("kernel cost %s minus %s, pool %s (ns/call)" % (
                             hook, ref, "reset" if phase == "reset" else "opening"),
                             {"median": e["estimate"], "min": min(e["values"]), "max": max(e["values"])},
                             digits=1, target="reported", est=fmt_est(e, 1, " ns", sign=True))
+        # Per connection, all programs on the state and reset tracepoints together: a cost that
+        # moves from one hook to another (the first to touch an idle socket's state pays its
+        # cache misses) cancels out here.
+        per_conn = storm_per_connection(st)
+        for phase in ("reset", "open"):
+            by_kind = per_conn.get(phase, {})
+            mine = by_kind.get("rstwatch")
+            if not mine or not any(v is not None for v in mine):
+                continue
+            what = "per connection %s, state and reset tracepoints together" % (
+                "reset" if phase == "reset" else "opened")
+            for kind in ["rstwatch"] + [k for k in STORM_FLOORS if k in by_kind]:
+                e = bstats.estimate([v for v in by_kind[kind] if v is not None])
+                if e["n"]:
+                    row("kernel cost %s, %s (ns)" % (what, kind),
+                        {"median": e["estimate"], "min": min(e["values"]), "max": max(e["values"])},
+                        digits=0, target="reported", est=fmt_est(e, 0, " ns"))
+            for kind in [k for k in STORM_FLOORS if k in by_kind]:
+                e = bstats.estimate(bstats.paired_differences(mine, by_kind[kind]))
+                if e["n"]:
+                    row("kernel cost %s, rstwatch minus %s (ns)" % (what, kind),
+                        {"median": e["estimate"], "min": min(e["values"]), "max": max(e["values"])},
+                        digits=0, target="reported", est=fmt_est(e, 0, " ns", sign=True))
         row("storm: agent RSS (MiB)", st["rss_mib"], digits=1, target="<= 64 MiB",
             ok=st["rss_mib"]["max"] <= 64)
     mem = results.get("memory")

@@ -87,7 +87,11 @@ class StormOnTheKernel(unittest.TestCase):
         conns = RATE // 2 * SECONDS
         for kind, progs in (("floor_empty", ("floor_state_empty", "floor_rst_recv_empty", "floor_rst_sent_empty")),
                             ("floor_record", ("floor_state_storage", "floor_rst_recv_record",
-                                              "floor_rst_sent_record"))):
+                                              "floor_rst_sent_record")),
+                            ("floor_lookup", ("floor_state_storage", "floor_rst_recv_lookup",
+                                              "floor_rst_sent_record")),
+                            ("floor_reads", ("floor_state_storage", "floor_rst_recv_reads",
+                                             "floor_rst_sent_record"))):
             reset = phases[kind]["reset"][0]
             for prog in progs:
                 self.assertIn(prog, reset, "%s did not run in the %s round" % (prog, kind))
@@ -103,6 +107,11 @@ class StormOnTheKernel(unittest.TestCase):
                            ("rw_state", ("floor_state_empty", "floor_state_storage"))):
             for ref in refs:
                 self.assertIn("kernel cost %s minus %s, pool reset (ns/call)" % (hook, ref), self.table)
+        for ref in ("floor_rst_recv_lookup", "floor_rst_recv_reads"):
+            self.assertIn("kernel cost rw_rst_received minus %s, pool reset (ns/call)" % ref, self.table)
+        for kind in ("rstwatch", "floor_empty", "floor_record", "floor_lookup", "floor_reads"):
+            self.assertIn("kernel cost per connection reset, state and reset tracepoints together, %s (ns)" % kind,
+                          self.table)
         self.assertIn("storm: records/s reached (%d s, a pool of %d idle connections reset)"
                       % (SECONDS, RATE // 2 * SECONDS), self.table)
 

@@ -75,18 +75,22 @@ def pool_storm(rst_received_ns=960.0, reps=3, seed=2):
     cost = {"rw_state": (380.0, 150.0), "rw_rst_received": (None, rst_received_ns), "rw_rst_sent": (None, 790.0),
             "floor_state_empty": (60.0, 55.0), "floor_state_storage": (300.0, 90.0),
             "floor_rst_recv_empty": (None, 50.0), "floor_rst_recv_record": (None, 400.0),
-            "floor_rst_sent_empty": (None, 45.0), "floor_rst_sent_record": (None, 380.0)}
+            "floor_rst_sent_empty": (None, 45.0), "floor_rst_sent_record": (None, 380.0),
+            "floor_rst_recv_lookup": (None, 300.0), "floor_rst_recv_reads": (None, 450.0)}
+    # Where the receiving reset program finds the socket's state, the state program that follows
+    # it at CLOSE finds it warm.
+    warm = {("floor_lookup", "floor_state_storage"): (300.0, 60.0), ("floor_reads", "floor_state_storage"): (300.0, 60.0)}
     progs = {"rstwatch": ["rw_state", "rw_rst_received", "rw_rst_sent"]}
     progs.update({k: v.split(",") for k, v in run.STORM_FLOORS.items()})
 
-    def hooks(names, phase):
+    def hooks(kind, names, phase):
         out = {}
         for n in names:
-            mu = cost[n][0 if phase == "open" else 1]
+            mu = warm.get((kind, n), cost[n])[0 if phase == "open" else 1]
             if mu is not None:
                 out[n] = {"ns": mu + rng.gauss(0, 5), "calls": 500000}
         return out
-    phases = {k: {p: [hooks(v, p) for _ in range(reps)] for p in ("open", "reset")} for k, v in progs.items()}
+    phases = {k: {p: [hooks(k, v, p) for _ in range(reps)] for p in ("open", "reset")} for k, v in progs.items()}
     rows = [{"records_per_s": 100500.0 + rng.gauss(0, 500), "lost": 0, "cpu_pct": 30.0, "rss_mib": 50.0,
              "cpu_us_per_record": 2.5, "connections": 250000} for _ in range(reps)]
     st = {k: run.summary([r[k] for r in rows]) for k in rows[0]}
@@ -94,7 +98,8 @@ def pool_storm(rst_received_ns=960.0, reps=3, seed=2):
               hooks=run.hook_summaries(phases["rstwatch"]["reset"]),
               open_hooks=run.hook_summaries(phases["rstwatch"]["open"]),
               floors={k: {p: run.hook_summaries(v[p]) for p in v} for k, v in phases.items() if k != "rstwatch"},
-              phases=phases)
+              phases=phases, connections_by_kind={k: {"open": [250000] * reps, "reset": [250000] * reps}
+                                                  for k in progs})
     return st
 
 
@@ -196,6 +201,32 @@ class Table(unittest.TestCase):
         self.assertIn("storm (pool)", text)
         widths = {line.count(" | ") for line in text.splitlines() if line.startswith("| ")}
         self.assertEqual(widths, {7})
+
+    def test_pool_storm_splits_the_receiving_reset_and_sums_per_connection(self):
+        results = synthetic(storm=False)
+        results["storm"] = pool_storm()
+        text = table(results)
+        # The receiving reset hook beside the lookup-only and the lookup-and-reads references.
+        self.assertRegex(cells(text, "kernel cost rw_rst_received minus floor_rst_recv_lookup, pool reset")[4],
+                         r"^\+6\d\d\.\d")
+        self.assertRegex(cells(text, "kernel cost rw_rst_received minus floor_rst_recv_reads, pool reset")[4],
+                         r"^\+5\d\d\.\d")
+        # A program of an earlier set, run again beside other programs, is named with its set.
+        self.assertRegex(cells(text, "kernel cost floor_state_storage, pool reset with floor_lookup's programs")[1],
+                         r"^[56]\d\.\d$")
+        self.assertRegex(cells(text, "kernel cost floor_state_storage, pool reset (ns/call)")[1], r"^[89]\d\.\d$")
+        names = [l.split(" | ")[0] for l in text.splitlines() if l.startswith("| ")]
+        self.assertEqual(len(names), len(set(names)), "a measurement named twice")
+        # Per connection reset (2 state changes, one RST each way, 500000 calls per 250000
+        # connections): rstwatch (150 + 960 + 790) x 2, floor_record (90 + 400 + 380) x 2,
+        # floor_lookup (60 + 300 + 380) x 2.
+        what = "kernel cost per connection reset, state and reset tracepoints together"
+        self.assertRegex(cells(text, what + ", rstwatch (ns)")[1], r"^3[78]\d\d$")
+        self.assertRegex(cells(text, what + ", floor_record (ns)")[1], r"^17\d\d$")
+        self.assertRegex(cells(text, what + ", rstwatch minus floor_record (ns)")[4], r"^\+20\d\d \[\+20\d\d, \+20\d\d\] ns$")
+        self.assertRegex(cells(text, what + ", rstwatch minus floor_lookup (ns)")[4], r"^\+23\d\d")
+        self.assertIn("kernel cost per connection opened, state and reset tracepoints together, rstwatch minus "
+                      "floor_empty (ns)", text)
 
     def test_pool_storm_against_a_baseline_build(self):
         results = synthetic(storm=False)
