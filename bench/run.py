@@ -1011,6 +1011,8 @@ def hook_summaries(per_round):
 def measure_storm_pool(args, machine, results):
     kinds = (["rstwatch"] + (["baseline"] if args.baseline else []) +
              (list(STORM_FLOORS) if args.hookfloor else []))
+    if args.storm_observers:
+        kinds = ["rstwatch"] + [k for k in kinds[1:] if k in args.storm_observers.split(",")]
     rows, baseline_rows = [], []
     phases = {k: {"open": [], "reset": []} for k in kinds}
     slab = {k: [] for k in kinds}  # kernel slab bytes per socket after opening, per repetition
@@ -1946,6 +1948,9 @@ def main():
                         "(the reset storm of a dying backend); churn: connections made and reset at the "
                         "asked rate (connect, accept, SO_LINGER 0)")
     p.add_argument("--storm-reps", type=int, default=3)
+    p.add_argument("--storm-observers", default=None, metavar="KIND[,KIND...]",
+                   help="pool storm: besides the agent's rounds, only these (baseline, %s); default all"
+                        % ", ".join(STORM_FLOORS))
     p.add_argument("--hold", type=int, default=100000, help="connections held open")
     p.add_argument("--churn-total", type=int, default=1000000)
     p.add_argument("--churn-minutes", type=float, default=2.0)
@@ -1977,6 +1982,10 @@ def main():
     unknown = set(f for f in args.floors.split(",") if f) - set(FLOOR_LABELS)
     if unknown:
         p.error("--floors: unknown %s (known: %s)" % (",".join(sorted(unknown)), ",".join(FLOOR_LABELS)))
+    unknown = set((args.storm_observers or "").split(",")) - {"", "rstwatch", "baseline"} - set(STORM_FLOORS)
+    if unknown or args.storm_observers == "":
+        p.error("--storm-observers: unknown %s (known: rstwatch,baseline,%s)" % (
+            ",".join(sorted(unknown)) or "(empty)", ",".join(STORM_FLOORS)))
     if args.baseline and not os.access(os.path.join(args.baseline, "rstwatch"), os.X_OK):
         p.error("--baseline %s: no executable rstwatch there (a build directory is expected)" % args.baseline)
 
