@@ -252,5 +252,26 @@ class Table(unittest.TestCase):
         self.assertEqual(table(synthetic(seed=4)), table(synthetic(seed=4)))
 
 
+class BadFlags(unittest.TestCase):
+    """Flags are checked before anything runs: one line naming the problem, exit 2."""
+
+    def run_bench(self, *flags):
+        import subprocess
+        return subprocess.run([sys.executable, run.__file__, "--only", "storm"] + list(flags),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=60)
+
+    def test_an_unknown_storm_observer(self):
+        p = self.run_bench("--storm-observers", "baseline,floor_nothing")
+        self.assertEqual(p.returncode, 2)
+        self.assertEqual(p.stdout, "")
+        self.assertIn("error: --storm-observers: unknown floor_nothing (known: rstwatch,baseline,floor_empty,",
+                      p.stderr.strip().splitlines()[-1])
+
+    def test_an_empty_storm_observer_list(self):
+        p = self.run_bench("--storm-observers", "")
+        self.assertEqual(p.returncode, 2)
+        self.assertIn("--storm-observers: unknown (empty)", p.stderr.strip().splitlines()[-1])
+
+
 if __name__ == "__main__":
     unittest.main()
