@@ -239,6 +239,14 @@ def expected_incidents(result, expect):
     raise AssertionError("unknown scenario %r" % name)
 
 
+def incidents_of_conns(incidents, conns):
+    """The incidents of exactly these connections (both endpoints). Every scenario runs on
+    loopback with ports the kernel picks, so a later scenario can get a port number an earlier
+    one used: matching by port alone gave one scenario's incidents to another."""
+    wanted = {(c.client_ep, c.server_ep) for c in conns}
+    return [i for i in incidents if (tuple(scenarios.client_ep(i)), tuple(scenarios.server_ep(i))) in wanted]
+
+
 def idle_deviations(incidents, results):
     """idle_before_write_ms minus the client's own measure, for each client incident."""
     out = []
@@ -246,7 +254,7 @@ def idle_deviations(incidents, results):
         if result.get("idle_ms") is None:
             continue
         conn = ConnRef(result["conns"][0])
-        for inc in scenarios.incidents_of(incidents, [conn]):
+        for inc in incidents_of_conns(incidents, [conn]):
             if inc.get("observer") == "client" and inc.get("idle_before_write_ms") is not None:
                 out.append(inc["idle_before_write_ms"] - result["idle_ms"])
     return out
@@ -269,7 +277,7 @@ def match_scenarios(incidents, results, expect):
     outcomes, claimed = [], []
     for result in results:
         expected, conns = expected_incidents(result, expect)
-        got = scenarios.incidents_of(incidents, conns)
+        got = incidents_of_conns(incidents, conns)
         claimed += got
         problems = [] if result.get("ok") else ["the scenario failed: %s" % result.get("error")]
         problems += scenarios.incident_problems(got, expected, tol_ms=IDLE_TOL_MS)
@@ -583,6 +591,37 @@ def tearDownModule():
             ", ".join(row["server_reset_reasons"]), passed, row["init_uptime_s"], row["guest_s"]))
 
 
+class ScenarioMatching(unittest.TestCase):
+    """The harness's own matching, without a guest: incidents go to the scenario whose
+    connection they are on, also when a later scenario's connection reuses a port number."""
+
+    def test_a_port_reused_by_a_later_scenario_does_not_move_incidents(self):
+        ep = lambda port: {"ip": "127.0.0.1", "port": port}  # noqa: E731
+        waf = {"scenario": "write_after_fin", "family": 4, "ok": True, "pid": 253, "comm": "rwcli",
+               "idle_ms": 604.0, "delay_ms": 0.0, "server_state": "FIN_WAIT1",
+               "conns": [{"client": ep(53226), "server": ep(34351), "exchanges": 2}]}
+        # The healthy scenario's client got 34351, the number the first scenario's server had.
+        healthy = {"scenario": "healthy", "family": 4, "ok": True, "pid": 254, "comm": "rwcli",
+                   "conns": [{"client": ep(34351), "server": ep(40001), "exchanges": 300},
+                             {"client": ep(45000), "server": ep(40001), "exchanges": 10}]}
+        incidents = [
+            {"cause": "write_after_fin", "observer": "client", "client": ep(53226), "server": ep(34351),
+             "pid": 253, "comm": "rwcli", "idle_before_write_ms": 604.0, "state": "CLOSE_WAIT",
+             "reset_reason": None, "requests": 2},
+            {"cause": "data_after_close", "observer": "server", "client": ep(53226), "server": ep(34351),
+             "state": "CLOSE", "reset_reason": None, "requests": 2}]
+        self.assertEqual(len(scenarios.incidents_of(incidents, [ConnRef(c) for c in healthy["conns"]])), 2,
+                         "the data do collide by port")
+        outcomes, strays = match_scenarios(incidents, [waf, healthy], Expect("6.1.0-57-amd64"))
+        self.assertEqual(outcomes, [("write_after_fin/IPv4/write 0 ms after FIN (server FIN_WAIT1)", []),
+                                    ("healthy/IPv4", [])])
+        self.assertEqual(strays, [])
+        # An incident on none of the connections is a stray, whatever its ports.
+        other = dict(incidents[0], client=ep(53227))
+        self.assertEqual(match_scenarios(incidents + [other], [waf, healthy], Expect("6.1.0-57-amd64"))[1],
+                         [other])
+
+
 def make_case(line):
     name = "TestKernel_" + line.line.replace(".", "_")
     return type(name, (KernelCase,), {"LINE": line, "__doc__": "Debian's %s kernel (%s)" % (
@@ -597,6 +636,7 @@ del _line
 def load_tests(loader, standard_tests, pattern):
     """Only the per-kernel classes (not the KernelCase base)."""
     suite = unittest.TestSuite()
+    suite.addTests(loader.loadTestsFromTestCase(ScenarioMatching))
     for line in LINES:
         suite.addTests(loader.loadTestsFromTestCase(globals()["TestKernel_" + line.line.replace(
             ".", "_")]))
