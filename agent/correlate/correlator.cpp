@@ -556,7 +556,15 @@ void Correlator::on_record(const rw_record& r, CorrelatorOutput& out) {
             // TLS upstream's close_notify): an incident only if it cut a request short. Our own
             // close_notify unacknowledged and the server's unread (one alert record each) is a
             // TLS teardown that crossed, no request.
-            if (is_tls_alert_size(r.unacked_bytes) && is_tls_alert_size(r.unread_bytes))
+            // The server's close_notify arriving after our close, answered by our kernel
+            // (TCP_ABORT_ON_DATA), with nothing of ours unacknowledged but one alert record
+            // (our own close_notify): the same teardown crossing the other way. Our close came
+            // after our own close_notify, which can follow the answer by a jiffy and so looks
+            // like an unanswered request in the socket's times; the application had left.
+            const bool peer_alert_after_our_close =
+                has(flags, RW_F_APP_CLOSED) && has(flags, RW_F_REPLY_RST) && r.unread_bytes == 0 &&
+                is_tls_alert_size(r.segment_bytes) && (r.unacked_bytes == 0 || is_tls_alert_size(r.unacked_bytes));
+            if ((is_tls_alert_size(r.unacked_bytes) && is_tls_alert_size(r.unread_bytes)) || peer_alert_after_our_close)
                 count_tls_close_notify(conn);
             else if (request_in_flight(r, role))
                 emit_incident(r, conn, Cause::reset_other, out);

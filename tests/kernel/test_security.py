@@ -10,7 +10,9 @@
 - --tls-cert/--tls-key: https (TLS 1.2+, the certificate verified by Python, curl, `trace --from`
   and `status --from` with --ca-file) with the token still required; a bad certificate or key
   is one line, exit 2; connections to the agent's own port (curl's close_notify after the agent's
-  FIN is reset, as a local tracer shows) give no incident;
+  FIN is reset, as a local tracer shows) give no incident; nor does the teardown crossing the other
+  way (real TLS over loopback: the server's close_notify arriving after the client's close, which
+  the client's kernel resets);
 - --listen [::1]:PORT serves over IPv6 loopback only (no credentials needed, `status --from` works);
   [::]:PORT serves IPv6 and IPv4 and needs credentials like 0.0.0.0;
 - capabilities: once /readyz is 200 every thread of the agent (started as root) has empty
@@ -25,6 +27,7 @@ import http.client
 import json
 import os
 import re
+import select
 import socket
 import ssl
 import subprocess
@@ -347,6 +350,128 @@ class TestSecurity(AgentTestCase):
         self.assertEqual(ag.stop(), 0)
 
     # ------------------------------------------------------------------ token + capabilities
+    def test_tls_close_notify_arriving_after_the_clients_close_is_a_teardown(self):
+        """The TLS teardown crossing the other way (seen once in CI with curl against the agent's
+        port): the client reads its answer, writes its close_notify a jiffy later (so its socket's
+        times show a send after the last receive), closes (FIN), and only then the server's
+        close_notify arrives: the client's kernel resets it (TCP_ABORT_ON_DATA). Real TLS (Python's
+        ssl over two loopback sockets, each step in order), a local tracer: no incident, the
+        teardown counted; a first connection, so the server is not yet known to speak TLS."""
+        cert, key = self.make_cert()
+        server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        server_ctx.load_cert_chain(cert, key)
+        client_ctx = ssl.create_default_context(cafile=cert)
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.addCleanup(listener.close)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        port = listener.getsockname()[1]
+
+        tracer = Tracer(["--log-level", "trace"], name="tls-tracer")
+        self.addCleanup(tracer.kill)
+        tracer.start()
+        csock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        self.addCleanup(csock.close)
+        ssock, _ = listener.accept()
+        self.addCleanup(ssock.close)
+        client_port = csock.getsockname()[1]
+        ends = {"client": (csock, ssl.MemoryBIO(), ssl.MemoryBIO()),
+                "server": (ssock, ssl.MemoryBIO(), ssl.MemoryBIO())}
+        tls = {"client": client_ctx.wrap_bio(ends["client"][1], ends["client"][2], server_hostname="127.0.0.1"),
+               "server": server_ctx.wrap_bio(ends["server"][1], ends["server"][2], server_side=True)}
+
+        def flush(side):  # what the TLS stack wrote goes out on the socket
+            sock, _, outgoing = ends[side]
+            data = outgoing.read()
+            if data:
+                sock.sendall(data)
+            return len(data)
+
+        def pull(side, wait=0.05):  # what arrived on the socket goes to the TLS stack
+            sock, incoming, _ = ends[side]
+            got = 0
+            while select.select([sock], [], [], wait)[0]:
+                data = sock.recv(65536)
+                if not data:
+                    break
+                incoming.write(data)
+                got += len(data)
+                wait = 0.01
+            return got
+
+        def call(side, fn, *args):  # one TLS step, pumping until it completes
+            deadline = time.monotonic() + 5
+            while True:
+                try:
+                    result = fn(*args)
+                    flush(side)
+                    return result
+                except ssl.SSLWantReadError:
+                    flush(side)
+                    for other in ends:
+                        pull(other, 0.01)
+                    self.assertLess(time.monotonic(), deadline, "TLS %s step stuck" % side)
+
+        # Handshake, one request and its answer.
+        deadline = time.monotonic() + 5
+        done = set()
+        while len(done) < 2:
+            for side in ("client", "server"):
+                if side not in done:
+                    try:
+                        tls[side].do_handshake()
+                        done.add(side)
+                    except ssl.SSLWantReadError:
+                        pass
+                    flush(side)
+            for side in ends:
+                pull(side, 0.01)
+            self.assertLess(time.monotonic(), deadline, "TLS handshake stuck")
+        request = b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+        call("client", tls["client"].write, request)
+        got = b""
+        while len(got) < len(request):
+            got += call("server", tls["server"].read, 65536)
+        answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+        call("server", tls["server"].write, answer)
+        got = b""
+        while len(got) < len(answer):
+            got += call("client", tls["client"].read, 65536)
+        pull("client")  # nothing left unread on the client (TLS 1.3 session tickets)
+
+        # The client's close_notify a jiffy and more after the answer, acknowledged; then its FIN.
+        time.sleep(0.03)
+        try:
+            tls["client"].unwrap()
+        except ssl.SSLWantReadError:
+            pass  # sent ours; the server's is not awaited
+        self.assertIn(flush("client"), range(23, 32), "the client's close_notify is one alert record")
+        time.sleep(0.05)
+        csock.shutdown(socket.SHUT_RDWR)
+        self.assertGreater(pull("server", 1.0), 0)  # the server takes the close_notify (and the FIN)
+        try:
+            tls["server"].unwrap()  # answers with its own close_notify
+        except ssl.SSLWantReadError:
+            pass
+        self.assertIn(flush("server"), range(23, 32), "the server's close_notify is one alert record")
+        deadline = time.monotonic() + 5
+        # The client's kernel answers it with RST: the server's socket goes to CLOSE (TCP_INFO).
+        while ssock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0] != 7:
+            self.assertLess(time.monotonic(), deadline, "the client's kernel did not reset the server")
+            time.sleep(0.02)
+        time.sleep(0.2)
+        incidents = tracer.stop()
+
+        self.assertEqual([i for i in incidents if port in (i["server"]["port"], i["client"]["port"])], [],
+                         "a TLS teardown reported as an incident")
+        records = [l for l in tracer.lines() if " record type=" in l]
+        reply = [l for l in records if "type=7 " in l and ":%d->127.0.0.1:%d " % (client_port, port) in l]
+        self.assertEqual(len(reply), 1, "the client's RST answering the server's close_notify, once:\n" +
+                         "\n".join(l for l in records if str(port) in l))
+        summary = tracer.summary_line()
+        m = re.search(r"(\d+) TLS close_notify teardowns", summary)
+        self.assertTrue(m and int(m.group(1)) >= 1, summary)
+
     def test_token_protected_stream_and_dropped_capabilities(self):
         token_file, token = self.make_token()
         c = self.make_cluster(["server", "client"])

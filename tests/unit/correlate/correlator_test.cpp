@@ -180,6 +180,7 @@ public:
     }
     // The application closes the socket (FIN).
     Sock& own_close(uint64_t ts) {
+        ++write_seq_;  // the FIN takes a sequence number (tcp_send_fin: write_seq++)
         base_.conn.flags |= RW_F_APP_CLOSED;
         base_.conn.app_close_ns = ts;
         if (state_ == RW_TCP_ESTABLISHED && ts - last_data_ns_ >= 10 * kMs)
@@ -190,7 +191,7 @@ public:
     }
     // The peer acknowledges our FIN (and so all our data).
     Sock& our_fin_acked(uint64_t ts) {
-        snd_una_ = write_seq_ + 1;
+        snd_una_ = write_seq_;
         if (state_ == RW_TCP_FIN_WAIT1) {
             state_ = RW_TCP_FIN_WAIT2;  // no record for this change
             settle();
@@ -852,6 +853,49 @@ TEST(CorrelatorClient, ACloseNotifyCrossingTheServersFinIsATeardownEvenFromAnUnk
     h.feed(race.records);
     ASSERT_EQ(h.out.incidents.size(), 1u);
     EXPECT_EQ(h.out.incidents[0].cause, Cause::idle_close_race);
+}
+
+TEST(CorrelatorClient, TheServersCloseNotifyAfterOurCloseIsATeardownEvenFromAnUnknownServer) {
+    // Seen with curl scraping the agent's https port (CI of 2eee3bd): curl reads the answer,
+    // writes its close_notify a jiffy later (so the socket's times show a send after the last
+    // receive), closes; the server's close_notify arrives after that close and curl's kernel
+    // answers it with RST (TCP_ABORT_ON_DATA). First teardown: the server is not known to speak
+    // TLS yet. No request was lost: the application had its answer and left.
+    const uint64_t answered = T0 + 10 * kMs + 5 * kMs;
+    const uint64_t next_jiffy = (answered / kJiffy + 1) * kJiffy;
+    Sock s = proxy_socket();
+    exchange(s, T0 + 10 * kMs);
+    s.write(next_jiffy + 100'000, 24, 4242, "curl");  // curl's close_notify, acknowledged
+    s.ack();
+    s.own_close(next_jiffy + 200'000).our_fin_acked(next_jiffy + 300'000);
+    s.abort_on_data(next_jiffy + 400'000, kReasonAbortOnData, /*segment=*/24);
+    ASSERT_GT(s.records.back().send_after_recv, 0);  // what made it look like a request in flight
+    Harness h;
+    h.feed(s.records);
+    EXPECT_TRUE(h.out.incidents.empty());
+    EXPECT_EQ(h.c.stats().tls_close_notify, 1u);
+
+    // Before 6.10 (no reason): the reply after our close says the same.
+    Sock old_kernel = proxy_socket(T0 + 1, 0xffff8880'aaab0005ULL);
+    exchange(old_kernel, T0 + 10 * kMs);
+    old_kernel.write(next_jiffy + 100'000, 24, 4242, "curl");
+    old_kernel.ack();
+    old_kernel.own_close(next_jiffy + 200'000).our_fin_acked(next_jiffy + 300'000);
+    old_kernel.abort_on_data(next_jiffy + 400'000, RW_RST_REASON_NONE, /*segment=*/24);
+    h.feed(old_kernel.records);
+    EXPECT_TRUE(h.out.incidents.empty());
+    EXPECT_EQ(h.c.stats().tls_close_notify, 2u);
+
+    // A client that gave up on its request (sent, acknowledged, unanswered) and closed: the
+    // answer arriving after its close is reset; that cut a request short, as before.
+    Sock gave_up = proxy_socket(T0 + 2, 0xffff8880'aaab0006ULL);
+    exchange(gave_up, T0 + 10 * kMs);
+    gave_up.write(T0 + 100 * kMs, 300).ack();
+    gave_up.own_close(T0 + 5 * kSec).our_fin_acked(T0 + 5 * kSec + 100'000);
+    gave_up.abort_on_data(T0 + 5 * kSec + 1 * kMs, kReasonAbortOnData, /*segment=*/1200);
+    h.feed(gave_up.records);
+    ASSERT_EQ(h.out.incidents.size(), 1u);
+    EXPECT_EQ(h.out.incidents[0].cause, Cause::reset_other);
 }
 
 TEST(CorrelatorClient, AReadCloseNotifyOfAKnownTlsServerIsNoAnswer) {
