@@ -17,6 +17,8 @@
 #include <yaml-cpp/eventhandler.h>
 #include <yaml-cpp/yaml.h>
 
+#include "clock.h"
+
 namespace rstwatch {
 
 // ---- addresses -------------------------------------------------------------------
@@ -512,6 +514,47 @@ bool contains_ip(const std::vector<IpAddr>& ips, const IpAddr& ip) {
 
 }  // namespace
 
+ClusterState::ClusterState(std::function<int64_t()> clock)
+    : clock_(clock ? std::move(clock) : std::function<int64_t()>(monotonic_ns)) {}
+
+ClusterState::Holders ClusterState::holders_locked(const std::vector<IpAddr>& ips) const {
+    Holders holders;
+    holders.reserve(ips.size());
+    for (const IpAddr& ip : ips) holders.emplace_back(ip, lookup_locked(ip));
+    return holders;
+}
+
+void ClusterState::note_changes_locked(const Holders& before) {
+    const int64_t now = clock_();
+    for (const auto& [ip, was] : before) {
+        // An IP first learned now has no former holder: the pod likely held it already when an
+        // event on it happened (the watch is late), so that event gets the pod known now.
+        if (!was || lookup_locked(ip) == was) continue;
+        auto& formers = former_holders_[ip];
+        if (!formers.empty() && formers.back().until_ns == now && formers.back().identity == *was) continue;
+        formers.push_back(FormerHolder{*was, now});
+        former_order_.emplace_back(ip, now);
+    }
+    // Expired or beyond the bound: the oldest go first (the front of their IP's list too).
+    while (!former_order_.empty() &&
+           (former_order_.front().second + kFormerHolderKeepNs < now || former_order_.size() > kMaxFormerHolders)) {
+        auto it = former_holders_.find(former_order_.front().first);
+        if (it != former_holders_.end()) {
+            it->second.pop_front();
+            if (it->second.empty()) former_holders_.erase(it);
+        }
+        former_order_.pop_front();
+    }
+}
+
+namespace {
+
+void append_ips(std::vector<IpAddr>& out, const std::vector<IpAddr>& ips) {
+    out.insert(out.end(), ips.begin(), ips.end());
+}
+
+}  // namespace
+
 void ClusterState::upsert_pod_locked(PodInfo pod) {
     static const std::vector<IpAddr> kNone;
     const std::vector<IpAddr>& held = pod.holds_ips() ? pod.ips : kNone;
@@ -539,28 +582,42 @@ void ClusterState::replace_pods(std::vector<PodInfo> pods) {
     std::stable_sort(pods.begin(), pods.end(),
                      [](const PodInfo& a, const PodInfo& b) { return a.created < b.created; });
     std::lock_guard lock(mutex_);
+    std::vector<IpAddr> affected;
+    for (const auto& [uid, old] : pods_by_uid_) append_ips(affected, old.ips);
+    for (const PodInfo& pod : pods) append_ips(affected, pod.ips);
+    const Holders before = holders_locked(affected);
     pods_by_uid_.clear();
     pod_uid_by_ip_.clear();
     pod_uids_by_name_.clear();
     for (PodInfo& pod : pods) upsert_pod_locked(std::move(pod));
+    note_changes_locked(before);
 }
 
 void ClusterState::upsert_pod(PodInfo pod) {
     std::lock_guard lock(mutex_);
+    std::vector<IpAddr> affected = pod.ips;
+    if (auto it = pods_by_uid_.find(pod.uid); it != pods_by_uid_.end()) append_ips(affected, it->second.ips);
+    const Holders before = holders_locked(affected);
     upsert_pod_locked(std::move(pod));
+    note_changes_locked(before);
 }
 
 void ClusterState::delete_pod(const PodInfo& pod) {
     std::lock_guard lock(mutex_);
+    std::vector<IpAddr> affected = pod.ips;
+    auto it = pods_by_uid_.find(pod.uid);
+    if (it != pods_by_uid_.end()) append_ips(affected, it->second.ips);
+    const Holders before = holders_locked(affected);
     // Release what the event's object claims too (harmless if it claims nothing).
     for (const IpAddr& ip : pod.ips) pod_uid_by_ip_.release(ip, pod.uid);
-    auto it = pods_by_uid_.find(pod.uid);
-    if (it == pods_by_uid_.end()) return;
-    const PodInfo& stored = it->second;
-    for (const IpAddr& ip : stored.ips) pod_uid_by_ip_.release(ip, stored.uid);
-    auto n = pod_uids_by_name_.find(name_key(stored.namespace_, stored.name));
-    if (n != pod_uids_by_name_.end() && --n->second == 0) pod_uids_by_name_.erase(n);
-    pods_by_uid_.erase(it);
+    if (it != pods_by_uid_.end()) {
+        const PodInfo& stored = it->second;
+        for (const IpAddr& ip : stored.ips) pod_uid_by_ip_.release(ip, stored.uid);
+        auto n = pod_uids_by_name_.find(name_key(stored.namespace_, stored.name));
+        if (n != pod_uids_by_name_.end() && --n->second == 0) pod_uids_by_name_.erase(n);
+        pods_by_uid_.erase(it);
+    }
+    note_changes_locked(before);
 }
 
 void ClusterState::upsert_service_locked(ServiceInfo service) {
@@ -575,27 +632,57 @@ void ClusterState::upsert_service_locked(ServiceInfo service) {
 
 void ClusterState::replace_services(std::vector<ServiceInfo> services) {
     std::lock_guard lock(mutex_);
+    std::vector<IpAddr> affected;
+    for (const auto& [uid, old] : services_by_uid_) append_ips(affected, old.cluster_ips);
+    for (const ServiceInfo& svc : services) append_ips(affected, svc.cluster_ips);
+    const Holders before = holders_locked(affected);
     services_by_uid_.clear();
     service_uid_by_ip_.clear();
     for (ServiceInfo& svc : services) upsert_service_locked(std::move(svc));
+    note_changes_locked(before);
 }
 
 void ClusterState::upsert_service(ServiceInfo service) {
     std::lock_guard lock(mutex_);
+    std::vector<IpAddr> affected = service.cluster_ips;
+    if (auto it = services_by_uid_.find(service.uid); it != services_by_uid_.end())
+        append_ips(affected, it->second.cluster_ips);
+    const Holders before = holders_locked(affected);
     upsert_service_locked(std::move(service));
+    note_changes_locked(before);
 }
 
 void ClusterState::delete_service(const ServiceInfo& service) {
     std::lock_guard lock(mutex_);
-    for (const IpAddr& ip : service.cluster_ips) service_uid_by_ip_.release(ip, service.uid);
+    std::vector<IpAddr> affected = service.cluster_ips;
     auto it = services_by_uid_.find(service.uid);
-    if (it == services_by_uid_.end()) return;
-    for (const IpAddr& ip : it->second.cluster_ips) service_uid_by_ip_.release(ip, service.uid);
-    services_by_uid_.erase(it);
+    if (it != services_by_uid_.end()) append_ips(affected, it->second.cluster_ips);
+    const Holders before = holders_locked(affected);
+    for (const IpAddr& ip : service.cluster_ips) service_uid_by_ip_.release(ip, service.uid);
+    if (it != services_by_uid_.end()) {
+        for (const IpAddr& ip : it->second.cluster_ips) service_uid_by_ip_.release(ip, service.uid);
+        services_by_uid_.erase(it);
+    }
+    note_changes_locked(before);
 }
 
-std::optional<Identity> ClusterState::lookup(const IpAddr& addr) const {
+std::optional<Identity> ClusterState::lookup(const IpAddr& addr, std::optional<int64_t> at_ns) const {
     std::lock_guard lock(mutex_);
+    if (at_ns) {
+        // Former holders in the order they let the IP go: the first let go after at_ns held it then.
+        if (auto it = former_holders_.find(addr); it != former_holders_.end())
+            for (const FormerHolder& former : it->second)
+                if (former.until_ns > *at_ns) return former.identity;
+    }
+    return lookup_locked(addr);
+}
+
+size_t ClusterState::former_holder_count() const {
+    std::lock_guard lock(mutex_);
+    return former_order_.size();
+}
+
+std::optional<Identity> ClusterState::lookup_locked(const IpAddr& addr) const {
     if (const std::string* uid = pod_uid_by_ip_.holder(addr)) {
         auto it = pods_by_uid_.find(*uid);
         if (it != pods_by_uid_.end()) {
@@ -659,16 +746,17 @@ bool Attributor::has_source() const {
 
 namespace {
 
-std::optional<Identity> resolve(const PodMap* map, const ClusterState* cluster, const IpAddr& addr) {
+std::optional<Identity> resolve(const PodMap* map, const ClusterState* cluster, const IpAddr& addr,
+                                std::optional<int64_t> at_ns = std::nullopt) {
     if (map)
         if (const PodMapEntry* entry = map->lookup(addr)) return entry->identity;
-    if (cluster) return cluster->lookup(addr);
+    if (cluster) return cluster->lookup(addr, at_ns);
     return std::nullopt;
 }
 
 }  // namespace
 
-Identity Attributor::identify(const IpAddr& addr) const {
+Identity Attributor::identify(const IpAddr& addr, std::optional<int64_t> at_ns) const {
     std::shared_ptr<const PodMap> map;
     std::shared_ptr<const ClusterState> cluster;
     {
@@ -676,7 +764,7 @@ Identity Attributor::identify(const IpAddr& addr) const {
         map = pod_map_;
         cluster = cluster_;
     }
-    if (auto id = resolve(map.get(), cluster.get(), addr)) return *id;
+    if (auto id = resolve(map.get(), cluster.get(), addr, at_ns)) return *id;
     if (map || cluster) return Identity{"", "", "world"};
     return Identity{"", "", addr.str()};
 }

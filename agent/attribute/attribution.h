@@ -5,6 +5,8 @@
 #include <array>
 #include <cstddef>
 #include <cstdint>
+#include <deque>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -133,8 +135,16 @@ struct ServiceInfo {
 // pod does not take it back, and deleting the older pod leaves the newer one's mapping. When
 // the holder goes away (deleted, Succeeded/Failed), the IP falls back to the latest remaining
 // claimant (e.g. another host-network pod on the same node). Services: the same, by ClusterIP.
+// An IP's former holders are kept for kFormerHolderKeepNs with the time this state learned they
+// had let it go: an event is named by the holder known when it happened, not when it is read
+// (a pod replaced within the agent's poll interval would otherwise take its predecessor's last
+// incident).
 class ClusterState {
 public:
+    static constexpr int64_t kFormerHolderKeepNs = 120'000'000'000;  // well past any hold or poll
+    static constexpr size_t kMaxFormerHolders = 65'536;              // bounded under pod churn
+    // clock: CLOCK_MONOTONIC in ns, the clock of the records' timestamps (tests give their own).
+    explicit ClusterState(std::function<int64_t()> clock = {});
     void replace_pods(std::vector<PodInfo> pods);  // after a (re)list
     void upsert_pod(PodInfo pod);                  // ADDED / MODIFIED
     void delete_pod(const PodInfo& pod);           // DELETED: removes its IPs only if still held by this uid
@@ -143,7 +153,10 @@ public:
     void delete_service(const ServiceInfo& service);
 
     // Pod IP -> pod (host-network pods: workload "node", pod/namespace empty); ClusterIP -> "svc/NAME".
-    std::optional<Identity> lookup(const IpAddr& addr) const;
+    // at_ns (CLOCK_MONOTONIC of the event): the holder as known at that time when the IP has
+    // changed hands or been released since; an IP first learned later is named by its holder now.
+    std::optional<Identity> lookup(const IpAddr& addr, std::optional<int64_t> at_ns = std::nullopt) const;
+    size_t former_holder_count() const;
     // Whether a pod (namespace/name) currently exists: for expiring its metric series.
     bool pod_exists(const std::string& namespace_, const std::string& pod) const;
     // The uid of that pod ("" when not known; the newest when a name was reused).
@@ -165,8 +178,21 @@ private:
     };
     void upsert_pod_locked(PodInfo pod);
     void upsert_service_locked(ServiceInfo service);
+    std::optional<Identity> lookup_locked(const IpAddr& addr) const;
+    // Who held each of `ips` before a change; after it, note_changes_locked() keeps the ones
+    // that changed hands (or were released) as former holders until now.
+    using Holders = std::vector<std::pair<IpAddr, std::optional<Identity>>>;
+    Holders holders_locked(const std::vector<IpAddr>& ips) const;
+    void note_changes_locked(const Holders& before);
 
+    struct FormerHolder {
+        Identity identity;
+        int64_t until_ns = 0;  // when this state learned the IP was no longer theirs
+    };
+    std::function<int64_t()> clock_;
     mutable std::mutex mutex_;
+    std::unordered_map<IpAddr, std::deque<FormerHolder>, IpAddrHash> former_holders_;  // oldest first
+    std::deque<std::pair<IpAddr, int64_t>> former_order_;  // (ip, until_ns) in time order: expiry
     std::unordered_map<std::string, PodInfo> pods_by_uid_;
     IpClaims pod_uid_by_ip_;  // newest pod holding the IP
     std::unordered_map<std::string, size_t> pod_uids_by_name_;  // "namespace/name" -> number of uids
@@ -183,7 +209,8 @@ class Attributor {
 public:
     void set_pod_map(std::shared_ptr<const PodMap> map);  // nullptr: none
     void set_cluster(std::shared_ptr<const ClusterState> cluster);
-    Identity identify(const IpAddr& addr) const;
+    // at_ns: the event's CLOCK_MONOTONIC time (see ClusterState::lookup).
+    Identity identify(const IpAddr& addr, std::optional<int64_t> at_ns = std::nullopt) const;
     // True when addr is resolved by a source (not "world" or a bare IP).
     bool known(const IpAddr& addr) const;
     bool has_source() const;

@@ -12,10 +12,11 @@ bool PairKeyLess::operator()(const PairKey& a, const PairKey& b) const {
     return key(a) < key(b);
 }
 
-PairKey name_pair(const Attributor& attributor, const Endpoint& client, const Endpoint& server) {
+PairKey name_pair(const Attributor& attributor, const Endpoint& client, const Endpoint& server,
+                  std::optional<int64_t> at_ns) {
     auto identify = [&](const Endpoint& end) {
         std::optional<IpAddr> addr = IpAddr::parse(end.ip);
-        return addr ? attributor.identify(*addr) : Identity{"", "", end.ip};
+        return addr ? attributor.identify(*addr, at_ns) : Identity{"", "", end.ip};
     };
     return PairKey{identify(client), identify(server), server.port};
 }

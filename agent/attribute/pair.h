@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 
 #include "attribution.h"
 #include "incident.h"
@@ -33,8 +34,10 @@ inline PairKey workload_pair(PairKey pair) {
     return pair;
 }
 
-// Both ends named with what the attributor knows now; an end whose address is not IP text
-// keeps that text as its workload.
-PairKey name_pair(const Attributor& attributor, const Endpoint& client, const Endpoint& server);
+// Both ends named with what the attributor knows (at_ns: as it knew them at the event's
+// CLOCK_MONOTONIC time, see ClusterState::lookup; nullopt: now); an end whose address is not IP
+// text keeps that text as its workload.
+PairKey name_pair(const Attributor& attributor, const Endpoint& client, const Endpoint& server,
+                  std::optional<int64_t> at_ns = std::nullopt);
 
 }  // namespace rstwatch

@@ -178,9 +178,20 @@ bool Agent::resolvable(const Endpoint& client, const Endpoint& server) const {
     return true;
 }
 
+namespace {
+
+// Events are named as Kubernetes was known when they happened (their record's time), so a pod
+// replaced between the record and its reading does not take the event.
+std::optional<int64_t> event_time(uint64_t ts_ns) {
+    if (ts_ns == 0) return std::nullopt;
+    return static_cast<int64_t>(ts_ns);
+}
+
+}  // namespace
+
 void Agent::deliver(const HeldEvent& event) {
     if (const auto* incident = std::get_if<Incident>(&event)) {
-        PairKey pair = name_pair(attributor_, incident->client, incident->server);
+        PairKey pair = name_pair(attributor_, incident->client, incident->server, event_time(incident->ts_ns));
         StreamedIncident streamed{*incident, pair.client, pair.server};
         std::optional<double> idle_s;
         if (incident->idle_before_write_ms) idle_s = *incident->idle_before_write_ms / 1000.0;
@@ -207,13 +218,13 @@ void Agent::deliver(const HeldEvent& event) {
             metrics_->count_incident_log_line_suppressed();
         http_->publish(streamed, unix_offset_ns_);
     } else if (const auto* observation = std::get_if<Observation>(&event)) {
-        PairKey pair = name_pair(attributor_, observation->client, observation->server);
+        PairKey pair = name_pair(attributor_, observation->client, observation->server, event_time(observation->ts_ns));
         metrics_->observe(pair, observation->kind, observation->idle_s);
         std::lock_guard lock(inference_mutex_);
         pod_inference_.observe(pair, *observation);
         workload_inference_.observe(workload_pair(pair), *observation);
     } else if (const auto* reset = std::get_if<ResetEvent>(&event)) {
-        metrics_->count_reset(name_pair(attributor_, reset->client, reset->server), reset->sent);
+        metrics_->count_reset(name_pair(attributor_, reset->client, reset->server, event_time(reset->ts_ns)), reset->sent);
     }
 }
 

@@ -208,6 +208,37 @@ class TestAgentKube(KubeAgentTestCase):
         labelled with the old pod."""
         self._ip_reuse(swap_at_once=True)
 
+    def test_pod_ip_reused_while_the_incident_waits_for_its_server(self):
+        """Deterministic form of the race above (seen once in CI): the incident is held because
+        its server's pod is not known yet, and while it waits the client pod is replaced on
+        its IP. Delivered only after that, it must still carry the pod that held the IP when
+        it happened (the agent names events by their record's time); the next incident on
+        that IP is the new pod's."""
+        c = self.make_cluster(["server", "client"])
+        kube = self.start_kube()
+        old = kube.add_pod(deployment_pod("frontend", "shop", ip=c["client"].ip4,
+                                          template_hash="7d4b9c6f5d"))
+        ag = self.kube_agent(kube)
+        srv = self.make_actor(c["server"], comm="rwsrv")
+        cli = self.make_actor(c["client"], comm="rwcli")
+        oid = ident(old, "frontend")
+        ours = self.ours_server({"web"})
+        exp = self.race(cli, srv, c["server"].ip4, 8081)  # held: its server is unknown
+        # In the watch's order, within the agent's 2 s hold: the client pod goes, a new pod
+        # takes its IP, and only then the server's pod appears (which releases the incident).
+        kube.delete_pod("shop", old["metadata"]["name"])
+        new = kube.add_pod(deployment_pod("reports", "batch", ip=c["client"].ip4,
+                                          template_hash="6f7c9d8b4a"))
+        s_obj = kube.add_pod(statefulset_pod("web", 0, "shop", ip=c["server"].ip4))
+        sid, nid = ident(s_obj, "web"), ident(new, "reports")
+        expected = dict(expected_from([exp], (oid, sid), 8081))
+        self.settle(KUBE_SETTLE_S)
+        self.assertIncidentCounts(ag.scrape(), expected, ours, "the held incident")
+        for k, n in expected_from([self.race(cli, srv, c["server"].ip4, 8081)], (nid, sid), 8081).items():
+            expected[k] = expected.get(k, 0) + n
+        self.settle(KUBE_SETTLE_S)
+        self.assertIncidentCounts(ag.scrape(), expected, ours, "the new pod's incident")
+
     def test_api_outage_capture_continues_labels_catch_up(self):
         """500s and dropped watches, then no API server at all (connections refused), then
         401s (token rotated) while a pod is silently replaced and resource versions expire:

@@ -3,6 +3,8 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <functional>
+#include <memory>
 #include <string>
 #include <thread>
 #include <vector>
@@ -319,6 +321,129 @@ TEST(ClusterState, RelistGivesSharedIpToTheNewestPod) {
         cluster.delete_pod(older);
         EXPECT_EQ(cluster.lookup(ip("10.0.0.5"))->pod, "newer") << newer_first;
     }
+}
+
+// ---- naming events by when they happened ------------------------------------------------
+
+// A settable CLOCK_MONOTONIC for the cluster state.
+struct FakeClock {
+    std::shared_ptr<int64_t> now = std::make_shared<int64_t>(1'000);
+    std::function<int64_t()> fn() const {
+        return [now = now] { return *now; };
+    }
+    void set(int64_t t) { *now = t; }
+};
+
+TEST(ClusterState, AnEventBeforeItsIpChangedHandsKeepsTheFormerHolder) {
+    // Seen in CI (kernel_agent_kube): the client pod is replaced right after its incident, and
+    // the agent reads the record a few ms after the watch applied the swap.
+    FakeClock clock;
+    ClusterState cluster(clock.fn());
+    PodInfo old_pod = pod_info("shop", "frontend-1", "uid-old", {"10.244.1.5"});
+    PodInfo new_pod = pod_info("batch", "reports-1", "uid-new", {"10.244.1.5"});
+    clock.set(100);
+    cluster.upsert_pod(old_pod);
+    const int64_t incident_at = 150;
+    clock.set(200);
+    cluster.delete_pod(old_pod);
+    clock.set(210);
+    cluster.upsert_pod(new_pod);
+    EXPECT_EQ(cluster.lookup(ip("10.244.1.5"), incident_at), (Identity{"shop", "frontend-1", "frontend-1"}));
+    // Between the two the IP had no holder known: named as it is now (the hold queue's case:
+    // a new pod the watch reports late).
+    EXPECT_EQ(cluster.lookup(ip("10.244.1.5"), 205), (Identity{"batch", "reports-1", "reports-1"}));
+    EXPECT_EQ(cluster.lookup(ip("10.244.1.5"), 220), (Identity{"batch", "reports-1", "reports-1"}));
+    EXPECT_EQ(cluster.lookup(ip("10.244.1.5")), (Identity{"batch", "reports-1", "reports-1"}));
+    // The new pod taking the IP over directly (its ADDED before the old one's DELETED).
+    PodInfo third = pod_info("batch", "reports-2", "uid-third", {"10.244.1.5"});
+    clock.set(300);
+    cluster.upsert_pod(third);
+    clock.set(310);
+    cluster.delete_pod(new_pod);  // no longer the holder: nothing changes hands
+    EXPECT_EQ(cluster.lookup(ip("10.244.1.5"), incident_at)->pod, "frontend-1");
+    EXPECT_EQ(cluster.lookup(ip("10.244.1.5"), 250)->pod, "reports-1");
+    EXPECT_EQ(cluster.lookup(ip("10.244.1.5"), 305)->pod, "reports-2");
+    EXPECT_EQ(cluster.former_holder_count(), 2u);
+}
+
+TEST(ClusterState, AnIpFirstLearnedAfterTheEventIsNamedByItsHolderNow) {
+    // The watch is late for a new pod: its first incident happened before the agent knew it.
+    FakeClock clock;
+    ClusterState cluster(clock.fn());
+    clock.set(500);
+    cluster.upsert_pod(pod_info("shop", "web-0", "uid-1", {"10.244.2.9"}));
+    EXPECT_EQ(cluster.lookup(ip("10.244.2.9"), 400)->pod, "web-0");
+    EXPECT_EQ(cluster.former_holder_count(), 0u);
+    // A MODIFIED event of the same pod changes no hands either.
+    clock.set(600);
+    PodInfo moved = pod_info("shop", "web-0", "uid-1", {"10.244.2.9"});
+    moved.node = "worker-2";
+    cluster.upsert_pod(moved);
+    EXPECT_EQ(cluster.former_holder_count(), 0u);
+}
+
+TEST(ClusterState, RelistsAndServicesKeepFormerHoldersToo) {
+    FakeClock clock;
+    ClusterState cluster(clock.fn());
+    clock.set(100);
+    cluster.replace_pods({pod_info("a", "old", "uid-old", {"10.244.1.5"})});
+    cluster.upsert_service(service_info("default", "kubernetes", "svc-1", {"10.96.0.1"}));
+    clock.set(200);  // the watch expired; the relist finds another pod on that IP
+    cluster.replace_pods({pod_info("b", "new", "uid-new", {"10.244.1.5"}, "Running", "2024-05-02T10:00:00Z")});
+    cluster.replace_services({service_info("default", "api", "svc-2", {"10.96.0.1"})});
+    EXPECT_EQ(cluster.lookup(ip("10.244.1.5"), 150)->pod, "old");
+    EXPECT_EQ(cluster.lookup(ip("10.244.1.5"), 250)->pod, "new");
+    EXPECT_EQ(cluster.lookup(ip("10.96.0.1"), 150)->workload, "svc/kubernetes");
+    EXPECT_EQ(cluster.lookup(ip("10.96.0.1"), 250)->workload, "svc/api");
+    clock.set(300);
+    cluster.delete_service(service_info("default", "api", "svc-2", {}));
+    EXPECT_EQ(cluster.lookup(ip("10.96.0.1"), 250)->workload, "svc/api");
+    EXPECT_EQ(cluster.lookup(ip("10.96.0.1"), 350), std::nullopt);
+}
+
+TEST(ClusterState, FormerHoldersExpireAndAreBounded) {
+    FakeClock clock;
+    ClusterState cluster(clock.fn());
+    clock.set(1'000);
+    cluster.upsert_pod(pod_info("a", "p0", "uid-0", {"10.244.1.5"}));
+    clock.set(2'000);
+    cluster.upsert_pod(pod_info("a", "p1", "uid-1", {"10.244.1.5"}));
+    ASSERT_EQ(cluster.former_holder_count(), 1u);
+    // Long after: the next change forgets it (no event is read that late).
+    clock.set(2'000 + ClusterState::kFormerHolderKeepNs + 1);
+    cluster.upsert_pod(pod_info("a", "p2", "uid-2", {"10.244.1.6"}));
+    EXPECT_EQ(cluster.former_holder_count(), 0u);
+    EXPECT_EQ(cluster.lookup(ip("10.244.1.5"), 1'500)->pod, "p1");  // the holder now
+    // Pod churn on one IP faster than the expiry: bounded, the newest kept.
+    const size_t churn = ClusterState::kMaxFormerHolders + 100;
+    for (size_t i = 0; i < churn; ++i) {
+        clock.set(static_cast<int64_t>(10'000'000'000'000 + i));
+        cluster.upsert_pod(pod_info("c", "q" + std::to_string(i), "uid-q" + std::to_string(i), {"10.244.3.3"}));
+    }
+    EXPECT_EQ(cluster.former_holder_count(), ClusterState::kMaxFormerHolders);
+    const auto before_last = static_cast<int64_t>(10'000'000'000'000 + churn - 2);
+    EXPECT_EQ(cluster.lookup(ip("10.244.3.3"), before_last)->pod, "q" + std::to_string(churn - 2));
+}
+
+TEST(Attributor, NamesAnEventByTheHolderWhenItHappened) {
+    FakeClock clock;
+    auto cluster = std::make_shared<ClusterState>(clock.fn());
+    PodInfo old_pod = pod_info("shop", "frontend-1", "uid-old", {"10.244.1.5"});
+    clock.set(100);
+    cluster->upsert_pod(old_pod);
+    clock.set(200);
+    cluster->delete_pod(old_pod);
+    cluster->upsert_pod(pod_info("batch", "reports-1", "uid-new", {"10.244.1.5"}));
+    Attributor attributor;
+    attributor.set_cluster(cluster);
+    EXPECT_EQ(attributor.identify(ip("10.244.1.5"), 150).pod, "frontend-1");
+    EXPECT_EQ(attributor.identify(ip("10.244.1.5")).pod, "reports-1");
+    // A pod map entry is not Kubernetes: it has no history and wins as before.
+    std::string error;
+    auto map = PodMap::parse("endpoints:\n  - ip: 10.244.1.5\n    name: pinned\n", &error);
+    ASSERT_TRUE(map) << error;
+    attributor.set_pod_map(std::make_shared<const PodMap>(*map));
+    EXPECT_EQ(attributor.identify(ip("10.244.1.5"), 150).workload, "pinned");
 }
 
 TEST(ClusterState, PodExistsAcrossRecreationWithSameName) {
