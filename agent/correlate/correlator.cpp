@@ -186,27 +186,31 @@ void Correlator::compact_order() {
     });
 }
 
-Correlator::Resolved Correlator::resolve(const rw_record& r) {
-    Resolved res;
-    const uint64_t start = r.conn.start_ns;
-    const bool timewait = has(r.conn.flags, RW_F_FROM_TIMEWAIT);
-    res.flags = r.conn.flags;
-    if (start != 0 && is_known_role(r.conn.role)) res.role = r.conn.role;
-
+Correlator::TupleKey Correlator::tuple_of(const rw_record& r) {
     TupleKey tuple;
     std::memcpy(tuple.saddr, r.saddr, RW_ADDR_LEN);
     std::memcpy(tuple.daddr, r.daddr, RW_ADDR_LEN);
     tuple.sport = r.sport;
     tuple.dport = r.dport;
     tuple.netns = r.netns;
+    return tuple;
+}
 
+Correlator::Resolved Correlator::resolve(const rw_record& r, bool remember_new) {
+    Resolved res;
+    const uint64_t start = r.conn.start_ns;
+    const bool timewait = has(r.conn.flags, RW_F_FROM_TIMEWAIT);
+    res.flags = r.conn.flags;
+    if (start != 0 && is_known_role(r.conn.role)) res.role = r.conn.role;
+
+    const TupleKey tuple = tuple_of(r);
     ConnKey key{r.sock_id, start};
     ConnMemory* mem = nullptr;
     // At scale every lookup below is a cache miss (the tables are megabytes): start the
     // independent ones together, make_room()'s first candidate included (RST churn: +30%).
     conns_.prefetch(key);
     by_tuple_.prefetch(tuple);
-    if (conns_.size() >= kMaxRemembered && !order_.empty()) conns_.prefetch(order_.front().first);
+    if (remember_new && conns_.size() >= kMaxRemembered && !order_.empty()) conns_.prefetch(order_.front().first);
     if (start != 0) {
         auto it = conns_.find(key);
         if (it != conns_.end()) mem = &it->second;
@@ -233,28 +237,50 @@ Correlator::Resolved Correlator::resolve(const rw_record& r) {
             res.role = mem->role;
             res.flags |= mem->flags & (RW_F_APP_CLOSED | RW_F_PEER_FIN | RW_F_TLS_ALERT_SENT);
         }
+        touch(*mem, r);
     } else if (res.role != RW_ROLE_UNKNOWN) {
-        if (make_room()) t = by_tuple_.find(tuple);  // the evicted one may have owned it
-        // conns_'s only insert: it may move every ConnMemory, so mem is taken after it (t is
-        // into by_tuple_, which it leaves alone).
-        auto [it, inserted] = conns_.try_emplace(key);
-        mem = &it->second;
-        mem->role = res.role;
-        mem->tuple = tuple;
-        order_.emplace_back(key, r.ts_ns);
-        // The newest connection on a 4-tuple owns it (a late record of an older one
-        // must not take it back).
-        if (t == by_tuple_.end())
-            by_tuple_.emplace(tuple, key);
-        else if (t->second.start_ns <= start || conns_.find(t->second) == conns_.end())
-            t->second = key;
-    }
-    if (mem != nullptr) {
-        mem->last_seen_ns = std::max<uint64_t>(mem->last_seen_ns, r.ts_ns);
-        if (start != 0) mem->flags |= r.conn.flags & (RW_F_APP_CLOSED | RW_F_PEER_FIN | RW_F_TLS_ALERT_SENT);
+        if (!remember_new) {
+            res.unremembered = true;  // remember() on demand
+            return res;
+        }
+        mem = insert_memory(r, key, tuple, t);
     }
     res.mem = mem;
     return res;
+}
+
+void Correlator::touch(ConnMemory& mem, const rw_record& r) {
+    mem.last_seen_ns = std::max<uint64_t>(mem.last_seen_ns, r.ts_ns);
+    if (r.conn.start_ns != 0) mem.flags |= r.conn.flags & (RW_F_APP_CLOSED | RW_F_PEER_FIN | RW_F_TLS_ALERT_SENT);
+}
+
+Correlator::ConnMemory* Correlator::insert_memory(const rw_record& r, const ConnKey& key, const TupleKey& tuple,
+                                                  TupleMap::iterator t) {
+    if (make_room()) t = by_tuple_.find(tuple);  // the evicted one may have owned it
+    // conns_'s only insert: it may move every ConnMemory, so mem is taken after it (t is
+    // into by_tuple_, which it leaves alone).
+    auto [it, inserted] = conns_.try_emplace(key);
+    ConnMemory* mem = &it->second;
+    mem->role = r.conn.role;
+    mem->tuple = tuple;
+    order_.emplace_back(key, r.ts_ns);
+    // The newest connection on a 4-tuple owns it (a late record of an older one
+    // must not take it back).
+    if (t == by_tuple_.end())
+        by_tuple_.emplace(tuple, key);
+    else if (t->second.start_ns <= key.start_ns || conns_.find(t->second) == conns_.end())
+        t->second = key;
+    touch(*mem, r);
+    return mem;
+}
+
+Correlator::ConnMemory* Correlator::remember(const rw_record& r, Resolved& conn) {
+    if (conn.mem == nullptr && conn.unremembered) {
+        const TupleKey tuple = tuple_of(r);
+        conn.mem = insert_memory(r, ConnKey{r.sock_id, r.conn.start_ns}, tuple, by_tuple_.find(tuple));
+        conn.unremembered = false;
+    }
+    return conn.mem;
 }
 
 namespace {
@@ -273,9 +299,9 @@ void fill_endpoints(const rw_record& r, uint8_t role, Endpoint& client, Endpoint
 
 }  // namespace
 
-void Correlator::emit_incident(const rw_record& r, const Resolved& conn, Cause cause,
+void Correlator::emit_incident(const rw_record& r, Resolved& conn, Cause cause,
                                CorrelatorOutput& out) {
-    if (conn.mem == nullptr || !is_known_role(conn.role)) return;
+    if (!is_known_role(conn.role) || remember(r, conn) == nullptr) return;
     const Observer observer = conn.role == RW_ROLE_CLIENT ? Observer::client : Observer::server;
     bool& reported =
         observer == Observer::client ? conn.mem->incident_client : conn.mem->incident_server;
@@ -328,9 +354,9 @@ void Correlator::emit_incident(const rw_record& r, const Resolved& conn, Cause c
     out.incidents.push_back(std::move(inc));
 }
 
-void Correlator::count_tls_close_notify(const Resolved& conn) {
+void Correlator::count_tls_close_notify(const rw_record& r, Resolved& conn) {
     // Once per connection and side, like an incident (the reset and the close both report it).
-    if (conn.mem == nullptr || !is_known_role(conn.role)) return;
+    if (!is_known_role(conn.role) || remember(r, conn) == nullptr) return;
     bool& reported = conn.role == RW_ROLE_CLIENT ? conn.mem->incident_client : conn.mem->incident_server;
     if (reported) return;
     reported = true;
@@ -384,7 +410,12 @@ void Correlator::on_record(const rw_record& r, CorrelatorOutput& out) {
         return;
     }
 
-    const Resolved conn = resolve(r);
+    // A reset that reports nothing (nothing in flight) leaves no memory of its connection: in a
+    // storm (a backend dying with its pool) every record is such a reset on a new socket, and
+    // remembering each one evicted connections still of interest and took most of the agent's
+    // time in these tables. Nothing depends on it: a later record of that socket remembers it
+    // as a first record would, and dedupe is only against incidents and teardowns (remembered).
+    Resolved conn = resolve(r, /*remember_new=*/!is_reset);
     if (is_reset) emit_reset(r, conn.role, out);
     if (is_reset && is_handshake_state(r.state)) return;
     const uint8_t role = conn.role;
@@ -459,7 +490,7 @@ void Correlator::on_record(const rw_record& r, CorrelatorOutput& out) {
             (static_cast<int32_t>(r.snd_una - r.conn.armed_write_seq) <= 0 ||
              r.bytes_received == r.conn.armed_bytes_received)) {
             if (tls_close_notify)
-                count_tls_close_notify(conn);
+                count_tls_close_notify(r, conn);
             else
                 emit_incident(r, conn, Cause::write_after_fin, out);
         }
@@ -470,7 +501,7 @@ void Correlator::on_record(const rw_record& r, CorrelatorOutput& out) {
         // read; on a TLS server, bytes of one alert record are the client's close_notify.
         if (role == RW_ROLE_SERVER) {
             if (is_tls_alert_size(r.unread_bytes) && speaks_tls(r, role, flags))
-                count_tls_close_notify(conn);
+                count_tls_close_notify(r, conn);
             else
                 emit_incident(r, conn, Cause::data_after_close, out);
         }
@@ -483,7 +514,7 @@ void Correlator::on_record(const rw_record& r, CorrelatorOutput& out) {
             if (tls_close_notify || close_notify_crossing_fin ||
                 ((!armed || has(flags, RW_F_ARMED_INFERRED)) && is_tls_alert_size(r.unacked_bytes) &&
                  speaks_tls(r, role, flags)))
-                count_tls_close_notify(conn);
+                count_tls_close_notify(r, conn);
             else if (has(flags, RW_F_APP_CLOSED) && !write_in_close_wait &&
                      (is_after_own_close_state(r.state) || is_after_own_close_state(r.old_state)))
                 ++stats_.idle_resets;  // reset after our own close: nothing of ours awaited an answer
@@ -507,10 +538,10 @@ void Correlator::on_record(const rw_record& r, CorrelatorOutput& out) {
                 (is_after_own_close_state(r.state) || is_after_own_close_state(r.old_state)))
                 ++stats_.idle_resets;
             else if (has(flags, RW_F_TLS_ALERT_SENT))
-                count_tls_close_notify(conn);  // our close_notify (or answer to the peer's) was reset
+                count_tls_close_notify(r, conn);  // our close_notify (or answer to the peer's) was reset
             // A TLS client's close: its close_notify unread here, then its reset.
             else if (is_tls_alert_size(r.unread_bytes) && speaks_tls(r, role, flags))
-                count_tls_close_notify(conn);
+                count_tls_close_notify(r, conn);
             else if (request_in_flight(r, role))
                 emit_incident(r, conn, Cause::reset_other, out);
             else
@@ -536,7 +567,7 @@ void Correlator::on_record(const rw_record& r, CorrelatorOutput& out) {
                 speaks_tls(r, role, flags) && (aborted_unread ? is_tls_alert_size(r.unread_bytes)
                                                         : is_tls_alert_size(r.segment_bytes));
             if (tls_teardown && app_closed)
-                count_tls_close_notify(conn);
+                count_tls_close_notify(r, conn);
             else if (aborted_unread && !has(flags, RW_F_PEER_FIN))
                 emit_incident(r, conn, Cause::abort_on_close, out);
             else if (aborted_unread)
@@ -565,7 +596,7 @@ void Correlator::on_record(const rw_record& r, CorrelatorOutput& out) {
                 has(flags, RW_F_APP_CLOSED) && has(flags, RW_F_REPLY_RST) && r.unread_bytes == 0 &&
                 is_tls_alert_size(r.segment_bytes) && (r.unacked_bytes == 0 || is_tls_alert_size(r.unacked_bytes));
             if ((is_tls_alert_size(r.unacked_bytes) && is_tls_alert_size(r.unread_bytes)) || peer_alert_after_our_close)
-                count_tls_close_notify(conn);
+                count_tls_close_notify(r, conn);
             else if (request_in_flight(r, role))
                 emit_incident(r, conn, Cause::reset_other, out);
             else

@@ -125,6 +125,7 @@ private:
         ConnMemory* mem = nullptr;
         uint8_t role = RW_ROLE_UNKNOWN;
         uint16_t flags = 0;
+        bool unremembered = false;  // a known role, no memory yet: remember() makes it when needed
     };
     // A server endpoint seen to speak TLS (a TLS alert record written on one of its
     // connections, by either end on this node). The netns counts for loopback addresses only:
@@ -146,11 +147,18 @@ private:
     // both tables doubled to 262,143 slots, half empty (+8 MiB, agent RSS 74 MiB after 1M churned).
     static constexpr size_t kMaxRemembered = 102'400;
 
-    Resolved resolve(const rw_record& record);
-    void emit_incident(const rw_record& record, const Resolved& conn, Cause cause,
-                       CorrelatorOutput& out);
+    using TupleMap = absl::flat_hash_map<TupleKey, ConnKey>;
+    static TupleKey tuple_of(const rw_record& record);
+    // remember_new: a connection with a known role and no memory gets one now (else later, by
+    // remember(), if the record turns out to need it).
+    Resolved resolve(const rw_record& record, bool remember_new = true);
+    ConnMemory* remember(const rw_record& record, Resolved& conn);
+    ConnMemory* insert_memory(const rw_record& record, const ConnKey& key, const TupleKey& tuple,
+                              TupleMap::iterator owner);
+    static void touch(ConnMemory& mem, const rw_record& record);
+    void emit_incident(const rw_record& record, Resolved& conn, Cause cause, CorrelatorOutput& out);
     void emit_reset(const rw_record& record, uint8_t role, CorrelatorOutput& out);
-    void count_tls_close_notify(const Resolved& conn);
+    void count_tls_close_notify(const rw_record& record, Resolved& conn);
     static ServerKey server_key(const rw_record& record, uint8_t role);
     void learn_tls_server(const rw_record& record, uint8_t role);
     bool speaks_tls(const rw_record& record, uint8_t role, uint16_t flags) const;
@@ -167,7 +175,7 @@ private:
     CorrelatorOptions options_;
     CorrelatorStats stats_;
     ConnMap conns_;
-    absl::flat_hash_map<TupleKey, ConnKey> by_tuple_;
+    TupleMap by_tuple_;
     // Remembered connections in insertion order with the last_seen_ns they had when queued;
     // may hold keys already forgotten (skipped when met).
     std::deque<std::pair<ConnKey, uint64_t>> order_;

@@ -1540,6 +1540,59 @@ TEST(CorrelatorRobustness, RememberedConnectionsAreBounded) {
     EXPECT_EQ(h.out.observations.size(), n);
 }
 
+// A reset storm (a backend dying with its pool): every record a reset with nothing in flight
+// on a new socket. Those report nothing and leave no memory, so a connection of interest
+// remembered before the storm survives it (its late duplicate is still recognised).
+TEST(CorrelatorRobustness, ResetsThatReportNothingLeaveNoMemoryAndEvictNothing) {
+    Sock a = proxy_socket();
+    exchange(a, T0 + 10 * kMs);
+    a.write(T0 + 3 * kSec, 300).rst_received(T0 + 3 * kSec + kMs);
+    rw_record a_reset{};
+    for (const rw_record& r : a.records)
+        if (r.type == RW_REC_RST_RECEIVED) a_reset = r;
+    ASSERT_EQ(a_reset.type, RW_REC_RST_RECEIVED);
+
+    Sock idle = proxy_socket(T0 + 1, 0xffff8880'dddd0000ULL);
+    exchange(idle, T0 + 10 * kMs);
+    idle.rst_received(T0 + 20 * kMs);  // answered long ago: nothing in flight
+    rw_record storm = idle.records.at(0);
+    ASSERT_EQ(storm.type, RW_REC_RST_RECEIVED);
+
+    Harness h;
+    h.feed(a.records);
+    ASSERT_EQ(h.out.incidents.size(), 1u);
+    const size_t storm_size = 3 * Correlator::max_remembered();  // past any second chance
+    for (size_t i = 0; i < storm_size; ++i) {
+        storm.sock_id = 0x2'0000'0000ULL + i;
+        storm.conn.start_ns = storm.ts_ns = T0 + 4 * kSec + i;
+        storm.sport = static_cast<uint16_t>(i);
+        storm.netns = static_cast<uint32_t>(i >> 16);  // distinct 4-tuples
+        h.c.on_record(storm, h.out);
+    }
+    EXPECT_EQ(h.out.incidents.size(), 1u);
+    EXPECT_EQ(h.out.resets.size(), storm_size + 1);  // every reset still counted
+    EXPECT_EQ(h.c.stats().idle_resets, storm_size);
+    EXPECT_EQ(h.c.remembered_connections(), 1u);  // only the connection with the incident
+    h.feed({a_reset});                            // its late duplicate
+    EXPECT_EQ(h.out.incidents.size(), 1u);
+
+    // A socket whose first record was such a reset is remembered once a later record needs it:
+    // a server after its own close gets data (tcp_reset here, idle), then answers it with RST.
+    Sock u = upstream_socket(T0 + 2, 0xffff8880'dddd1111ULL);
+    serve(u, T0 + 10 * kMs);
+    u.own_close(T0 + 30 * kMs).our_fin_acked(T0 + 31 * kMs);
+    u.abort_on_data(T0 + 40 * kMs, kReasonAbortOnData);
+    std::vector<rw_record> resets;
+    for (const rw_record& r : u.records)
+        if (r.type == RW_REC_RST_RECEIVED || r.type == RW_REC_RST_SENT) resets.push_back(r);
+    ASSERT_EQ(resets.size(), 2u);
+    h.feed(resets);
+    h.feed({resets.back()});  // a duplicate of the deciding record
+    ASSERT_EQ(h.out.incidents.size(), 2u);
+    EXPECT_EQ(h.out.incidents[1].cause, Cause::data_after_close);
+    EXPECT_EQ(h.c.remembered_connections(), 2u);
+}
+
 // Memory at the cap: churning far past it, the remembered connections stay at the cap and
 // their table never grows past the size that holds the cap (no doubling into half-empty slots).
 TEST(CorrelatorRobustness, AtTheCapTheTableKeepsItsSizeUnderChurn) {
