@@ -526,6 +526,8 @@ ClusterState::Holders ClusterState::holders_locked(const std::vector<IpAddr>& ip
 
 void ClusterState::note_changes_locked(const Holders& before) {
     const int64_t now = clock_();
+    ++version_.generation;
+    version_.changed_ns = now;
     for (const auto& [ip, was] : before) {
         // An IP first learned now has no former holder: the pod likely held it already when an
         // event on it happened (the watch is late), so that event gets the pod known now.
@@ -677,6 +679,11 @@ std::optional<Identity> ClusterState::lookup(const IpAddr& addr, std::optional<i
     return lookup_locked(addr);
 }
 
+ClusterState::Version ClusterState::version() const {
+    std::lock_guard lock(mutex_);
+    return version_;
+}
+
 size_t ClusterState::former_holder_count() const {
     std::lock_guard lock(mutex_);
     return former_order_.size();
@@ -732,11 +739,29 @@ size_t ClusterState::service_count() const {
 void Attributor::set_pod_map(std::shared_ptr<const PodMap> map) {
     std::lock_guard lock(mutex_);
     pod_map_ = std::move(map);
+    ++sources_changed_;
 }
 
 void Attributor::set_cluster(std::shared_ptr<const ClusterState> cluster) {
     std::lock_guard lock(mutex_);
     cluster_ = std::move(cluster);
+    ++sources_changed_;
+}
+
+std::optional<Attributor::Epoch> Attributor::naming_epoch(std::optional<int64_t> at_ns) const {
+    std::shared_ptr<const ClusterState> cluster;
+    Epoch epoch;
+    {
+        std::lock_guard lock(mutex_);
+        cluster = cluster_;
+        epoch.sources = sources_changed_;
+    }
+    if (!cluster) return epoch;
+    const ClusterState::Version version = cluster->version();
+    // Pod maps name by address alone; the cluster by time as well (former holders).
+    if (at_ns && *at_ns < version.changed_ns) return std::nullopt;
+    epoch.cluster = version.generation;
+    return epoch;
 }
 
 bool Attributor::has_source() const {

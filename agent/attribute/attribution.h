@@ -157,6 +157,14 @@ public:
     // changed hands or been released since; an IP first learned later is named by its holder now.
     std::optional<Identity> lookup(const IpAddr& addr, std::optional<int64_t> at_ns = std::nullopt) const;
     size_t former_holder_count() const;
+    // Which version of the state lookups see: `generation` grows with every change (listed,
+    // added, modified or deleted objects), made at `changed_ns` (this state's clock). A lookup
+    // at any at_ns >= changed_ns (or none) answers as it would now.
+    struct Version {
+        uint64_t generation = 0;
+        int64_t changed_ns = 0;
+    };
+    Version version() const;
     // Whether a pod (namespace/name) currently exists: for expiring its metric series.
     bool pod_exists(const std::string& namespace_, const std::string& pod) const;
     // The uid of that pod ("" when not known; the newest when a name was reused).
@@ -191,6 +199,7 @@ private:
     };
     std::function<int64_t()> clock_;
     mutable std::mutex mutex_;
+    Version version_;
     std::unordered_map<IpAddr, std::deque<FormerHolder>, IpAddrHash> former_holders_;  // oldest first
     std::deque<std::pair<IpAddr, int64_t>> former_order_;  // (ip, until_ns) in time order: expiry
     std::unordered_map<std::string, PodInfo> pods_by_uid_;
@@ -215,8 +224,18 @@ public:
     bool known(const IpAddr& addr) const;
     bool has_source() const;
 
+    // What identify() answers as of: equal epochs give equal names for the same address. nullopt
+    // when an event at at_ns may be named otherwise than one now (a source changed after it).
+    struct Epoch {
+        uint64_t sources = 0;  // set_pod_map / set_cluster calls
+        uint64_t cluster = 0;  // ClusterState::Version::generation
+        bool operator==(const Epoch&) const = default;
+    };
+    std::optional<Epoch> naming_epoch(std::optional<int64_t> at_ns) const;
+
 private:
     mutable std::mutex mutex_;
+    uint64_t sources_changed_ = 0;
     std::shared_ptr<const PodMap> pod_map_;
     std::shared_ptr<const ClusterState> cluster_;
 };

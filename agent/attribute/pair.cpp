@@ -1,5 +1,6 @@
 #include "pair.h"
 
+#include <functional>
 #include <tuple>
 
 namespace rstwatch {
@@ -19,6 +20,35 @@ PairKey name_pair(const Attributor& attributor, const Endpoint& client, const En
         return addr ? attributor.identify(*addr, at_ns) : Identity{"", "", end.ip};
     };
     return PairKey{identify(client), identify(server), server.port};
+}
+
+PairNamer::PairNamer(const Attributor& attributor, size_t capacity) : attributor_(attributor), capacity_(capacity) {}
+
+size_t PairNamer::KeyHash::operator()(const KeyView& k) const noexcept {
+    const std::hash<std::string_view> text;
+    size_t h = text(k.client_ip);
+    h ^= text(k.server_ip) + 0x9e3779b97f4a7c15ULL + (h << 6) + (h >> 2);
+    return h ^ (static_cast<size_t>(k.server_port) * 0x9e3779b97f4a7c15ULL);
+}
+
+const PairKey& PairNamer::name(const Endpoint& client, const Endpoint& server, std::optional<int64_t> at_ns) {
+    const std::optional<Attributor::Epoch> epoch = attributor_.naming_epoch(at_ns);
+    if (!epoch) return unremembered_ = name_pair(attributor_, client, server, at_ns);
+    if (epoch != epoch_) {
+        named_.clear();
+        last_ = nullptr;
+        epoch_ = epoch;
+    }
+    const KeyView key{client.ip, server.ip, server.port};
+    if (last_ != nullptr && KeyView(last_->first) == key) return last_->second;
+    auto it = named_.find(key);
+    if (it == named_.end()) {
+        if (named_.size() >= capacity_) named_.clear();
+        it = named_.emplace(Key{client.ip, server.ip, server.port}, name_pair(attributor_, client, server, at_ns))
+                 .first;
+    }
+    last_ = &*it;
+    return it->second;
 }
 
 }  // namespace rstwatch

@@ -3,6 +3,9 @@
 
 #include <cstdint>
 #include <optional>
+#include <string>
+#include <string_view>
+#include <unordered_map>
 
 #include "attribution.h"
 #include "incident.h"
@@ -39,5 +42,48 @@ inline PairKey workload_pair(PairKey pair) {
 // text keeps that text as its workload.
 PairKey name_pair(const Attributor& attributor, const Endpoint& client, const Endpoint& server,
                   std::optional<int64_t> at_ns = std::nullopt);
+
+// name_pair() remembered per pair of address texts and server port while the attributor's
+// naming epoch stays the same: a reset storm names the same few pairs for every record (parsing
+// the addresses back and copying the names was a quarter of the agent's time in one). Events
+// from before the last change of the cluster are named without the memory. One thread only.
+class PairNamer {
+public:
+    static constexpr size_t kDefaultCapacity = 4096;  // pairs; all are forgotten when full
+    explicit PairNamer(const Attributor& attributor, size_t capacity = kDefaultCapacity);
+    // Valid until the next call.
+    const PairKey& name(const Endpoint& client, const Endpoint& server, std::optional<int64_t> at_ns);
+    size_t remembered() const { return named_.size(); }
+
+private:
+    struct Key {
+        std::string client_ip;
+        std::string server_ip;
+        uint16_t server_port = 0;
+    };
+    struct KeyView {
+        std::string_view client_ip;
+        std::string_view server_ip;
+        uint16_t server_port = 0;
+        KeyView(const Key& k) : client_ip(k.client_ip), server_ip(k.server_ip), server_port(k.server_port) {}
+        KeyView(std::string_view c, std::string_view s, uint16_t p) : client_ip(c), server_ip(s), server_port(p) {}
+        bool operator==(const KeyView&) const = default;
+    };
+    // Transparent: found by views of the event's texts, without copying them.
+    struct KeyHash {
+        using is_transparent = void;
+        size_t operator()(const KeyView& k) const noexcept;
+    };
+    struct KeyEqual {
+        using is_transparent = void;
+        bool operator()(const KeyView& a, const KeyView& b) const noexcept { return a == b; }
+    };
+    const Attributor& attributor_;
+    const size_t capacity_;
+    std::optional<Attributor::Epoch> epoch_;
+    std::unordered_map<Key, PairKey, KeyHash, KeyEqual> named_;
+    const std::pair<const Key, PairKey>* last_ = nullptr;  // tried first: storms repeat one pair
+    PairKey unremembered_;
+};
 
 }  // namespace rstwatch

@@ -59,6 +59,7 @@ void CaptureLoop::account_lost(RecordSource& source, CaptureResult& result) {
 CaptureResult CaptureLoop::run(RecordSource& source) {
     CaptureResult result;
     int64_t next_tick_ns = options_.now_ns() + options_.tick_ns;
+    int64_t next_lost_check_ns = 0;
     while (!options_.stop()) {
         const int n = source.poll(options_.poll_timeout_ms);
         if (n < 0 && n != -EINTR) {
@@ -68,7 +69,10 @@ CaptureResult CaptureLoop::run(RecordSource& source) {
         }
         const int64_t now = options_.now_ns();
         if (hooks_.after_poll) hooks_.after_poll(now);
-        account_lost(source, result);
+        if (now >= next_lost_check_ns) {
+            account_lost(source, result);
+            next_lost_check_ns = now + options_.lost_check_ns;
+        }
         if (now >= next_tick_ns) {
             if (hooks_.on_tick) hooks_.on_tick(now);
             correlator_.expire(static_cast<uint64_t>(now));

@@ -104,6 +104,7 @@ private:
     const IncidentHistoryOptions history_;  // --history-size, --history-age
     KernelFeatures features_;
     Attributor attributor_;
+    PairNamer namer_{attributor_};  // capture thread only (deliver)
     std::shared_ptr<const PodMap> pod_map_;
     std::shared_ptr<ClusterState> cluster_;
     std::optional<KubeConfig> kube_config_;
@@ -191,7 +192,7 @@ std::optional<int64_t> event_time(uint64_t ts_ns) {
 
 void Agent::deliver(const HeldEvent& event) {
     if (const auto* incident = std::get_if<Incident>(&event)) {
-        PairKey pair = name_pair(attributor_, incident->client, incident->server, event_time(incident->ts_ns));
+        PairKey pair = namer_.name(incident->client, incident->server, event_time(incident->ts_ns));
         StreamedIncident streamed{*incident, pair.client, pair.server};
         std::optional<double> idle_s;
         if (incident->idle_before_write_ms) idle_s = *incident->idle_before_write_ms / 1000.0;
@@ -218,13 +219,13 @@ void Agent::deliver(const HeldEvent& event) {
             metrics_->count_incident_log_line_suppressed();
         http_->publish(streamed, unix_offset_ns_);
     } else if (const auto* observation = std::get_if<Observation>(&event)) {
-        PairKey pair = name_pair(attributor_, observation->client, observation->server, event_time(observation->ts_ns));
+        const PairKey& pair = namer_.name(observation->client, observation->server, event_time(observation->ts_ns));
         metrics_->observe(pair, observation->kind, observation->idle_s);
         std::lock_guard lock(inference_mutex_);
         pod_inference_.observe(pair, *observation);
         workload_inference_.observe(workload_pair(pair), *observation);
     } else if (const auto* reset = std::get_if<ResetEvent>(&event)) {
-        metrics_->count_reset(name_pair(attributor_, reset->client, reset->server, event_time(reset->ts_ns)), reset->sent);
+        metrics_->count_reset(namer_.name(reset->client, reset->server, event_time(reset->ts_ns)), reset->sent);
     }
 }
 

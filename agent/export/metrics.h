@@ -151,6 +151,8 @@ private:
     };
 
     Series& series_locked(const PairKey& pair);
+    // Whether `labeled` (a key of series_) is the series of `pair` in this label mode.
+    bool labels_pair(const PairKey& labeled, const PairKey& pair) const;
     prometheus::Histogram& histogram_locked(prometheus::Family<prometheus::Histogram>& family,
                                             prometheus::Histogram*& slot,
                                             const prometheus::Labels& labels);
@@ -184,7 +186,15 @@ private:
     prometheus::Gauge* build_info_series_ = nullptr;  // guarded by mutex_
 
     mutable std::mutex mutex_;
-    std::map<PairKey, Series, PairKeyLess> series_;  // key: the pair as labeled (pods "" in workload mode)
+    // The server port first: an integer tells most pairs apart before seven strings are compared.
+    struct SeriesOrder {
+        bool operator()(const PairKey& a, const PairKey& b) const {
+            return a.server_port != b.server_port ? a.server_port < b.server_port : PairKeyLess{}(a, b);
+        }
+    };
+    using SeriesMap = std::map<PairKey, Series, SeriesOrder>;
+    SeriesMap series_;  // key: the pair as labeled (pods "" in workload mode)
+    SeriesMap::iterator last_series_ = series_.end();  // the last found
 };
 
 }  // namespace rstwatch

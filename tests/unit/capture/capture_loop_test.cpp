@@ -104,6 +104,21 @@ TEST(CaptureLoop, LostRecordsReachTheCorrelatorAndTheHook) {
     EXPECT_EQ(h.lost_calls, (std::vector<std::pair<uint64_t, uint64_t>>{{3, 3}, {2, 5}, {4, 9}}));
 }
 
+// The kernel's count is read once per lost_check_ns (a syscall), not after every poll; what was
+// lost meanwhile is still counted, all of it by the end.
+TEST(CaptureLoop, LostRecordsAreReadOncePerCheckIntervalAndAllCounted) {
+    LoopHarness h;
+    h.polls_before_stop = 7;
+    h.options.lost_check_ns = 3 * kSec;  // polls are a second apart here
+    std::deque<FakeSource::Poll> polls(7, FakeSource::Poll{{}, 1});
+    polls.push_back({{}, 10});  // at the drain
+    FakeSource source(&h.clock, std::move(polls));
+    CaptureResult result = h.run(source);
+    EXPECT_EQ(result.lost_records, 17u);
+    EXPECT_EQ(h.correlator.stats().records_lost, 17u);
+    EXPECT_EQ(h.lost_calls, (std::vector<std::pair<uint64_t, uint64_t>>{{1, 1}, {3, 4}, {3, 7}, {10, 17}}));
+}
+
 TEST(CaptureLoop, FinishedConnectionsAreForgottenAfterTheirLinger) {
     LoopHarness h;
     h.polls_before_stop = 10;

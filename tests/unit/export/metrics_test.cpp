@@ -230,6 +230,42 @@ TEST(Metrics, ExpiresDeletedPodSeriesAfterTtlOnly) {
         std::string("rstwatch_resets_total{direction=\"received\",") + kWebToApiLabels + "} 1\n");
 }
 
+// The series found last is tried first: it must never stand for another pair, nor outlive its
+// removal.
+TEST(Metrics, TheLastSeriesFoundIsOnlyItsOwnPairsAndGoesWithIt) {
+    Metrics m(options());
+    for (int i = 0; i < 3; ++i) {
+        m.count_reset(kWebToApi, false);
+        m.count_reset(kWebBToApi, false);
+        m.count_reset(kWebBToApi, false);
+    }
+    std::string received = "rstwatch_resets_total{direction=\"received\",";
+    std::string web_b_labels = kWebToApiLabels;
+    web_b_labels.replace(web_b_labels.find("abcde"), 5, "fghij");
+    EXPECT_EQ(join(samples(m.exposition(), "rstwatch_resets_total")),
+              received + kWebToApiLabels + "} 3\n" + received + web_b_labels + "} 6\n");
+    // kWebBToApi, the series found last, expires; counted again, it starts from zero.
+    auto alive = [](const Identity& id) { return id.pod != "web-7d9f-fghij"; };
+    const auto t0 = Metrics::Clock::time_point{} + 1000s;
+    m.expire(t0, alive);
+    EXPECT_EQ(m.expire(t0 + 300s, alive), 1u);
+    m.count_reset(kWebBToApi, false);
+    EXPECT_EQ(join(samples(m.exposition(), "rstwatch_resets_total")),
+              received + kWebToApiLabels + "} 3\n" + received + web_b_labels + "} 1\n");
+
+    // In workload mode two pods of one workload are one series, found last or not.
+    Metrics workloads(options(PairLabelMode::workload));
+    workloads.count_reset(kWebToApi, true);
+    workloads.count_reset(kWebBToApi, true);
+    workloads.count_reset(kIngressToWeb, true);
+    workloads.count_reset(kWebToApi, true);
+    EXPECT_EQ(workloads.pair_count(), 2u);
+    const std::vector<std::string> lines = samples(workloads.exposition(), "rstwatch_resets_total");
+    ASSERT_EQ(lines.size(), 2u);
+    EXPECT_NE(lines[1].find("client_workload=\"web\""), std::string::npos) << lines[1];
+    EXPECT_EQ(lines[1].substr(lines[1].rfind(' ')), " 3");
+}
+
 TEST(Metrics, EndpointSeenAliveAgainResetsTheClock) {
     Metrics m(options());
     m.count_reset(kWebToApi, true);
