@@ -17,6 +17,14 @@ void HoldQueue::add(HeldEvent event, int64_t now_ns) {
     held_.push_back(Held{now_ns + hold_ns_, std::move(event)});
 }
 
+void HoldQueue::add_with_clock(HeldEvent event, int64_t (*now_ns)()) {
+    if (resolvable(event)) {
+        deliver_(event);
+        return;
+    }
+    held_.push_back(Held{now_ns() + hold_ns_, std::move(event)});
+}
+
 void HoldQueue::flush(int64_t now_ns, bool force) {
     for (auto it = held_.begin(); it != held_.end();) {
         if (force || it->deadline_ns <= now_ns || resolvable(it->event)) {

@@ -27,6 +27,9 @@ public:
 
     // Delivers at once when both ends are known, else holds until they are or until now_ns + hold.
     void add(HeldEvent event, int64_t now_ns);
+    // The same with the clock read only if the event is held (most are not: in a reset storm a
+    // clock read per record was a twelfth of the agent's time).
+    void add_with_clock(HeldEvent event, int64_t (*now_ns)());
     // Delivers, in arrival order, what became resolvable or reached its deadline; everything
     // with force (at shutdown: nothing counted is lost).
     void flush(int64_t now_ns, bool force = false);

@@ -53,6 +53,9 @@ public:
     explicit PairNamer(const Attributor& attributor, size_t capacity = kDefaultCapacity);
     // Valid until the next call.
     const PairKey& name(const Endpoint& client, const Endpoint& server, std::optional<int64_t> at_ns);
+    // Whether a source names both ends now (an end that is not an IP address counts as named):
+    // what the agent holds an event for while Kubernetes may still be learning a pod.
+    bool known_ends(const Endpoint& client, const Endpoint& server);
     size_t remembered() const { return named_.size(); }
 
 private:
@@ -78,11 +81,19 @@ private:
         using is_transparent = void;
         bool operator()(const KeyView& a, const KeyView& b) const noexcept { return a == b; }
     };
+    struct Named {
+        PairKey pair;
+        std::optional<bool> known_ends;  // asked for the first time then
+    };
+    using NamedMap = std::unordered_map<Key, Named, KeyHash, KeyEqual>;
+    // The pair's entry, named as at at_ns; nullptr when not to be remembered (see name()).
+    Named* remembered_entry(const Endpoint& client, const Endpoint& server, std::optional<int64_t> at_ns);
+
     const Attributor& attributor_;
     const size_t capacity_;
     std::optional<Attributor::Epoch> epoch_;
-    std::unordered_map<Key, PairKey, KeyHash, KeyEqual> named_;
-    const std::pair<const Key, PairKey>* last_ = nullptr;  // tried first: storms repeat one pair
+    NamedMap named_;
+    NamedMap::value_type* last_ = nullptr;  // tried first: storms repeat one pair
     PairKey unremembered_;
 };
 

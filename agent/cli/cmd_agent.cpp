@@ -90,7 +90,7 @@ private:
     bool load_pod_map(bool initial);
     std::string readiness() const;
     void on_output(CorrelatorOutput& produced);
-    bool resolvable(const Endpoint& client, const Endpoint& server) const;
+    bool resolvable(const Endpoint& client, const Endpoint& server);
     void deliver(const HeldEvent& event);
     void update_self_metrics();
     void log_suppressed_incident_lines(const std::optional<SuppressedIncidentLines>& summary);
@@ -170,13 +170,8 @@ bool Agent::endpoint_alive(const Identity& identity) const {
 }
 
 // An event is held while Kubernetes may still be learning one of its ends.
-bool Agent::resolvable(const Endpoint& client, const Endpoint& server) const {
-    if (!kube_) return true;
-    for (const Endpoint* end : {&client, &server}) {
-        std::optional<IpAddr> addr = IpAddr::parse(end->ip);
-        if (addr && !attributor_.known(*addr)) return false;
-    }
-    return true;
+bool Agent::resolvable(const Endpoint& client, const Endpoint& server) {
+    return !kube_ || namer_.known_ends(client, server);
 }
 
 namespace {
@@ -230,19 +225,18 @@ void Agent::deliver(const HeldEvent& event) {
 }
 
 void Agent::on_output(CorrelatorOutput& produced) {
-    const int64_t now = monotonic_ns();
     // Connections to the agent's own port are its scrapes and followers, not what it watches.
     auto watched = [&](const auto& event) { return event.server.port != own_port_; };
     for (Incident& incident : produced.incidents) {
         if (watched(incident))
-            held_.add(std::move(incident), now);
+            held_.add_with_clock(std::move(incident), monotonic_ns);
         else
             ++own_port_incidents_;
     }
     for (Observation& observation : produced.observations)
-        if (watched(observation)) held_.add(std::move(observation), now);
+        if (watched(observation)) held_.add_with_clock(std::move(observation), monotonic_ns);
     for (ResetEvent& reset : produced.resets)
-        if (watched(reset)) held_.add(std::move(reset), now);
+        if (watched(reset)) held_.add_with_clock(std::move(reset), monotonic_ns);
 }
 
 void Agent::update_inference() {

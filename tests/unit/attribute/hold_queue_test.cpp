@@ -61,6 +61,27 @@ TEST(HoldQueue, WaitsForItsOwnEndsOnly) {
     EXPECT_EQ(h.queue.held(), 1u);
 }
 
+int clock_reads = 0;
+int64_t counted_clock() {
+    ++clock_reads;
+    return 100 * kMs;
+}
+
+TEST(HoldQueue, TheClockIsReadOnlyForWhatIsHeld) {
+    Harness h;
+    h.known = {"10.0.0.1", "10.0.0.2"};
+    clock_reads = 0;
+    h.queue.add_with_clock(incident_between("10.0.0.1", "10.0.0.2"), counted_clock);
+    EXPECT_EQ(clock_reads, 0);
+    h.queue.add_with_clock(incident_between("10.0.0.1", "10.0.0.9"), counted_clock);
+    EXPECT_EQ(clock_reads, 1);
+    // Held from 100 ms: its deadline is 2,100 ms.
+    h.queue.flush(2099 * kMs);
+    EXPECT_EQ(h.queue.held(), 1u);
+    h.queue.flush(2100 * kMs);
+    EXPECT_EQ(h.delivered, (std::vector<std::string>{"incident 10.0.0.1->10.0.0.2", "incident 10.0.0.1->10.0.0.9"}));
+}
+
 TEST(HoldQueue, DeadlineDeliversUnnamed) {
     Harness h;
     ResetEvent reset;

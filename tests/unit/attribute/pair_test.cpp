@@ -126,3 +126,22 @@ TEST(PairNamer, RemembersAtMostItsCapacity) {
         EXPECT_LE(namer.remembered(), 2u);
     }
 }
+
+TEST(PairNamer, KnownEndsFollowTheCluster) {
+    Clock clock;
+    auto cluster = std::make_shared<ClusterState>(clock.fn());
+    cluster->upsert_pod(pod("web-1", "uid-web", "10.244.1.5"));
+    Attributor attributor;
+    attributor.set_cluster(cluster);
+    PairNamer namer(attributor);
+    EXPECT_FALSE(namer.known_ends(kClient, kServer));  // the server pod is not listed yet
+    EXPECT_FALSE(namer.known_ends(kClient, kServer));
+    EXPECT_EQ(namer.name(kClient, kServer, std::nullopt).server.workload, "world");
+    *clock.now = 2'000;
+    cluster->upsert_pod(pod("api-1", "uid-api", "10.244.2.9"));
+    EXPECT_TRUE(namer.known_ends(kClient, kServer));
+    EXPECT_EQ(namer.name(kClient, kServer, 2'100).server.pod, "api-1");
+    // An end that is no address holds nothing up.
+    EXPECT_TRUE(namer.known_ends(Endpoint{"?", 1}, kServer));
+    EXPECT_FALSE(namer.known_ends(Endpoint{"10.9.9.9", 1}, kServer));
+}
