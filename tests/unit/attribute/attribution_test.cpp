@@ -10,16 +10,12 @@
 #include <vector>
 
 #include "attribution.h"
+#include "attribute_test_support.h"
 
 using namespace rstwatch;
+using rstwatch::test::ip;
 
 namespace {
-
-IpAddr ip(const char* text) {
-    auto a = IpAddr::parse(text);
-    EXPECT_TRUE(a) << text;
-    return a.value_or(IpAddr{});
-}
 
 PodInfo pod_info(const std::string& ns, const std::string& name, const std::string& uid,
                  std::vector<const char*> ips, const std::string& phase = "Running",

@@ -1,6 +1,7 @@
 // Pair naming: name_pair() and PairNamer, its memory per address pair, which must name every
 // event exactly as name_pair() would (cluster changes, former holders, pod map reloads, bound).
 #include "pair.h"
+#include "attribute_test_support.h"
 
 #include <gtest/gtest.h>
 
@@ -9,14 +10,9 @@
 #include <string>
 
 using namespace rstwatch;
+using rstwatch::test::ip;
 
 namespace {
-
-IpAddr ip(const char* text) {
-    auto a = IpAddr::parse(text);
-    EXPECT_TRUE(a) << text;
-    return a.value_or(IpAddr{});
-}
 
 PodInfo pod(const std::string& name, const std::string& uid, const char* address) {
     PodInfo p;

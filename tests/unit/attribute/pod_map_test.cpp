@@ -9,16 +9,12 @@
 #include <unistd.h>
 
 #include "attribution.h"
+#include "attribute_test_support.h"
 
 using namespace rstwatch;
+using rstwatch::test::ip;
 
 namespace {
-
-IpAddr ip(const char* text) {
-    auto a = IpAddr::parse(text);
-    EXPECT_TRUE(a) << text;
-    return a.value_or(IpAddr{});
-}
 
 // Parses text that must be valid.
 PodMap parse_ok(const std::string& text) {
