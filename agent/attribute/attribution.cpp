@@ -526,16 +526,22 @@ ClusterState::Holders ClusterState::holders_locked(const std::vector<IpAddr>& ip
 
 void ClusterState::note_changes_locked(const Holders& before) {
     const int64_t now = clock_();
-    ++version_.generation;
-    version_.changed_ns = now;
+    bool changed = false;
     for (const auto& [ip, was] : before) {
+        if (lookup_locked(ip) == was) continue;
+        changed = true;
         // An IP first learned now has no former holder: the pod likely held it already when an
         // event on it happened (the watch is late), so that event gets the pod known now.
-        if (!was || lookup_locked(ip) == was) continue;
+        if (!was) continue;
         auto& formers = former_holders_[ip];
         if (!formers.empty() && formers.back().until_ns == now && formers.back().identity == *was) continue;
         formers.push_back(FormerHolder{*was, now});
         former_order_.emplace_back(ip, now);
+    }
+    // Only changes of what lookups answer count (a pod's status updates change no name).
+    if (changed) {
+        ++version_.generation;
+        version_.changed_ns = now;
     }
     // Expired or beyond the bound: the oldest go first (the front of their IP's list too).
     while (!former_order_.empty() &&

@@ -157,9 +157,9 @@ public:
     // changed hands or been released since; an IP first learned later is named by its holder now.
     std::optional<Identity> lookup(const IpAddr& addr, std::optional<int64_t> at_ns = std::nullopt) const;
     size_t former_holder_count() const;
-    // Which version of the state lookups see: `generation` grows with every change (listed,
-    // added, modified or deleted objects), made at `changed_ns` (this state's clock). A lookup
-    // at any at_ns >= changed_ns (or none) answers as it would now.
+    // Which version of the state lookups see: `generation` grows with every change of what a
+    // lookup answers for some IP (a pod's status updates are none), made at `changed_ns` (this
+    // state's clock). A lookup at any at_ns >= changed_ns (or none) answers as it would now.
     struct Version {
         uint64_t generation = 0;
         int64_t changed_ns = 0;

@@ -141,3 +141,37 @@ TEST(PairNamer, KnownEndsFollowTheCluster) {
     EXPECT_TRUE(namer.known_ends(Endpoint{"?", 1}, kServer));
     EXPECT_FALSE(namer.known_ends(Endpoint{"10.9.9.9", 1}, kServer));
 }
+
+TEST(PairNamer, APodsStatusUpdatesKeepWhatIsRemembered) {
+    Clock clock;
+    auto cluster = std::make_shared<ClusterState>(clock.fn());
+    PodInfo api = pod("api-1", "uid-api", "10.244.2.9");
+    api.phase = "Pending";  // its IP assigned, containers starting
+    cluster->upsert_pod(pod("web-1", "uid-web", "10.244.1.5"));
+    cluster->upsert_pod(api);
+    const ClusterState::Version listed = cluster->version();
+    Attributor attributor;
+    attributor.set_cluster(cluster);
+    PairNamer namer(attributor);
+    namer.name(kClient, kServer, 1'500);
+    namer.name(kClient, Endpoint{"10.244.2.9", 9090}, 1'500);
+    ASSERT_EQ(namer.remembered(), 2u);
+
+    // MODIFIED: the pod starts running at 2,000; its names and IP stay.
+    *clock.now = 2'000;
+    api.phase = "Running";
+    cluster->upsert_pod(api);
+    EXPECT_EQ(cluster->version().generation, listed.generation);
+    EXPECT_EQ(cluster->version().changed_ns, listed.changed_ns);
+    EXPECT_EQ(namer.name(kClient, kServer, 1'900).server.pod, "api-1");
+    EXPECT_EQ(namer.remembered(), 2u);  // nothing forgotten
+
+    // A change of a name is one.
+    *clock.now = 3'000;
+    api.workload = "api-v2";
+    cluster->upsert_pod(api);
+    EXPECT_EQ(cluster->version().generation, listed.generation + 1);
+    EXPECT_EQ(cluster->version().changed_ns, 3'000);
+    EXPECT_EQ(namer.name(kClient, kServer, 3'100).server.workload, "api-v2");
+    EXPECT_EQ(namer.remembered(), 1u);
+}
