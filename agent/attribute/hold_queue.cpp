@@ -1,28 +1,26 @@
 #include "hold_queue.h"
 
+#include "clock.h"
+
 namespace rstwatch {
 
-HoldQueue::HoldQueue(std::chrono::nanoseconds hold, Resolvable resolvable, Deliver deliver)
-    : hold_ns_(hold.count()), resolvable_(std::move(resolvable)), deliver_(std::move(deliver)) {}
+HoldQueue::HoldQueue(std::chrono::nanoseconds hold, Resolvable resolvable, Deliver deliver,
+                     std::function<int64_t()> clock)
+    : hold_ns_(hold.count()),
+      resolvable_(std::move(resolvable)),
+      deliver_(std::move(deliver)),
+      clock_(clock ? std::move(clock) : std::function<int64_t()>(monotonic_ns)) {}
 
 bool HoldQueue::resolvable(const HeldEvent& event) const {
     return std::visit([&](const auto& e) { return resolvable_(e.client, e.server); }, event);
 }
 
-void HoldQueue::add(HeldEvent event, int64_t now_ns) {
+void HoldQueue::add(HeldEvent event) {
     if (resolvable(event)) {
         deliver_(event);
         return;
     }
-    held_.push_back(Held{now_ns + hold_ns_, std::move(event)});
-}
-
-void HoldQueue::add_with_clock(HeldEvent event, int64_t (*now_ns)()) {
-    if (resolvable(event)) {
-        deliver_(event);
-        return;
-    }
-    held_.push_back(Held{now_ns() + hold_ns_, std::move(event)});
+    held_.push_back(Held{clock_() + hold_ns_, std::move(event)});
 }
 
 void HoldQueue::flush(int64_t now_ns, bool force) {

@@ -23,13 +23,13 @@ public:
     using Resolvable = std::function<bool(const Endpoint& client, const Endpoint& server)>;
     using Deliver = std::function<void(const HeldEvent& event)>;
 
-    HoldQueue(std::chrono::nanoseconds hold, Resolvable resolvable, Deliver deliver);
+    // clock: CLOCK_MONOTONIC in ns (tests give their own), read only when an event is held (most
+    // are not: in a reset storm a clock read per record was a twelfth of the agent's time).
+    HoldQueue(std::chrono::nanoseconds hold, Resolvable resolvable, Deliver deliver,
+              std::function<int64_t()> clock = {});
 
-    // Delivers at once when both ends are known, else holds until they are or until now_ns + hold.
-    void add(HeldEvent event, int64_t now_ns);
-    // The same with the clock read only if the event is held (most are not: in a reset storm a
-    // clock read per record was a twelfth of the agent's time).
-    void add_with_clock(HeldEvent event, int64_t (*now_ns)());
+    // Delivers at once when both ends are known, else holds until they are or until now + hold.
+    void add(HeldEvent event);
     // Delivers, in arrival order, what became resolvable or reached its deadline; everything
     // with force (at shutdown: nothing counted is lost).
     void flush(int64_t now_ns, bool force = false);
@@ -45,6 +45,7 @@ private:
     int64_t hold_ns_;
     Resolvable resolvable_;
     Deliver deliver_;
+    std::function<int64_t()> clock_;
     std::deque<Held> held_;
 };
 

@@ -229,14 +229,14 @@ void Agent::on_output(CorrelatorOutput& produced) {
     auto watched = [&](const auto& event) { return event.server.port != own_port_; };
     for (Incident& incident : produced.incidents) {
         if (watched(incident))
-            held_.add_with_clock(std::move(incident), monotonic_ns);
+            held_.add(std::move(incident));
         else
             ++own_port_incidents_;
     }
     for (Observation& observation : produced.observations)
-        if (watched(observation)) held_.add_with_clock(std::move(observation), monotonic_ns);
+        if (watched(observation)) held_.add(std::move(observation));
     for (ResetEvent& reset : produced.resets)
-        if (watched(reset)) held_.add_with_clock(std::move(reset), monotonic_ns);
+        if (watched(reset)) held_.add(std::move(reset));
 }
 
 void Agent::update_inference() {
