@@ -122,6 +122,7 @@ class PodCpu:
 
     def __init__(self, observer_millicores, cores):
         self.dirs = {}
+        self.observer_millicores = observer_millicores
         self.shares = {"load": 1024 * cores, "observer": max(2, observer_millicores * 1024 // 1000)}
         v2 = os.path.exists("/sys/fs/cgroup/cgroup.controllers")
         base = "/sys/fs/cgroup" if v2 else self.V1
@@ -175,7 +176,7 @@ class PodCpu:
             return "no pod CPU shares (%s): every process weighs the same" % self.error
         return ("load and observer in CPU cgroups of their own, shares %d (every core requested) and "
                 "%d (a request of %dm)" % (self.shares["load"], self.shares["observer"],
-                                         self.shares["observer"] * 1000 // 1024))
+                                         self.observer_millicores))
 
 
 def set_stats(on):
